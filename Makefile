@@ -1,0 +1,18 @@
+# `make quickstart` and `make test` set up .venv themselves (scripts/setup.sh).
+.PHONY: setup quickstart test lint bench
+
+setup:
+	./scripts/setup.sh
+
+quickstart: setup
+	rm -f runs/quickstart.db runs/quickstart.db-wal runs/quickstart.db-shm
+	.venv/bin/platform search examples/quickstart.toml --storage sqlite:///runs/quickstart.db
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+bench: setup
+	.venv/bin/python benchmarks/overhead.py

@@ -1,0 +1,251 @@
+"""The `platform` command: parse arguments, call core, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from autoplat import __version__
+from autoplat.core.errors import AutoplatError
+from autoplat.core.store import DEFAULT_URL, Store, Study
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+
+
+def _storage(args: argparse.Namespace, default: str | None = None) -> str:
+    return args.storage or default or DEFAULT_URL
+
+
+def _varying_keys(params: list[dict[str, Any]]) -> list[str]:
+    """Keys whose value differs between trials (all keys when there is one trial)."""
+    keys = list(params[0]) if params else []
+    if len(params) < 2:
+        return keys
+    return [k for k in keys if len({json.dumps(p.get(k)) for p in params}) > 1]
+
+
+def leaderboard(summary: dict[str, Any], top: int | None = None) -> Table:
+    """Completed trials ranked by value; the best also shows its test accuracy."""
+    study = summary["study"]
+    metric = study["metric"]
+    done = [t for t in summary["trials"] if t["state"] == "complete" and t["value"] is not None]
+    done.sort(key=lambda t: t["value"], reverse=study["direction"] == "maximize")
+    varying = _varying_keys([t["params"] for t in summary["trials"]])
+    table = Table(title=f"study '{study['name']}' · {metric} ({study['direction']})")
+    for column in ("rank", "trial", "params", metric, "test acc", "duration"):
+        table.add_column(column, overflow="fold")
+    for rank, t in enumerate(done[:top] if top else done, 1):
+        test = t["metrics"].get("test_accuracy") if rank == 1 else None
+        duration = f"{t['duration_s']:.1f}s" if t["duration_s"] is not None else ""
+        table.add_row(
+            str(rank), str(t["number"]), _params_text({k: t["params"][k] for k in varying}),
+            f"{t['value']:.4f}",
+            f"{test:.4f}" if test is not None else "", duration,
+        )
+    return table
+
+
+def _print_study(store: Store, study: Study, top: int | None) -> None:
+    summary = store.summary(study)
+    out.print(leaderboard(summary, top))
+    counts = {k: v for k, v in summary["study"]["trial_counts"].items() if v}
+    out.print("trials: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    for t in summary["trials"]:
+        if t["state"] == "fail":
+            out.print(f"trial {t['number']} failed: {t['error']}")
+    best = summary["best"]
+    if best:
+        out.print(f"best trial {best['number']}: " + _params_text(best["params"]))
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(best["metrics"].items()))
+        out.print(f"best metrics: {metrics}")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from autoplat.core.config import load_config
+    from autoplat.core.registry import get_registry
+    from autoplat.core.study import run_study
+
+    registry = get_registry()
+    _warn_plugin_errors(registry)
+    resolved = load_config(args.config, registry)
+    cfg = resolved.config
+    store = Store(_storage(args, cfg.study.storage))
+    metric = cfg.study.metric
+    best: list[float] = []
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=err,
+    ) as progress:
+        task = progress.add_task(cfg.study.name, total=cfg.study.trials, status="starting Ray")
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            if kind == "start":
+                progress.update(task, status=f"trial {data['number']} started")
+            elif kind == "result":
+                value = data["metrics"].get(metric)
+                if value is not None:
+                    progress.update(
+                        task,
+                        status=f"trial {data['number']} epoch {data['step']} {metric}={value:.4f}",
+                    )
+            elif kind == "end":
+                progress.advance(task)
+                value = data.get("value")
+                if data["state"] == "complete" and value is not None:
+                    sign = 1 if resolved.direction == "maximize" else -1
+                    if not best or sign * value > sign * best[0]:
+                        best[:] = [value]
+                    line = f"trial {data['number']} complete: {metric}={value:.4f}"
+                else:
+                    line = f"trial {data['number']} {data['state']}"
+                    if data.get("error"):
+                        line += f": {data['error']}"
+                progress.console.print(line)
+                if best:
+                    progress.update(task, status=f"best {metric}={best[0]:.4f}")
+
+        try:
+            run_study(
+                resolved, store, address=args.address, resume=args.resume, on_event=on_event
+            )
+        except KeyboardInterrupt:
+            err.print(
+                f"interrupted; finished trials are stored. Continue with: "
+                f"platform search {args.config} --resume"
+            )
+            return 130
+    study = store.get_study(cfg.study.name)
+    _print_study(store, study, top=10)
+    out.print(f"results stored in {store.url} (study '{study.name}'); "
+              f"view again with: platform show {study.name}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    store = Store(_storage(args), create=False)
+    summaries = [store.summary(s)["study"] | {"best": _best_value(store, s)} for s in store.studies()]
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+        return 0
+    table = Table(title=f"studies in {store.url}")
+    for column in ("name", "kind", "state", "done", "running", "failed", "best", "started"):
+        table.add_column(column)
+    for s in summaries:
+        c = s["trial_counts"]
+        best = s["best"]
+        table.add_row(
+            s["name"], s["kind"], s["state"], str(c["complete"] + c["pruned"]), str(c["running"]),
+            str(c["fail"]), f"{best:.4f}" if best is not None else "", s["started_at"][:19],
+        )
+    out.print(table)
+    return 0
+
+
+def _best_value(store: Store, study: Study) -> float | None:
+    best = store.best_trial(study)
+    return best.value if best else None
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = Store(_storage(args), create=False)
+    study = store.get_study(args.study)
+    if args.json:
+        print(json.dumps(store.summary(study), indent=2))
+    else:
+        _print_study(store, study, args.top)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from autoplat.core.registry import get_registry
+
+    plugins = sorted(get_registry().plugins.values(), key=lambda p: p.name)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in plugins], indent=2))
+        return 0
+    table = Table(title="plugins")
+    for column in ("plugin", "package", "version", "status", "registers"):
+        table.add_column(column, overflow="fold")
+    for p in plugins:
+        registers = "; ".join(f"{k}: {', '.join(v)}" for k, v in p.registered.items())
+        status = p.status if not p.errors else "error: " + " | ".join(p.errors)
+        table.add_row(p.name, p.package or "", p.version or "", status, registers)
+    out.print(table)
+    return 0
+
+
+def _warn_plugin_errors(registry) -> None:
+    for plugin, message in registry.errors():
+        err.print(f"warning: plugin '{plugin}' skipped part of its load: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="platform", description="AutoML and active learning: search, watch, export."
+    )
+    parser.add_argument("--version", action="version", version=f"autoplat {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    storage_help = f"SQLAlchemy URL of the results store (default {DEFAULT_URL})"
+
+    p = sub.add_parser("search", help="run an architecture/hyperparameter search")
+    p.add_argument("config", help="path to a config TOML file")
+    p.add_argument("--storage", help=storage_help + "; overrides [study].storage")
+    p.add_argument("--address", help="join the Ray cluster at this address (or RAY_ADDRESS)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("runs", help="list studies in the store")
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("show", help="print a study's leaderboard and best params")
+    p.add_argument("study", help="study name")
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument("--top", type=int, default=None, help="show only the best N trials")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("plugins", help="list plugins, what they register, and load errors")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from autoplat.core.registry import get_registry
+
+    parser = build_parser()
+    try:
+        get_registry().pm.hook.register_commands(cli=parser._subparsers._group_actions[0])
+    except Exception as exc:  # noqa: BLE001 - a plugin's command must not break the CLI
+        err.print(f"warning: a plugin failed to add its commands: {exc}")
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except AutoplatError as exc:
+        err.print(f"error: {exc}", markup=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Errors a user can cause. The CLI prints them without a traceback and exits 2."""
+
+
+class AutoplatError(Exception):
+    """A problem the user can fix: the message says what, where and how."""
+
+
+class ConfigError(AutoplatError):
+    """A config file is invalid."""
+
+
+class PluginError(AutoplatError):
+    """A plugin is missing, broken or clashes with another."""
+
+
+class StoreError(AutoplatError):
+    """The results store cannot be opened or does not hold what was asked for."""

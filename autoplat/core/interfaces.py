@@ -1,0 +1,117 @@
+"""The small interfaces plugins implement: Architecture, Dataset and Strategy."""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from autoplat.core.space import SearchSpace
+
+if TYPE_CHECKING:
+    import torch
+
+Direction = Literal["maximize", "minimize"]
+
+
+class Options(BaseModel):
+    """Base for a plugin's options; unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about its data."""
+
+    task: str  # "classification", ...
+    modality: str  # "image", "text", "audio", ...
+    input_shape: tuple[int, ...]  # one example, e.g. (1, 8, 8) for C, H, W
+    num_classes: int = 0
+
+
+@dataclass
+class Splits:
+    """Train/val/test tensors of one dataset and its spec."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    spec: DataSpec
+
+
+class Dataset(ABC):
+    """A named dataset; ``load`` returns fixed splits for a seed."""
+
+    name: ClassVar[str]
+    tasks: ClassVar[tuple[str, ...]]
+    modality: ClassVar[str]
+    Options: ClassVar[type[Options]] = Options
+
+    @abstractmethod
+    def load(self, options: Options, seed: int) -> Splits:
+        """Load the data and split it; the same seed gives the same split."""
+
+
+class Architecture(ABC):
+    """A model family: a task, the modalities it accepts, a default space, and ``build``."""
+
+    name: ClassVar[str]
+    task: ClassVar[str]
+    modalities: ClassVar[tuple[str, ...]]
+    default_space: ClassVar[str]  # name of a registered search space
+
+    @abstractmethod
+    def build(self, params: dict[str, Any], spec: DataSpec) -> torch.nn.Module:
+        """Build a model for these hyperparameters and data."""
+
+    def check_params(self, params: dict[str, Any]) -> str | None:
+        """Return why these params cannot build a model, or None when they can."""
+        return None
+
+
+class Strategy(ABC):
+    """A search strategy with an ask/tell interface.
+
+    Constructed with the space, the direction and a seed: the same seed and the same
+    tells give the same proposals. ``tell(params, None)`` means the trial failed or was
+    pruned.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[Options]] = Options
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        direction: Direction = "maximize",
+        seed: int = 0,
+        options: Options | None = None,
+    ) -> None:
+        self.space = space
+        self.direction = direction
+        self.seed = seed
+        self.options = options if options is not None else self.Options()
+        self.rng = random.Random(seed)
+
+    @abstractmethod
+    def ask(self) -> dict[str, Any] | None:
+        """Propose the next params, or None when the strategy has nothing left."""
+
+    @abstractmethod
+    def tell(self, params: dict[str, Any], value: float | None) -> None:
+        """Report the result of params proposed by ``ask`` (None: failed or pruned)."""
+
+    def replay(self, history: Iterable[tuple[dict[str, Any], float | None]]) -> None:
+        """Bring a fresh strategy to where it was after these trials (used by resume)."""
+        for params, value in history:
+            self.ask()
+            self.tell(params, value)
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether value ``a`` beats ``b`` in this direction."""
+        return a > b if self.direction == "maximize" else a < b

@@ -1,0 +1,191 @@
+"""The plugin manager: loads plugins from the ``autoplat`` entry-point group, isolates
+broken ones, and looks registered things up by kind and name."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata as md
+import logging
+import os
+import traceback
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from autoplat.core import hookspecs
+from autoplat.core.errors import PluginError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "autoplat"
+DISABLE_ENV = "AUTOPLAT_DISABLE_PLUGINS"
+BUILTIN_ONLY_ENV = "AUTOPLAT_BUILTIN_ONLY"  # "1": load only autoplat's own plugins (tests)
+KINDS = ("architectures", "datasets", "strategies", "acquisitions", "scorers", "search_spaces")
+SINGULAR = {
+    "architectures": "architecture",
+    "datasets": "dataset",
+    "strategies": "strategy",
+    "acquisitions": "acquisition",
+    "scorers": "scorer",
+    "search_spaces": "search space",
+}
+
+
+@dataclass
+class PluginInfo:
+    """One loaded (or failed) plugin, as ``platform plugins`` shows it."""
+
+    name: str
+    module: str
+    package: str | None = None
+    version: str | None = None
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    disabled: bool = False
+
+    @property
+    def status(self) -> str:
+        if self.disabled:
+            return "disabled"
+        return "error" if self.errors else "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "package": self.package,
+            "version": self.version,
+            "status": self.status,
+            "registered": self.registered,
+            "errors": self.errors,
+        }
+
+
+def _first_line_error(exc: BaseException) -> str:
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" ({frame.filename}:{frame.lineno})" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def disabled_plugins() -> set[str]:
+    return {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
+
+
+class Registry:
+    """Everything plugins registered, by kind and name, plus per-plugin load status."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self.items: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+        self.owners: dict[tuple[str, str], str] = {}
+
+    # -- loading -----------------------------------------------------------------
+    def load_entry_points(self) -> None:
+        """Import every plugin of the entry-point group; a broken one is recorded, not fatal."""
+        blocked = disabled_plugins()
+        builtin_only = os.environ.get(BUILTIN_ONLY_ENV) == "1"
+        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = getattr(ep, "dist", None)
+            if ep.name in self.plugins or (builtin_only and not ep.value.startswith("autoplat.")):
+                continue
+            info = PluginInfo(
+                name=ep.name,
+                module=ep.value,
+                package=dist.metadata["Name"] if dist else None,
+                version=dist.version if dist else None,
+            )
+            self.plugins[ep.name] = info
+            if ep.name in blocked:
+                info.disabled = True
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's
+                info.errors.append(f"failed to import: {_first_line_error(exc)}")
+                log.warning("plugin %r failed to import: %s", ep.name, exc)
+                continue
+            self._collect(ep.name, module, info)
+
+    def add_plugin(self, module: ModuleType | object, name: str) -> PluginInfo:
+        """Register an in-process plugin object (tests, notebooks); returns its status."""
+        info = PluginInfo(name=name, module=getattr(module, "__name__", repr(module)))
+        self.plugins[name] = info
+        if name in disabled_plugins():
+            info.disabled = True
+        else:
+            self._collect(name, module, info)
+        return info
+
+    def _collect(self, name: str, module: Any, info: PluginInfo) -> None:
+        try:
+            self.pm.register(module, name=name)
+        except Exception as exc:  # noqa: BLE001 - e.g. a hookimpl with a wrong signature
+            info.errors.append(f"invalid plugin: {_first_line_error(exc)}")
+            return
+        for kind in KINDS:
+            hook = getattr(self.pm.hook, f"register_{kind}")
+            for impl in hook.get_hookimpls():
+                if impl.plugin_name != name:
+                    continue
+                found: list[Any] = []
+                try:
+                    impl.function(register=found.append)
+                except Exception as exc:  # noqa: BLE001 - the plugin's bug, not ours
+                    info.errors.append(f"register_{kind} raised {_first_line_error(exc)}")
+                    continue
+                for item in found:
+                    self._add(kind, item, name, info)
+
+    def _add(self, kind: str, item: Any, plugin: str, info: PluginInfo) -> None:
+        item_name = getattr(item, "name", None)
+        if not isinstance(item_name, str) or not item_name:
+            info.errors.append(f"registered a {SINGULAR[kind]} without a string 'name': {item!r}")
+            return
+        owner = self.owners.get((kind, item_name))
+        if owner is not None:
+            info.errors.append(
+                f"{SINGULAR[kind]} '{item_name}' is already registered by plugin '{owner}'; "
+                f"plugin '{plugin}' registering it again was skipped"
+            )
+            return
+        self.items[kind][item_name] = item
+        self.owners[(kind, item_name)] = plugin
+        info.registered.setdefault(kind, []).append(item_name)
+
+    # -- lookups -----------------------------------------------------------------
+    def get(self, kind: str, name: str) -> Any:
+        """The item of this kind and name, or a PluginError listing what is available."""
+        items = self.items[kind]
+        if name in items:
+            return items[name]
+        raise PluginError(unknown_name_message(SINGULAR[kind], name, list(items)))
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.items[kind])
+
+    def errors(self) -> list[tuple[str, str]]:
+        return [(p.name, err) for p in self.plugins.values() for err in p.errors]
+
+
+def unknown_name_message(what: str, name: str, available: list[str]) -> str:
+    close = difflib.get_close_matches(name, available, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    listed = ", ".join(sorted(available)) or "none installed"
+    return f"unknown {what} '{name}'{hint} Available: {listed}"
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loading installed plugins on first use."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        registry = Registry()
+        registry.load_entry_points()
+        _REGISTRY = registry
+    return _REGISTRY

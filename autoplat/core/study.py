@@ -1,0 +1,403 @@
+"""The search driver: a Strategy as a Ray Tune Searcher, a Tuner, and a callback that
+writes every trial event to the store (the driver is the only writer)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from autoplat.core.config import Resolved
+from autoplat.core.errors import AutoplatError, StoreError
+from autoplat.core.interfaces import Strategy
+from autoplat.core.store import Store, StudyState, TrialState
+
+log = logging.getLogger(__name__)
+
+# Ray settings that cut per-trial overhead for short trials (see benchmarks/overhead.py).
+RAY_ENV_DEFAULTS = {
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard files per trial
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+NUMERIC = (int, float)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs to run one trial: plugin names, options and the study seed."""
+
+    architecture: str
+    dataset: str
+    dataset_options: str  # JSON
+    seed: int
+    threads: int
+
+
+def trial_seed(study_seed: int, params: dict[str, Any]) -> int:
+    """A per-trial seed: the same study seed and params give the same seed."""
+    return (study_seed * 1_000_003 + zlib.crc32(json.dumps(params, sort_keys=True).encode())) % (
+        2**31
+    )
+
+
+@lru_cache(maxsize=4)
+def _load_splits(dataset: str, options_json: str, seed: int):
+    from autoplat.core.registry import get_registry
+
+    plugin = get_registry().get("datasets", dataset)
+    return plugin.load(plugin.Options.model_validate(json.loads(options_json)), seed)
+
+
+def run_trial(config: dict[str, Any], job: Job) -> None:
+    """The Ray Tune trainable: load data, build the model, train, report every epoch."""
+    import ray
+    import torch
+    from ray import tune
+
+    from autoplat.core.registry import get_registry
+    from autoplat.core.training import TRAINER_PARAMS, TRAINERS
+
+    torch.set_num_threads(job.threads)
+    params = dict(config)
+    splits = _load_splits(job.dataset, job.dataset_options, job.seed)
+    arch = get_registry().get("architectures", job.architecture)
+    arch_params = {k: v for k, v in params.items() if k not in TRAINER_PARAMS}
+    hyper = {**TRAINER_PARAMS, **{k: v for k, v in params.items() if k in TRAINER_PARAMS}}
+    seed = trial_seed(job.seed, params)
+    torch.manual_seed(seed)
+    model = arch.build(arch_params, splits.spec)
+    node = ray.get_runtime_context().get_node_id()
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        extra = {"finished": 1} if step >= hyper["epochs"] else {}
+        tune.report({**metrics, **extra, "epoch": step, "node": node})
+
+    TRAINERS[splits.spec.task](model, splits, hyper, report, seed)
+
+
+def _error_text(trial: Any) -> str:
+    """A one-paragraph reason a Tune trial failed."""
+    try:
+        exc = trial.get_pickled_error()
+    except Exception:  # noqa: BLE001 - fall back to the error file below
+        exc = None
+    cause = getattr(exc, "cause", exc)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    if trial.error_file and Path(trial.error_file).exists():
+        lines = Path(trial.error_file).read_text().strip().splitlines()
+        return lines[-1] if lines else "unknown error"
+    return "unknown error"
+
+
+def _searcher_class():
+    from ray.tune.search import Searcher
+
+    class StrategySearcher(Searcher):
+        """Any ask/tell Strategy as a Ray Tune Searcher."""
+
+        def __init__(self, strategy: Strategy, metric: str) -> None:
+            mode = "max" if strategy.direction == "maximize" else "min"
+            super().__init__(metric=metric, mode=mode)
+            self.strategy = strategy
+            self.live: dict[str, dict[str, Any]] = {}
+
+        def __getstate__(self) -> dict[str, Any]:
+            # Ray snapshots its experiment state; we resume from the store instead, so the
+            # strategy (which may hold locks, e.g. an Optuna study) is left out.
+            return {**self.__dict__, "strategy": None, "live": {}}
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            params = self.strategy.ask()
+            if params is None:
+                return Searcher.FINISHED
+            self.live[trial_id] = params
+            return dict(params)
+
+        def on_trial_complete(
+            self, trial_id: str, result: dict | None = None, error: bool = False
+        ) -> None:
+            params = self.live.pop(trial_id, None)
+            if params is None:
+                return
+            finished = not error and result is not None and result.get("finished")
+            self.strategy.tell(params, float(result[self.metric]) if finished else None)
+
+    return StrategySearcher
+
+
+def strategy_searcher(strategy: Strategy, metric: str):
+    """Wrap a Strategy as a ``ray.tune.search.Searcher``."""
+    return _searcher_class()(strategy, metric)
+
+
+def make_scheduler(resolved: Resolved):
+    """The Ray Tune trial scheduler chosen in ``[scheduler]``."""
+    from ray.tune import schedulers
+
+    cfg = resolved.config.scheduler
+    metric = resolved.config.study.metric
+    mode = "max" if resolved.direction == "maximize" else "min"
+    max_t = int(resolved.space.dims["epochs"].value) if "epochs" in resolved.space.fixed() else 100
+    common = {"metric": metric, "mode": mode, "time_attr": "training_iteration"}
+    if cfg.name == "asha":
+        return schedulers.ASHAScheduler(
+            max_t=max_t, grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor,
+            **common,
+        )
+    if cfg.name == "hyperband":
+        return schedulers.HyperBandScheduler(
+            max_t=max_t, reduction_factor=cfg.reduction_factor, **common
+        )
+    if cfg.name == "median":
+        return schedulers.MedianStoppingRule(
+            grace_period=cfg.grace_period, min_samples_required=cfg.min_samples_required,
+            **common,
+        )
+    return schedulers.FIFOScheduler()
+
+
+def ensure_ray(address: str | None) -> None:
+    """Start local Ray, or join the cluster at ``address`` (or RAY_ADDRESS)."""
+    import ray
+
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    # Trial results live in our store; Ray's result files are off (see RAY_ENV_DEFAULTS).
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            configure_logging=True,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise AutoplatError(
+            f"cannot reach the Ray cluster at '{address}': {exc}. Start it with "
+            "`ray start --head` there, or drop --address to run locally"
+        ) from None
+
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: Progress):
+    from ray.tune import Callback
+
+    from autoplat.core.registry import get_registry
+
+    metric = resolved.config.study.metric
+    name = resolved.config.study.name
+    hooks = get_registry().pm.hook
+
+    def call_hook(hook_name: str, **kwargs: Any) -> None:
+        try:
+            getattr(hooks, hook_name)(**kwargs)
+        except Exception:  # noqa: BLE001 - a logger plugin must not stop the study
+            log.exception("plugin hook %s failed", hook_name)
+
+    class StoreCallback(Callback):
+        """Writes trial start, each report, completion and errors to the store."""
+
+        def __init__(self) -> None:
+            self.ids: dict[str, int] = {}
+            self.numbers: dict[str, int] = {}
+            self.nodes: set[str] = set()
+
+        def __reduce__(self):
+            # Ray pickles callbacks into its experiment snapshot; the store is not picklable
+            # and the driver is the only writer, so a restored copy writes nothing.
+            return (Callback, ())
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            row = store.start_trial(study_id, dict(trial.config), ray_trial_id=trial.trial_id)
+            self.ids[trial.trial_id], self.numbers[trial.trial_id] = row.id, row.number
+            on_event("start", {"number": row.number, "params": dict(trial.config)})
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            trial_id = self.ids[trial.trial_id]
+            step = int(result.get("epoch", result.get("training_iteration", 0)))
+            values = {
+                k: float(v)
+                for k, v in result.items()
+                if isinstance(v, NUMERIC) and not isinstance(v, bool) and k in _REPORTED
+            }
+            store.add_metrics(trial_id, step, values)
+            node = result.get("node")
+            if node and node not in self.nodes:
+                store.set_trial_node(trial_id, node)
+                self.nodes.add(node)
+            number = self.numbers[trial.trial_id]
+            call_hook("on_trial_result", study=name, trial=number, step=step, metrics=values)
+            on_event("result", {"number": number, "step": step, "metrics": values})
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            last = trial.last_result or {}
+            finished = bool(last.get("finished"))
+            value = last.get(metric)
+            state = TrialState.COMPLETE if finished else TrialState.PRUNED
+            store.finish_trial(self.ids[trial.trial_id], state, value=value)
+            on_event(
+                "end",
+                {"number": self.numbers[trial.trial_id], "state": state.value, "value": value},
+            )
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            error = _error_text(trial)
+            store.finish_trial(self.ids[trial.trial_id], TrialState.FAIL, error=error)
+            on_event(
+                "end", {"number": self.numbers[trial.trial_id], "state": "fail", "error": error}
+            )
+
+    return StoreCallback()
+
+
+_REPORTED = {
+    "train_loss", "val_accuracy", "val_loss", "test_accuracy", "test_loss", "metric",
+}
+
+
+def _default_concurrency(cpus: float, gpus: float) -> int:
+    import ray
+
+    total = ray.cluster_resources()
+    fits = int(total.get("CPU", 1) // cpus)
+    if gpus:
+        fits = min(fits, int(total.get("GPU", 0) // gpus))
+    return max(1, fits)
+
+
+def open_study(store: Store, resolved: Resolved, resume: bool) -> tuple[int, list]:
+    """Create the study, or (with ``resume``) reopen it; returns its id and finished trials."""
+    cfg = resolved.config.study
+    existing = store.find_study(cfg.name)
+    if existing is None:
+        if resume:
+            raise StoreError(
+                f"--resume: no study named '{cfg.name}' in {store.url}; run without --resume"
+            )
+        study = store.create_study(
+            cfg.name,
+            kind="search",
+            direction=resolved.direction,
+            metric=cfg.metric,
+            target_trials=cfg.trials,
+            config=json.dumps(resolved.raw),
+        )
+        return study.id, []
+    if not resume:
+        raise StoreError(
+            f"study '{cfg.name}' already exists in {store.url}; pass --resume to continue it, "
+            "or change [study].name"
+        )
+    stored = json.loads(existing.config)
+    if _without_trials(stored) != _without_trials(resolved.raw):
+        raise StoreError(
+            f"--resume: the config of '{cfg.name}' changed since it started (only "
+            "[study].trials may change); use a new [study].name for a new search"
+        )
+    store.interrupt_running(existing.id)
+    store.set_study_state(existing.id, StudyState.RUNNING)
+    done = [
+        t
+        for t in store.trials(existing.id)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    ]
+    return existing.id, done
+
+
+def _without_trials(raw: dict[str, Any]) -> dict[str, Any]:
+    study = {k: v for k, v in raw.get("study", {}).items() if k != "trials"}
+    return {**raw, "study": study}
+
+
+def run_study(
+    resolved: Resolved,
+    store: Store,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    on_event: Progress | None = None,
+    trainable: Callable[..., None] | None = None,
+) -> int:
+    """Run (or resume) the search of a resolved config; returns the study id."""
+    from ray import tune
+
+    on_event = on_event or (lambda kind, data: None)
+    cfg = resolved.config
+    study_id, done = open_study(store, resolved, resume)
+    remaining = cfg.study.trials - len(done)
+    strategy = resolved.make_strategy()
+    if done:
+        strategy.replay(
+            (t.params_dict, t.value if t.state == TrialState.COMPLETE else None) for t in done
+        )
+    if remaining <= 0:
+        store.set_study_state(study_id, StudyState.FINISHED)
+        return study_id
+
+    ensure_ray(address)
+    res = cfg.resources
+    job = Job(
+        architecture=resolved.architecture.name,
+        dataset=resolved.dataset.name,
+        dataset_options=resolved.dataset_options.model_dump_json(),
+        seed=cfg.study.seed,
+        threads=max(1, int(res.cpus_per_trial)),
+    )
+    fn = tune.with_parameters(trainable or run_trial, job=job)
+    fn = tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+    tuner = tune.Tuner(
+        fn,
+        tune_config=tune.TuneConfig(
+            search_alg=strategy_searcher(strategy, cfg.study.metric),
+            scheduler=make_scheduler(resolved),
+            num_samples=remaining,
+            max_concurrent_trials=res.max_concurrent
+            or _default_concurrency(res.cpus_per_trial, res.gpus_per_trial),
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{cfg.study.name}-{int(time.time())}",
+            storage_path=str(Path("runs/ray").resolve()),
+            callbacks=[_store_callback(store, study_id, resolved, on_event)],
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            verbose=0,
+            log_to_file=False,
+        ),
+    )
+    state = StudyState.FINISHED
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        state = StudyState.INTERRUPTED
+        raise
+    finally:
+        if store.interrupt_running(study_id):
+            state = StudyState.INTERRUPTED
+        store.set_study_state(study_id, state)
+        _study_end_hook(store, study_id)
+    return study_id
+
+
+def _study_end_hook(store: Store, study_id: int) -> None:
+    from autoplat.core.registry import get_registry
+
+    study = next(s for s in store.studies() if s.id == study_id)
+    try:
+        get_registry().pm.hook.on_study_end(study=study.name, best=store.summary(study)["best"])
+    except Exception:  # noqa: BLE001 - a logger plugin must not fail the study
+        log.exception("plugin hook on_study_end failed")

@@ -1,0 +1,154 @@
+"""Trainers, one per task: the training loop, device and AMP choice, metric reporting."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoplat.core.interfaces import Splits
+
+Report = Callable[[int, dict[str, float]], None]
+Trainer = Callable[[nn.Module, Splits, dict[str, Any], Report, int], dict[str, float]]
+
+TRAINER_PARAMS: dict[str, object] = {
+    "lr": 1e-3,
+    "weight_decay": 0.05,
+    "batch_size": 64,
+    "epochs": 10,
+    "warmup_epochs": 0,
+}
+"""Hyperparameters the trainer reads from a trial's params, with their defaults.
+
+Every other key of a trial's params belongs to the architecture.
+"""
+
+EVAL_BATCH_SIZE = 1024
+
+
+class TrialFailed(Exception):
+    """A trial cannot go on; the message says why (e.g. "loss became NaN at epoch 3")."""
+
+
+def select_device() -> torch.device:
+    """CUDA when this process sees a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA; nothing on other devices."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Linear warmup over ``warmup_steps``, then cosine decay to zero at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@torch.inference_mode()
+def _evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``, in large batches."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for start in range(0, len(x), EVAL_BATCH_SIZE):
+        xb = x[start : start + EVAL_BATCH_SIZE].to(device, non_blocking=True)
+        yb = y[start : start + EVAL_BATCH_SIZE].to(device, non_blocking=True)
+        with _autocast(device):
+            logits = model(xb)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+        correct += (logits.argmax(dim=1) == yb).sum()
+    n = max(1, len(x))
+    return correct.item() / n, loss_sum.item() / n
+
+
+def train_classification(
+    model: nn.Module,
+    splits: Splits,
+    params: dict[str, Any],
+    report: Report,
+    seed: int,
+) -> dict[str, float]:
+    """Train a classifier with AdamW and a cosine schedule, reporting after every epoch.
+
+    Args:
+        model: Maps a batch of inputs to logits of shape (batch, num_classes).
+        splits: Train, val and test tensors; labels are class indices.
+        params: The trial's params; the keys of ``TRAINER_PARAMS`` are read, others ignored.
+        report: Called as ``report(epoch, metrics)`` after each epoch (from 1) with
+            train_loss, val_accuracy and val_loss; the last call adds test_accuracy and
+            test_loss.
+        seed: Seeds torch (dropout) and the batch order.
+
+    Returns:
+        The metrics of the last report.
+
+    Raises:
+        TrialFailed: The training loss became NaN or infinite.
+    """
+    hp = {key: params.get(key, default) for key, default in TRAINER_PARAMS.items()}
+    epochs, batch_size = int(hp["epochs"]), int(hp["batch_size"])
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    device = select_device()
+    model.to(device)
+
+    x_train, y_train = (t.to(device) for t in splits.train)
+    n_train = len(x_train)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    total_steps = epochs * steps_per_epoch
+    warmup_steps = min(int(hp["warmup_epochs"]) * steps_per_epoch, total_steps)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"])
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(warmup_steps, total_steps)
+    )
+
+    metrics: dict[str, float] = {}
+    for epoch in range(1, epochs + 1):
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        order = torch.randperm(n_train, generator=generator).to(device)
+        for start in range(0, n_train, batch_size):
+            idx = order[start : start + batch_size]
+            with _autocast(device):
+                logits = model(x_train[idx])
+            loss = F.cross_entropy(logits.float(), y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(idx)
+        train_loss = loss_sum.item() / n_train
+        if not math.isfinite(train_loss):
+            what = "NaN" if math.isnan(train_loss) else "infinite"
+            raise TrialFailed(f"loss became {what} at epoch {epoch}")
+
+        val_accuracy, val_loss = _evaluate(model, *splits.val, device)
+        metrics = {"train_loss": train_loss, "val_accuracy": val_accuracy, "val_loss": val_loss}
+        if epoch == epochs:
+            test_accuracy, test_loss = _evaluate(model, *splits.test, device)
+            metrics |= {"test_accuracy": test_accuracy, "test_loss": test_loss}
+        report(epoch, metrics)
+    return metrics
+
+
+TRAINERS: dict[str, Trainer] = {"classification": train_classification}

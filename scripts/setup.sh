@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create .venv and install autoplat into it (idempotent; re-run after changing pyproject.toml).
+# Without an NVIDIA GPU it installs the CPU build of torch first, so no CUDA build is pulled.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+stamp=.venv/.installed-$(cat pyproject.toml scripts/setup.sh | cksum | cut -d' ' -f1)
+[ -f "$stamp" ] && exit 0
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    .venv/bin/pip install -q "torch>=2.2"           # CUDA build from PyPI
+  else
+    .venv/bin/pip install -q "torch==2.13.0"        # the CPU build (see README)
+  fi
+fi
+.venv/bin/pip install -q -e ".[dev]"
+rm -f .venv/.installed-*
+touch "$stamp"

@@ -1,0 +1,77 @@
+"""Shared fixtures: one Ray session per test run, tiny configs, builtin plugins only."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ["AUTOPLAT_BUILTIN_ONLY"] = "1"  # never autoload installed third-party plugins
+
+TINY = """
+[study]
+name = "{name}"
+trials = {trials}
+seed = 0
+
+[architecture]
+name = "vit"
+
+[dataset]
+name = "digits"
+
+[space]
+depth = [1]
+width = [16, 32]
+heads = [2]
+mlp_ratio = [2]
+patch_size = [4]
+dropout = 0.0
+weight_decay = 0.05
+lr = {{ low = 1e-3, high = 5e-3, log = true }}
+batch_size = 128
+epochs = {epochs}
+
+[strategy]
+name = "{strategy}"
+
+[resources]
+cpus_per_trial = 1
+"""
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    """Write a config file: the tiny search, with extra TOML appended or a full text."""
+
+    def write(
+        text: str | None = None,
+        *,
+        name: str = "tiny",
+        trials: int = 2,
+        epochs: int = 2,
+        strategy: str = "random",
+        extra: str = "",
+    ) -> Path:
+        body = text if text is not None else TINY.format(
+            name=name, trials=trials, epochs=epochs, strategy=strategy
+        )
+        path = tmp_path / f"{name}.toml"
+        path.write_text(textwrap.dedent(body) + textwrap.dedent(extra))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> str:
+    """Start one local Ray for the whole run; subprocesses join it with --address."""
+    import ray
+
+    from autoplat.core.study import ensure_ray
+
+    ensure_ray(None)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

@@ -1,0 +1,113 @@
+"""Every bad config gives one clear message naming the file and key, exit 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from autoplat.cli import main
+from autoplat.core.config import line_of, load_config
+from autoplat.core.registry import get_registry
+from autoplat.core.store import Store
+
+BAD = [
+    # (what to change, expected message fragments)
+    (("[study]\nname", "[study]\nnmae"), ["study.nmae", "did you mean 'name'"]),
+    (("trials = 2", "trials = \"many\""), ["study.trials", "valid integer", "'many'"]),
+    (("trials = 2", "trials = 0"), ["study.trials", "greater than or equal to 1"]),
+    (("cpus_per_trial = 1", "cpus_per_trial = -1"), ["resources.cpus_per_trial", "greater than 0"]),
+    (('name = "vit"', 'name = "vitt"'), ["architecture.name", "unknown architecture 'vitt'",
+                                          "did you mean 'vit'", "Available: vit"]),
+    (('name = "digits"', 'name = "digitz"'), ["dataset.name", "unknown dataset 'digitz'",
+                                               "Available: digits, mnist5k"]),
+    (('name = "random"', 'name = "evolve"'), ["strategy.name", "unknown strategy 'evolve'",
+                                               "evolution"]),
+    (("depth = [1]", "dpeth = [1]"), ["space.dpeth", "did you mean 'depth'"]),
+    (("epochs = 2", "epochs = { low = 5, high = 1 }"), ["space.epochs", "must be below"]),
+    (("[strategy]", "[strategy]\npopulation = 8"), ["strategy.population", "unknown key"]),
+    (("seed = 0", "seed = 0\nmetric = \"val_acc\""), ["study.metric", "did you mean 'val_accuracy'"]),
+    (("[resources]", "[scheduler]\nname = \"asha2\"\n\n[resources]"),
+     ["scheduler.name", "'fifo', 'asha', 'hyperband' or 'median'"]),
+    (("[dataset]\nname = \"digits\"", "[dataset]\nname = \"digits\"\nval_fraction = 0.9"),
+     ["dataset.val_fraction", "less than 0.5"]),
+    (("[study]", "[study\n"), ["invalid TOML", "line"]),
+]
+
+
+@pytest.mark.parametrize(("change", "fragments"), BAD, ids=[f[0] for _, f in BAD])
+def test_bad_config_gives_clear_error(write_config, capsys, tmp_path, change, fragments):
+    path = write_config()
+    path.write_text(path.read_text().replace(*change, 1))
+    db = tmp_path / "keep.db"
+    Store(f"sqlite:///{db}").create_study("kept")
+    code = main(["search", str(path), "--storage", f"sqlite:///{db}"])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert str(path) in error
+    for fragment in fragments:
+        assert fragment in " ".join(error.split()), error
+    assert "Traceback" not in error
+    assert [s.name for s in Store(f"sqlite:///{db}").studies()] == ["kept"]  # nothing lost
+
+
+def test_error_names_the_line(write_config):
+    path = write_config()
+    text = path.read_text().replace("dropout = 0.0", "dropout = 0.0\nbogus = 1")
+    path.write_text(text)
+    with pytest.raises(Exception) as info:
+        load_config(path, get_registry())
+    line = text.splitlines().index("bogus = 1") + 1
+    assert f"{path}:{line}: space.bogus" in str(info.value)
+
+
+def test_architecture_dataset_mismatch_names_both(write_config, capsys):
+    from autoplat.core.interfaces import Dataset
+
+    class Sentences(Dataset):
+        name = "sentences-test"
+        tasks = ("classification",)
+        modality = "text"
+
+        def load(self, options, seed):
+            raise AssertionError("never loaded")
+
+    registry = get_registry()
+    registry.items["datasets"][Sentences.name] = Sentences()
+    try:
+        path = write_config()
+        path.write_text(path.read_text().replace('name = "digits"', f'name = "{Sentences.name}"'))
+        assert main(["search", str(path)]) == 2
+        error = " ".join(capsys.readouterr().err.split())
+        assert "dataset.name" in error
+        assert "dataset 'sentences-test' (text" in error
+        assert "architecture 'vit' (classification on image)" in error
+    finally:
+        del registry.items["datasets"][Sentences.name]
+
+
+def test_missing_file_and_cli_subprocess_exit_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "autoplat.cli", "search", str(tmp_path / "nope.toml")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "config file" in result.stderr and "not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_line_of_finds_nested_keys():
+    text = "[study]\nname = 'a'\n\n[strategy]\nname = 'b'\npopulation = 3\n"
+    assert line_of(text, ("strategy", "population")) == 6
+    assert line_of(text, ("study", "name")) == 2
+    assert line_of(text, ("strategy",)) == 4
+    assert line_of(text, ("nope", "x")) is None
+
+
+def test_good_config_resolves(write_config):
+    resolved = load_config(write_config(strategy="evolution"), get_registry())
+    assert resolved.direction == "maximize"
+    assert resolved.space.fixed()["epochs"] == 2
+    assert resolved.space.dims["width"].choices == (16, 32)
+    assert "heads" in resolved.space.dims

@@ -1,0 +1,110 @@
+"""End to end on real Ray trials, a real SQLite file and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from autoplat.cli import main
+from autoplat.core.config import load_config
+from autoplat.core.registry import get_registry
+from autoplat.core.store import Store, StudyState, TrialState
+from autoplat.core.study import run_study
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "autoplat.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_search_cli_stores_everything_and_reports(write_config, tmp_path, ray_address):
+    url = f"sqlite:///{tmp_path}/runs.db"
+    path = write_config(name="cli", trials=3, strategy="evolution")
+    result = cli("search", str(path), "--storage", url, "--address", ray_address)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank" in result.stdout and "test acc" in result.stdout
+    assert f"results stored in {url}" in result.stdout
+    assert "trial 2 complete" in result.stderr
+
+    shown = json.loads(cli("show", "cli", "--storage", url, "--json").stdout)
+    assert shown["study"]["state"] == "finished"
+    assert [t["state"] for t in shown["trials"]] == ["complete"] * 3
+    best = shown["best"]
+    assert best["value"] == max(t["value"] for t in shown["trials"])
+    assert {"val_accuracy", "val_loss", "train_loss", "test_accuracy"} <= set(best["metrics"])
+    assert 0.3 < best["metrics"]["test_accuracy"] <= 1.0
+    store = Store(url)
+    trial = store.trials(store.get_study("cli").id)[0]
+    assert sorted(store.metrics(trial.id)) == [1, 2]  # one row set per epoch
+    assert trial.node
+
+    runs = json.loads(cli("runs", "--storage", url, "--json").stdout)
+    assert [r["name"] for r in runs] == ["cli"]
+    assert runs[0]["best"] == best["value"]
+    table = cli("show", "cli", "--storage", url)
+    assert "best trial" in table.stdout and "test_accuracy" in table.stdout
+
+    again = cli("search", str(path), "--storage", url, "--address", ray_address)
+    assert again.returncode == 2
+    assert "already exists" in again.stderr and "--resume" in again.stderr
+    assert len(Store(url).trials(store.get_study("cli").id)) == 3  # nothing lost
+
+
+def test_nan_trial_fails_with_reason_and_study_goes_on(write_config, tmp_path, ray_address):
+    path = write_config(name="nan", trials=3, strategy="grid")
+    path.write_text(
+        path.read_text().replace("lr = { low = 1e-3, high = 5e-3, log = true }", "lr = [1e9, 1e-3]")
+    )
+    store = Store(f"sqlite:///{tmp_path}/nan.db")
+    run_study(load_config(path, get_registry()), store)
+    trials = store.trials(store.get_study("nan").id)
+    states = sorted(t.state for t in trials)
+    assert TrialState.FAIL in states and TrialState.COMPLETE in states
+    failed = next(t for t in trials if t.state == TrialState.FAIL)
+    assert "NaN" in failed.error or "nan" in failed.error
+
+
+def test_resume_continues_without_repeating(write_config, tmp_path, ray_address):
+    url = f"sqlite:///{tmp_path}/resume.db"
+    path = write_config(name="resume", trials=2, strategy="evolution")
+    store = Store(url)
+    run_study(load_config(path, get_registry()), store)
+    first = store.trials(store.get_study("resume").id)
+    # simulate a driver killed mid-trial: a trial left running, the study not finished
+    study_id = store.get_study("resume").id
+    store.start_trial(study_id, {"depth": 1})
+    store.set_study_state(study_id, StudyState.RUNNING)
+
+    path.write_text(path.read_text().replace("trials = 2", "trials = 4"))
+    assert main(["search", str(path), "--storage", url, "--resume"]) == 0
+    trials = store.trials(study_id)
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert [t.params for t in trials[:2]] == [t.params for t in first]
+    assert trials[2].state == TrialState.INTERRUPTED
+    assert [t.state for t in trials[3:]] == [TrialState.COMPLETE] * 2
+    assert store.get_study("resume").state == StudyState.FINISHED
+
+    changed = path.read_text().replace('name = "evolution"', 'name = "random"')
+    path.write_text(changed)
+    assert main(["search", str(path), "--storage", url, "--resume"]) == 2
+
+
+@pytest.mark.parametrize("scheduler", ["asha", "hyperband", "median"])
+def test_schedulers_run_and_can_prune(write_config, tmp_path, ray_address, scheduler):
+    path = write_config(
+        name=scheduler, trials=4, epochs=3,
+        extra=f'\n[scheduler]\nname = "{scheduler}"\ngrace_period = 1\nreduction_factor = 2\n'
+        if scheduler != "median" else '\n[scheduler]\nname = "median"\nmin_samples_required = 1\n',
+    )
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    run_study(load_config(path, get_registry()), store)
+    trials = store.trials(store.get_study(scheduler).id)
+    assert len(trials) == 4
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert any(t.state == TrialState.COMPLETE for t in trials)
