@@ -215,7 +215,7 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
         def __init__(self) -> None:
             self.ids: dict[str, int] = {}
             self.numbers: dict[str, int] = {}
-            self.nodes: set[str] = set()
+            self.placed: set[str] = set()  # Tune trial ids whose node is stored
 
         def __reduce__(self):
             # Ray pickles callbacks into its experiment snapshot; the store is not picklable
@@ -237,9 +237,9 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
             }
             store.add_metrics(trial_id, step, values)
             node = result.get("node")
-            if node and node not in self.nodes:
+            if node and trial.trial_id not in self.placed:
                 store.set_trial_node(trial_id, node)
-                self.nodes.add(node)
+                self.placed.add(trial.trial_id)
             number = self.numbers[trial.trial_id]
             call_hook("on_trial_result", study=name, trial=number, step=step, metrics=values)
             on_event("result", {"number": number, "step": step, "metrics": values})

@@ -101,10 +101,13 @@ def train_classification(
         The metrics of the last report.
 
     Raises:
-        TrialFailed: The training loss became NaN or infinite.
+        TrialFailed: The training loss became NaN or infinite, or epochs or batch_size
+            is below 1.
     """
     hp = {key: params.get(key, default) for key, default in TRAINER_PARAMS.items()}
     epochs, batch_size = int(hp["epochs"]), int(hp["batch_size"])
+    if epochs < 1 or batch_size < 1:
+        raise TrialFailed(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     device = select_device()
@@ -118,9 +121,7 @@ def train_classification(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"])
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(warmup_steps, total_steps)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup_steps, total_steps))
 
     metrics: dict[str, float] = {}
     for epoch in range(1, epochs + 1):
