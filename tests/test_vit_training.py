@@ -8,10 +8,13 @@ import warnings
 from collections.abc import Iterator
 
 import numpy as np
+import pluggy
 import pytest
 import torch
 from torch import nn
 
+from autoplat import search_spaces
+from autoplat.core import hookspecs
 from autoplat.core.errors import PluginError
 from autoplat.core.interfaces import DataSpec, Splits
 from autoplat.core.space import Categorical, NamedSpace, SearchSpace
@@ -22,10 +25,11 @@ from autoplat.core.training import (
     select_device,
     train_classification,
 )
+from autoplat.plugins.architectures import vit as vit_plugin
 from autoplat.plugins.architectures.vit import ViT
+from autoplat.plugins.datasets import digits as digits_plugin
 from autoplat.plugins.datasets import mnist5k
 from autoplat.plugins.datasets.digits import Digits, SplitOptions, stratified_splits
-from autoplat.search_spaces import register_search_spaces
 
 DIGITS_SPEC = DataSpec("classification", "image", (1, 8, 8), 10)
 SMALL_VIT = {"depth": 1, "width": 32, "heads": 2, "mlp_ratio": 2, "patch_size": 4, "dropout": 0.0}
@@ -48,10 +52,22 @@ def digits() -> Splits:
 @pytest.fixture(scope="module")
 def vit_space() -> SearchSpace:
     spaces: list[NamedSpace] = []
-    register_search_spaces(spaces.append)
-    (vit,) = [s for s in spaces if s.name == "vit"]
-    assert vit.description
-    return vit.load()
+    search_spaces.register_search_spaces(spaces.append)
+    (named,) = [s for s in spaces if s.name == "vit"]
+    assert named.description
+    return named.load()
+
+
+def test_plugin_modules_register_through_pluggy() -> None:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for module in (vit_plugin, digits_plugin, mnist5k, search_spaces):
+        pm.register(module)
+    found: list = []
+    for hook in ("register_architectures", "register_datasets", "register_search_spaces"):
+        getattr(pm.hook, hook)(register=found.append)
+    assert {item.name for item in found} >= {"vit", "digits", "mnist5k"}
+    assert any(isinstance(item, NamedSpace) and item.name == "vit" for item in found)
 
 
 def test_vit_space_keys_are_trainer_or_architecture_params(vit_space: SearchSpace) -> None:
@@ -77,19 +93,19 @@ def test_vit_builds_and_backprops_at_space_corners(vit_space: SearchSpace) -> No
 
 
 def test_vit_check_params_rejects_bad_combinations() -> None:
-    vit = ViT()
+    arch = ViT()
     bad_heads = SMALL_VIT | {"width": 30, "heads": 4}
-    reason = vit.check_params(bad_heads)
+    reason = arch.check_params(bad_heads)
     assert reason is not None and "divisible" in reason
     with pytest.raises(ValueError, match=reason):
-        vit.build(bad_heads, DIGITS_SPEC)
+        arch.build(bad_heads, DIGITS_SPEC)
 
     bad_patch = SMALL_VIT | {"patch_size": 3}
-    assert vit.check_params(bad_patch) is None  # the image size is unknown without a spec
-    reason = vit.check_params(bad_patch, DIGITS_SPEC)
+    assert arch.check_params(bad_patch) is None  # the image size is unknown without a spec
+    reason = arch.check_params(bad_patch, DIGITS_SPEC)
     assert reason is not None and "8x8" in reason
     with pytest.raises(ValueError, match=reason):
-        vit.build(bad_patch, DIGITS_SPEC)
+        arch.build(bad_patch, DIGITS_SPEC)
 
 
 def test_digits_load(digits: Splits) -> None:

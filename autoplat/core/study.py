@@ -110,6 +110,12 @@ def _searcher_class():
             self.strategy = strategy
             self.live: dict[str, dict[str, Any]] = {}
 
+        def save(self, checkpoint_path: str) -> None:
+            """Nothing to save: a study resumes from the store (`--resume`)."""
+
+        def restore(self, checkpoint_path: str) -> None:
+            """Nothing to restore: see ``save``."""
+
         def __getstate__(self) -> dict[str, Any]:
             # Ray snapshots its experiment state; we resume from the store instead, so the
             # strategy (which may hold locks, e.g. an Optuna study) is left out.
@@ -173,9 +179,15 @@ def ensure_ray(address: str | None) -> None:
         os.environ.setdefault(key, value)
     # Trial results live in our store; Ray's result files are off (see RAY_ENV_DEFAULTS).
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # A notice printed on every start of a local cluster; not actionable for users.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR
+    )
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    # "local" starts a fresh local Ray; without it ray.init would join whatever cluster
+    # `ray start` last left behind on this machine.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     try:
         ray.init(
             address=address,

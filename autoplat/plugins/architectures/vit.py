@@ -69,8 +69,8 @@ class VisionTransformer(nn.Module):
         dropout: float,
     ) -> None:
         super().__init__()
-        channels, height, wide = input_shape
-        num_patches = (height // patch_size) * (wide // patch_size)
+        channels, rows, cols = input_shape
+        num_patches = (rows // patch_size) * (cols // patch_size)
         self.patch_embed = nn.Conv2d(channels, width, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, width))
@@ -121,11 +121,11 @@ class ViT(Architecture):
         if spec is not None:
             if len(spec.input_shape) != 3:
                 return f"vit: needs images shaped (C, H, W), got input shape {spec.input_shape}"
-            _, height, wide = spec.input_shape
-            if height % p["patch_size"] or wide % p["patch_size"]:
+            _, rows, cols = spec.input_shape
+            if rows % p["patch_size"] or cols % p["patch_size"]:
                 return (
                     f"vit: patch_size {p['patch_size']} does not divide the image size "
-                    f"{height}x{wide}"
+                    f"{rows}x{cols}"
                 )
         return None
 

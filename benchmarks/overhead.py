@@ -1,0 +1,529 @@
+"""Per-trial overhead of `platform` on Ray, against plain Ray Tune and a plain Optuna loop.
+
+Every variant runs the same number of trials of a trainable that does nothing (it reports
+one deterministic number and returns), in one Ray session started once and warmed up first,
+so what is measured is the cost of running a trial, not the trial. Rows:
+
+- ``optuna loop``: ``study.optimize`` with a no-op objective over the same space: the floor.
+- ``plain Ray Tune``: ``tune.Tuner`` with Ray's defaults (default loggers, ``reuse_actors``,
+  concurrency and pending trials), the reference every ratio is taken against.
+- ``platform on Ray``: ``run_study`` of a random search, storing every event in SQLite.
+- knob rows: the same runs with one Ray setting changed, to show which settings matter for
+  short trials (see benchmarks/README.md for what each one does).
+
+Each variant runs ``--repeats`` times, interleaved, and the table shows the best (lowest)
+total: the noise of a busy machine only ever adds time. Usage::
+
+    python benchmarks/overhead.py            # full run: 64 trials, a few minutes
+    python benchmarks/overhead.py --quick    # 16 trials, headline rows only, < 1 minute
+    python benchmarks/overhead.py --json overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import textwrap
+import time
+import warnings
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("AUTOPLAT_BUILTIN_ONLY", "1")  # measure the core, not installed plugins
+
+TARGET = 1.1  # platform on Ray may take at most this many times plain Ray Tune per trial
+SLOW_RUN_S = 60.0  # a variant whose first run takes longer than this runs only once
+METRIC = "val_accuracy"
+RAY_SERVICES = ("ray::IDLE", "ray::DashboardAgent", "ray::RuntimeEnvAgent")  # not trial actors
+
+CONFIG = """
+[study]
+name = "{name}"
+trials = {trials}
+seed = 0
+
+[architecture]
+name = "vit"
+
+[dataset]
+name = "digits"
+
+[space]
+depth = [1, 2]
+width = [16, 32]
+heads = [2]
+mlp_ratio = [2]
+patch_size = [4]
+dropout = 0.0
+lr = {{ low = 1e-4, high = 1e-2, log = true }}
+batch_size = 128
+epochs = {epochs}
+
+[strategy]
+name = "random"
+
+[resources]
+cpus_per_trial = 1
+{max_concurrent}
+"""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running the trials.
+
+    Attributes:
+        name: The row label.
+        kind: ``optuna``, ``store``, ``tune`` (plain Ray Tune) or ``platform``.
+        env: Environment for the run; ``None`` unsets a variable. Plain Ray Tune rows start
+            from Ray's defaults (autoplat's ``RAY_ENV_DEFAULTS`` unset), platform rows from
+            autoplat's.
+        reuse_actors: ``TuneConfig.reuse_actors``; ``None`` keeps the default (Ray's for
+            plain Tune, the driver's for platform, where other values are patched in).
+        max_concurrent: ``max_concurrent_trials``; platform rows set ``[resources]``.
+        reports: Reports per trial (``epochs``); the last carries ``finished: 1``.
+        share: Fraction of the trial count to run (slow rows run fewer; per-trial numbers
+            stay comparable since the fixed cost of a study is small next to them).
+        knob: A knob row (left out by ``--quick``).
+        note: What the row changes, in a few words.
+    """
+
+    name: str
+    kind: str
+    env: dict[str, str | None] = field(default_factory=dict)
+    reuse_actors: bool | None = None
+    max_concurrent: int | None = None
+    reports: int = 1
+    share: float = 1.0
+    knob: bool = False
+    note: str = ""
+
+
+def variants() -> list[Variant]:
+    """Every row: the three headline ones first, then one knob changed at a time."""
+    quiet = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+    return [
+        Variant("optuna loop", "optuna", note="study.optimize, no-op objective: the floor"),
+        Variant("plain Ray Tune", "tune", note="tune.Tuner with Ray's defaults: the reference"),
+        Variant("platform on Ray", "platform", note="run_study + SQLite store, its defaults"),
+        # -- what the platform row is made of
+        Variant("store writes only", "store", knob=True, note="the SQLite writes, no Ray"),
+        Variant(
+            "tune, platform's settings", "tune", env=quiet, reuse_actors=True,
+            max_concurrent=2, knob=True,
+            note="reuse, max_concurrent=2, no loggers: platform minus searcher and store",
+        ),
+        # -- actor reuse
+        Variant("tune reuse_actors=True", "tune", reuse_actors=True, knob=True,
+                note="Ray's defaults otherwise"),
+        Variant("platform reuse_actors=False", "platform", reuse_actors=False, share=0.25,
+                knob=True, note="a new actor (process) per trial"),
+        # -- result loggers
+        Variant("tune reuse + no loggers", "tune", env=quiet, reuse_actors=True, knob=True,
+                note="TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1"),
+        Variant("platform + loggers", "platform", knob=True,
+                env={"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0"},
+                note="CSV/JSON/TensorBoard files per trial back on"),
+        # -- concurrency and pending trials
+        Variant("platform max_concurrent=1", "platform", max_concurrent=1, knob=True,
+                note="one trial at a time"),
+        Variant("platform max_concurrent=4", "platform", max_concurrent=4, knob=True,
+                note="2 run (2 CPUs), 2 wait: finished actors always find a next trial"),
+        Variant("platform pending trials=4", "platform", knob=True,
+                env={"TUNE_MAX_PENDING_TRIALS_PG": "4"},
+                note="TUNE_MAX_PENDING_TRIALS_PG=4 (the driver's default: max_concurrent)"),
+        # -- result buffering (only matters when a trial reports often)
+        Variant("platform, 8 reports/trial", "platform", reports=8, knob=True,
+                note="8 epochs of nothing: 8 results through the store"),
+        Variant("platform, 8 reports, buffer=8", "platform", reports=8, knob=True,
+                env={"TUNE_RESULT_BUFFER_LENGTH": "8"},
+                note="TUNE_RESULT_BUFFER_LENGTH=8: results fetched in batches"),
+    ]
+
+
+# -- trainables ------------------------------------------------------------------------
+
+
+def make_noop(reports: int, pid_log: str) -> Callable[..., None]:
+    """A trainable that reports a number derived from its config and returns.
+
+    It appends its process id to ``pid_log`` so the benchmark can count actor processes.
+    Defined in a closure so Ray pickles it by value: workers need not import this file.
+    """
+
+    def noop(config: dict[str, Any], job: Any = None) -> None:
+        import os
+
+        from ray import tune
+
+        with open(pid_log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        value = zlib.crc32(json.dumps(config, sort_keys=True).encode()) % 1000 / 1000
+        for step in range(1, reports + 1):
+            extra = {"finished": 1} if step == reports else {}
+            tune.report({METRIC: value, "epoch": step, **extra})
+
+    return noop
+
+
+# -- environment and patches -----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def environ(overrides: dict[str, str | None]) -> Iterator[None]:
+    """Set (or, for ``None``, unset) variables; restore the whole environment after.
+
+    Tune reads its variables when a run starts (and may rewrite some), so setting them around
+    each run is enough; nothing is read at import time.
+    """
+    saved = dict(os.environ)
+    for key, value in overrides.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def driver_reuse(reuse_actors: bool | None) -> Iterator[None]:
+    """Make ``run_study`` build its TuneConfig with another ``reuse_actors`` (knob rows)."""
+    if reuse_actors is None:
+        yield
+        return
+    import ray.tune
+
+    real = ray.tune.TuneConfig
+
+    def patched(**kwargs: Any) -> Any:
+        return real(**{**kwargs, "reuse_actors": reuse_actors})
+
+    ray.tune.TuneConfig = patched
+    try:
+        yield
+    finally:
+        ray.tune.TuneConfig = real
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """Swallow what plain Ray Tune prints by default (its progress tables)."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
+
+
+# -- runners ---------------------------------------------------------------------------
+
+
+class Bench:
+    """Runs variants in one Ray session, in a scratch directory."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.count = 0
+
+    def _next(self, stem: str) -> str:
+        self.count += 1
+        return f"{re.sub(r'[^A-Za-z0-9]+', '-', stem).strip('-')}-{self.count}"
+
+    def config(self, name: str, trials: int, reports: int, max_concurrent: int | None):
+        from autoplat.core.config import load_config
+        from autoplat.core.registry import get_registry
+
+        path = self.dir / f"{name}.toml"
+        limit = f"max_concurrent = {max_concurrent}" if max_concurrent else ""
+        body = CONFIG.format(name=name, trials=trials, epochs=reports, max_concurrent=limit)
+        path.write_text(textwrap.dedent(body))
+        return load_config(path, get_registry())
+
+    def run(self, variant: Variant, trials: int) -> tuple[float, int]:
+        """Run one variant; returns (seconds, actor processes used)."""
+        name = self._next(variant.name)
+        pid_log = self.dir / f"{name}.pids"
+        pid_log.touch()
+        noop = make_noop(variant.reports, str(pid_log))
+        runner = getattr(self, f"_{variant.kind}")
+        seconds = runner(variant, trials, name, noop)
+        actors = len(set(pid_log.read_text().split()))
+        return seconds, actors
+
+    def _platform(self, variant: Variant, trials: int, name: str, noop) -> float:
+        from autoplat.core.store import Store, TrialState
+        from autoplat.core.study import run_study
+
+        with environ(variant.env), driver_reuse(variant.reuse_actors):
+            start = time.perf_counter()
+            resolved = self.config(name, trials, variant.reports, variant.max_concurrent)
+            store = Store(f"sqlite:///{self.dir / name}.db")
+            study_id = run_study(resolved, store, trainable=noop)
+            seconds = time.perf_counter() - start
+        done = [t for t in store.trials(study_id) if t.state == TrialState.COMPLETE]
+        if len(done) != trials or any(t.value is None for t in done):
+            raise RuntimeError(f"{variant.name}: {len(done)}/{trials} trials complete")
+        return seconds
+
+    def _tune(self, variant: Variant, trials: int, name: str, noop) -> float:
+        from ray import tune
+
+        from autoplat.core.study import RAY_ENV_DEFAULTS
+
+        space = self.config(name, trials, variant.reports, None).space.to_tune()
+        options: dict[str, Any] = {"max_concurrent_trials": variant.max_concurrent}
+        if variant.reuse_actors is not None:
+            options["reuse_actors"] = variant.reuse_actors
+        ray_defaults = {key: None for key in RAY_ENV_DEFAULTS}
+        with environ({**ray_defaults, **variant.env}), silenced():
+            start = time.perf_counter()
+            tuner = tune.Tuner(
+                noop,
+                param_space=space,
+                tune_config=tune.TuneConfig(
+                    num_samples=trials, metric=METRIC, mode="max", **options
+                ),
+                # Ray's default storage is ~/ray_results; keep the files in the scratch dir.
+                run_config=tune.RunConfig(name=name, storage_path=str(self.dir / "ray")),
+            )
+            results = tuner.fit()
+            seconds = time.perf_counter() - start
+        if len(results) != trials or results.errors:
+            raise RuntimeError(f"{variant.name}: {len(results.errors)} of {trials} trials failed")
+        return seconds
+
+    def _optuna(self, variant: Variant, trials: int, name: str, noop) -> float:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        dists = self.config(name, trials, 1, None).space.to_optuna()
+
+        def suggest(trial: optuna.Trial, key: str, dist: Any) -> Any:
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                return trial.suggest_categorical(key, dist.choices)
+            if isinstance(dist, optuna.distributions.IntDistribution):
+                return trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
+            return trial.suggest_float(key, dist.low, dist.high, log=dist.log)
+
+        def objective(trial: optuna.Trial) -> float:
+            params = {key: suggest(trial, key, dist) for key, dist in dists.items()}
+            return zlib.crc32(json.dumps(params, sort_keys=True).encode()) % 1000 / 1000
+
+        start = time.perf_counter()
+        study = optuna.create_study(
+            direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0)
+        )
+        study.optimize(objective, n_trials=trials)
+        seconds = time.perf_counter() - start
+        if len(study.trials) != trials:
+            raise RuntimeError(f"optuna ran {len(study.trials)} of {trials} trials")
+        return seconds
+
+    def _store(self, variant: Variant, trials: int, name: str, noop) -> float:
+        """The store calls the driver's callback makes for a one-report trial, in a loop."""
+        from autoplat.core.store import Store, TrialState
+
+        resolved = self.config(name, trials, 1, None)
+        params = resolved.space.fixed()
+        start = time.perf_counter()
+        store = Store(f"sqlite:///{self.dir / name}.db")
+        study = store.create_study(name, kind="search", direction="maximize", metric=METRIC)
+        for number in range(trials):
+            row = store.start_trial(study.id, params, ray_trial_id=f"t{number}")
+            store.add_metrics(row.id, 1, {METRIC: 0.5, "epoch": 1.0})
+            store.finish_trial(row.id, TrialState.COMPLETE, value=0.5)
+        return time.perf_counter() - start
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def settle(timeout: float = 30.0) -> None:
+    """Wait until the previous run's trial actors have exited (a run without actor reuse
+    leaves processes dying for a few seconds; the next run should not pay for them)."""
+    try:
+        import psutil  # ships with Ray
+    except ImportError:
+        time.sleep(3.0)
+        return
+    deadline = time.monotonic() + timeout
+    me = psutil.Process()
+    while time.monotonic() < deadline:
+        busy = []
+        for proc in me.children(recursive=True):  # our raylet and its workers
+            with contextlib.suppress(psutil.Error):
+                title = " ".join(proc.cmdline())
+                if title.startswith("ray::") and not title.startswith(RAY_SERVICES):
+                    busy.append(proc)
+        if not busy:
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)
+
+
+def measure(
+    chosen: list[Variant], trials: int, repeats: int, workdir: Path, say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Run every variant ``repeats`` times, round-robin; returns one row per variant."""
+    bench = Bench(workdir)
+    # Warm up, uncounted: Ray's first trials start worker processes and import Tune.
+    say("warming up Ray (uncounted)")
+    warm = [v for v in variants() if v.kind in ("tune", "platform") and not v.knob]
+    for variant in warm:
+        bench.run(Variant(variant.name, variant.kind, reuse_actors=True), 2)
+    rows = {v.name: {"variant": v, "runs": [], "actors": []} for v in chosen}
+    for repeat in range(repeats):
+        for variant in chosen:
+            row = rows[variant.name]
+            if repeat and row["runs"] and row["runs"][0] > SLOW_RUN_S:
+                continue  # a slow row's noise is small next to it; one run is enough
+            n = max(4, round(trials * variant.share))
+            settle()
+            seconds, actors = bench.run(variant, n)
+            row["runs"].append(seconds)
+            row["actors"].append(actors)
+            row["trials"] = n
+            say(f"  {variant.name:32s} run {repeat + 1}: {seconds:7.2f} s, {n} trials")
+    out = []
+    for name, row in rows.items():
+        variant: Variant = row["variant"]
+        best = min(row["runs"])
+        out.append(
+            {
+                "name": name,
+                "kind": variant.kind,
+                "knob": variant.knob,
+                "note": variant.note,
+                "trials": row["trials"],
+                "runs_s": [round(s, 3) for s in row["runs"]],
+                "best_s": round(best, 3),
+                "per_trial_s": round(best / row["trials"], 4),
+                "actors": min(row["actors"]),
+            }
+        )
+    reference = next((r for r in out if r["name"] == "plain Ray Tune"), None)
+    for row in out:
+        row["ratio_to_plain_tune"] = (
+            round(row["per_trial_s"] / reference["per_trial_s"], 3) if reference else None
+        )
+    return out
+
+
+def print_table(rows: list[dict[str, Any]], trials: int, repeats: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"Per-trial overhead, no-op trials (best of up to {repeats} runs)",
+        caption="ratio: seconds per trial / plain Ray Tune's; actors: worker processes used",
+    )
+    for column in ("variant", "trials", "total s", "s/trial", "ratio", "actors", "runs s"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for i, row in enumerate(rows):
+        if i and row["knob"] and not rows[i - 1]["knob"]:
+            table.add_section()
+        ratio = row["ratio_to_plain_tune"]
+        table.add_row(
+            row["name"],
+            str(row["trials"]),
+            f"{row['best_s']:.2f}",
+            f"{row['per_trial_s']:.4f}",
+            "" if ratio is None else f"{ratio:.3f}x",
+            "" if row["kind"] in ("optuna", "store") else str(row["actors"]),
+            " ".join(f"{s:.1f}" for s in row["runs_s"]),
+        )
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    console.print(table)
+    by_name = {row["name"]: row for row in rows}
+    platform, plain = by_name.get("platform on Ray"), by_name.get("plain Ray Tune")
+    if platform and plain:
+        ratio = platform["ratio_to_plain_tune"]
+        verdict = "PASS" if ratio <= TARGET else "FAIL"
+        console.print(f"platform on Ray / plain Ray Tune = {ratio:.3f}x (target <= {TARGET}x): "
+                      f"{verdict}")
+    same = by_name.get("tune, platform's settings")
+    if platform and same:
+        console.print(
+            f"platform on Ray / plain Ray Tune with platform's settings = "
+            f"{platform['per_trial_s'] / same['per_trial_s']:.3f}x "
+            "(what the searcher adapter, store callback and SQLite writes add)"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="16 trials, headline rows only")
+    parser.add_argument("--trials", type=int, help="trials per variant (default 64; quick 16)")
+    parser.add_argument("--repeats", type=int, help="runs per variant (default 2; quick 1)")
+    parser.add_argument("--only", help="regex: run only the variants whose name matches")
+    parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    args = parser.parse_args(argv)
+    trials = args.trials or (16 if args.quick else 64)
+    repeats = args.repeats or (1 if args.quick else 2)
+    chosen = [v for v in variants() if not (args.quick and v.knob)]
+    if args.only:
+        chosen = [v for v in chosen if re.search(args.only, v.name)]
+        if not chosen:
+            parser.error(f"--only {args.only!r} matches no variant")
+    json_path = args.json.resolve() if args.json else None
+
+    import optuna
+    import ray
+
+    from autoplat.core.study import ensure_ray
+
+    warnings.filterwarnings("ignore")
+    for name in ("ray", "ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="autoplat-overhead-") as scratch:
+        here = Path.cwd()
+        os.chdir(scratch)  # run_study writes Ray's experiment state under ./runs/ray
+        try:
+            ray_start = time.perf_counter()
+            # "local": a fresh local Ray, never a cluster a `ray start` left recorded in
+            # /tmp/ray/ray_current_cluster (plain ray.init() would join it, or hang if dead).
+            ensure_ray("local")
+            say(f"ray.init: {time.perf_counter() - ray_start:.1f} s (uncounted)")
+            rows = measure(chosen, trials, repeats, Path(scratch), say)
+        finally:
+            os.chdir(here)
+            ray.shutdown()
+    print_table(rows, trials, repeats)
+    if json_path:
+        payload = {
+            "benchmark": "overhead",
+            "trials": trials,
+            "repeats": repeats,
+            "statistic": "best (lowest) total of the runs",
+            "target_ratio": TARGET,
+            "cpus": os.cpu_count(),
+            "ray": ray.__version__,
+            "optuna": optuna.__version__,
+            "python": sys.version.split()[0],
+            "wall_s": round(time.perf_counter() - started, 1),
+            "variants": rows,
+        }
+        json_path.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
