@@ -54,9 +54,12 @@ def leaderboard(summary: dict[str, Any], top: int | None = None) -> Table:
         test = t["metrics"].get("test_accuracy") if rank == 1 else None
         duration = f"{t['duration_s']:.1f}s" if t["duration_s"] is not None else ""
         table.add_row(
-            str(rank), str(t["number"]), _params_text({k: t["params"][k] for k in varying}),
+            str(rank),
+            str(t["number"]),
+            _params_text({k: t["params"][k] for k in varying}),
             f"{t['value']:.4f}",
-            f"{test:.4f}" if test is not None else "", duration,
+            f"{test:.4f}" if test is not None else "",
+            duration,
         )
     return table
 
@@ -92,8 +95,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     best: list[float] = []
 
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=err,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err,
     ) as progress:
         task = progress.add_task(cfg.study.name, total=cfg.study.trials, status="starting Ray")
 
@@ -124,9 +131,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     progress.update(task, status=f"best {metric}={best[0]:.4f}")
 
         try:
-            run_study(
-                resolved, store, address=args.address, resume=args.resume, on_event=on_event
-            )
+            run_study(resolved, store, address=args.address, resume=args.resume, on_event=on_event)
         except KeyboardInterrupt:
             err.print(
                 f"interrupted; finished trials are stored. Continue with: "
@@ -135,14 +140,18 @@ def cmd_search(args: argparse.Namespace) -> int:
             return 130
     study = store.get_study(cfg.study.name)
     _print_study(store, study, top=10)
-    out.print(f"results stored in {store.url} (study '{study.name}'); "
-              f"view again with: platform show {study.name}")
+    out.print(
+        f"results stored in {store.url} (study '{study.name}'); "
+        f"view again with: platform show {study.name}"
+    )
     return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
     store = Store(_storage(args), create=False)
-    summaries = [store.summary(s)["study"] | {"best": _best_value(store, s)} for s in store.studies()]
+    summaries = [
+        store.summary(s)["study"] | {"best": _best_value(store, s)} for s in store.studies()
+    ]
     if args.json:
         print(json.dumps(summaries, indent=2))
         return 0
@@ -153,8 +162,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
         c = s["trial_counts"]
         best = s["best"]
         table.add_row(
-            s["name"], s["kind"], s["state"], str(c["complete"] + c["pruned"]), str(c["running"]),
-            str(c["fail"]), f"{best:.4f}" if best is not None else "", s["started_at"][:19],
+            s["name"],
+            s["kind"],
+            s["state"],
+            str(c["complete"] + c["pruned"]),
+            str(c["running"]),
+            str(c["fail"]),
+            f"{best:.4f}" if best is not None else "",
+            s["started_at"][:19],
         )
     out.print(table)
     return 0

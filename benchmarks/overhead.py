@@ -119,35 +119,84 @@ def variants() -> list[Variant]:
         # -- what the platform row is made of
         Variant("store writes only", "store", knob=True, note="the SQLite writes, no Ray"),
         Variant(
-            "tune, platform's settings", "tune", env=quiet, reuse_actors=True,
-            max_concurrent=2, knob=True,
+            "tune, platform's settings",
+            "tune",
+            env=quiet,
+            reuse_actors=True,
+            max_concurrent=2,
+            knob=True,
             note="reuse, max_concurrent=2, no loggers: platform minus searcher and store",
         ),
         # -- actor reuse
-        Variant("tune reuse_actors=True", "tune", reuse_actors=True, knob=True,
-                note="Ray's defaults otherwise"),
-        Variant("platform reuse_actors=False", "platform", reuse_actors=False, share=0.25,
-                knob=True, note="a new actor (process) per trial"),
+        Variant(
+            "tune reuse_actors=True",
+            "tune",
+            reuse_actors=True,
+            knob=True,
+            note="Ray's defaults otherwise",
+        ),
+        Variant(
+            "platform reuse_actors=False",
+            "platform",
+            reuse_actors=False,
+            share=0.25,
+            knob=True,
+            note="a new actor (process) per trial",
+        ),
         # -- result loggers
-        Variant("tune reuse + no loggers", "tune", env=quiet, reuse_actors=True, knob=True,
-                note="TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1"),
-        Variant("platform + loggers", "platform", knob=True,
-                env={"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0"},
-                note="CSV/JSON/TensorBoard files per trial back on"),
+        Variant(
+            "tune reuse + no loggers",
+            "tune",
+            env=quiet,
+            reuse_actors=True,
+            knob=True,
+            note="TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1",
+        ),
+        Variant(
+            "platform + loggers",
+            "platform",
+            knob=True,
+            env={"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0"},
+            note="CSV/JSON/TensorBoard files per trial back on",
+        ),
         # -- concurrency and pending trials
-        Variant("platform max_concurrent=1", "platform", max_concurrent=1, knob=True,
-                note="one trial at a time"),
-        Variant("platform max_concurrent=4", "platform", max_concurrent=4, knob=True,
-                note="2 run (2 CPUs), 2 wait: finished actors always find a next trial"),
-        Variant("platform pending trials=4", "platform", knob=True,
-                env={"TUNE_MAX_PENDING_TRIALS_PG": "4"},
-                note="TUNE_MAX_PENDING_TRIALS_PG=4 (the driver's default: max_concurrent)"),
+        Variant(
+            "platform max_concurrent=1",
+            "platform",
+            max_concurrent=1,
+            knob=True,
+            note="one trial at a time",
+        ),
+        Variant(
+            "platform max_concurrent=4",
+            "platform",
+            max_concurrent=4,
+            knob=True,
+            note="2 run (2 CPUs), 2 wait: finished actors always find a next trial",
+        ),
+        Variant(
+            "platform pending trials=4",
+            "platform",
+            knob=True,
+            env={"TUNE_MAX_PENDING_TRIALS_PG": "4"},
+            note="TUNE_MAX_PENDING_TRIALS_PG=4 (the driver's default: max_concurrent)",
+        ),
         # -- result buffering (only matters when a trial reports often)
-        Variant("platform, 8 reports/trial", "platform", reports=8, knob=True,
-                note="8 epochs of nothing: 8 results through the store"),
-        Variant("platform, 8 reports, buffer=8", "platform", reports=8, knob=True,
-                env={"TUNE_RESULT_BUFFER_LENGTH": "8"},
-                note="TUNE_RESULT_BUFFER_LENGTH=8: results fetched in batches"),
+        Variant(
+            "platform, 8 reports/trial",
+            "platform",
+            reports=8,
+            knob=True,
+            note="8 epochs of nothing: 8 results through the store",
+        ),
+        Variant(
+            "platform, 8 reports, buffer=8",
+            "platform",
+            reports=8,
+            knob=True,
+            env={"TUNE_RESULT_BUFFER_LENGTH": "8"},
+            note="TUNE_RESULT_BUFFER_LENGTH=8: results fetched in batches",
+        ),
     ]
 
 
@@ -451,8 +500,9 @@ def print_table(rows: list[dict[str, Any]], trials: int, repeats: int) -> None:
     if platform and plain:
         ratio = platform["ratio_to_plain_tune"]
         verdict = "PASS" if ratio <= TARGET else "FAIL"
-        console.print(f"platform on Ray / plain Ray Tune = {ratio:.3f}x (target <= {TARGET}x): "
-                      f"{verdict}")
+        console.print(
+            f"platform on Ray / plain Ray Tune = {ratio:.3f}x (target <= {TARGET}x): {verdict}"
+        )
     same = by_name.get("tune, platform's settings")
     if platform and same:
         console.print(

@@ -55,8 +55,10 @@ def write_config(tmp_path: Path):
         strategy: str = "random",
         extra: str = "",
     ) -> Path:
-        body = text if text is not None else TINY.format(
-            name=name, trials=trials, epochs=epochs, strategy=strategy
+        body = (
+            text
+            if text is not None
+            else TINY.format(name=name, trials=trials, epochs=epochs, strategy=strategy)
         )
         path = tmp_path / f"{name}.toml"
         path.write_text(textwrap.dedent(body) + textwrap.dedent(extra))

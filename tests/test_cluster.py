@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -19,15 +20,14 @@ RAY = str(Path(sys.executable).with_name("ray"))
 def _kill_cluster(temp_dir: str) -> None:
     """Stop only this cluster's processes (`ray stop` would stop every Ray on the machine)."""
     roots = [
-        p for p in psutil.process_iter(["cmdline"])
+        p
+        for p in psutil.process_iter(["cmdline"])
         if any(temp_dir in arg for arg in (p.info["cmdline"] or []))
     ]
     doomed = {child for p in roots for child in p.children(recursive=True)} | set(roots)
     for proc in doomed:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(list(doomed), timeout=10)
 
 
@@ -39,13 +39,26 @@ def two_node_cluster():
     common = ["--num-cpus=1", "--disable-usage-stats"]
     try:
         subprocess.run(
-            [RAY, "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}",
-             "--include-dashboard=false", *common],
-            check=True, capture_output=True, env=env, timeout=120,
+            [
+                RAY,
+                "start",
+                "--head",
+                f"--port={port}",
+                f"--temp-dir={temp_dir}",
+                "--include-dashboard=false",
+                *common,
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=120,
         )
         subprocess.run(
             [RAY, "start", f"--address=127.0.0.1:{port}", *common],
-            check=True, capture_output=True, env=env, timeout=120,
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=120,
         )
         yield f"127.0.0.1:{port}"
     finally:
@@ -57,14 +70,28 @@ def test_search_places_trials_on_both_nodes(two_node_cluster, write_config, tmp_
     path = write_config(name="cluster", trials=4)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     run = subprocess.run(
-        [sys.executable, "-m", "autoplat.cli", "search", str(path), "--storage", url,
-         "--address", two_node_cluster],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "autoplat.cli",
+            "search",
+            str(path),
+            "--storage",
+            url,
+            "--address",
+            two_node_cluster,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     shown = subprocess.run(
         [sys.executable, "-m", "autoplat.cli", "show", "cluster", "--storage", url, "--json"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     trials = json.loads(shown.stdout)["trials"]
     assert [t["state"] for t in trials] == ["complete"] * 4

@@ -15,23 +15,38 @@ from autoplat.core.store import Store
 BAD = [
     # (what to change, expected message fragments)
     (("[study]\nname", "[study]\nnmae"), ["study.nmae", "did you mean 'name'"]),
-    (("trials = 2", "trials = \"many\""), ["study.trials", "valid integer", "'many'"]),
+    (("trials = 2", 'trials = "many"'), ["study.trials", "valid integer", "'many'"]),
     (("trials = 2", "trials = 0"), ["study.trials", "greater than or equal to 1"]),
     (("cpus_per_trial = 1", "cpus_per_trial = -1"), ["resources.cpus_per_trial", "greater than 0"]),
-    (('name = "vit"', 'name = "vitt"'), ["architecture.name", "unknown architecture 'vitt'",
-                                          "did you mean 'vit'", "Available: vit"]),
-    (('name = "digits"', 'name = "digitz"'), ["dataset.name", "unknown dataset 'digitz'",
-                                               "Available: digits, mnist5k"]),
-    (('name = "random"', 'name = "evolve"'), ["strategy.name", "unknown strategy 'evolve'",
-                                               "evolution"]),
+    (
+        ('name = "vit"', 'name = "vitt"'),
+        [
+            "architecture.name",
+            "unknown architecture 'vitt'",
+            "did you mean 'vit'",
+            "Available: vit",
+        ],
+    ),
+    (
+        ('name = "digits"', 'name = "digitz"'),
+        ["dataset.name", "unknown dataset 'digitz'", "Available: digits, mnist5k"],
+    ),
+    (
+        ('name = "random"', 'name = "evolve"'),
+        ["strategy.name", "unknown strategy 'evolve'", "evolution"],
+    ),
     (("depth = [1]", "dpeth = [1]"), ["space.dpeth", "did you mean 'depth'"]),
     (("epochs = 2", "epochs = { low = 5, high = 1 }"), ["space.epochs", "must be below"]),
     (("[strategy]", "[strategy]\npopulation = 8"), ["strategy.population", "unknown key"]),
-    (("seed = 0", "seed = 0\nmetric = \"val_acc\""), ["study.metric", "did you mean 'val_accuracy'"]),
-    (("[resources]", "[scheduler]\nname = \"asha2\"\n\n[resources]"),
-     ["scheduler.name", "'fifo', 'asha', 'hyperband' or 'median'"]),
-    (("[dataset]\nname = \"digits\"", "[dataset]\nname = \"digits\"\nval_fraction = 0.9"),
-     ["dataset.val_fraction", "less than 0.5"]),
+    (("seed = 0", 'seed = 0\nmetric = "val_acc"'), ["study.metric", "did you mean 'val_accuracy'"]),
+    (
+        ("[resources]", '[scheduler]\nname = "asha2"\n\n[resources]'),
+        ["scheduler.name", "'fifo', 'asha', 'hyperband' or 'median'"],
+    ),
+    (
+        ('[dataset]\nname = "digits"', '[dataset]\nname = "digits"\nval_fraction = 0.9'),
+        ["dataset.val_fraction", "less than 0.5"],
+    ),
     (("[study]", "[study\n"), ["invalid TOML", "line"]),
 ]
 
@@ -90,7 +105,9 @@ def test_architecture_dataset_mismatch_names_both(write_config, capsys):
 def test_missing_file_and_cli_subprocess_exit_2(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "autoplat.cli", "search", str(tmp_path / "nope.toml")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "config file" in result.stderr and "not found" in result.stderr

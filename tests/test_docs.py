@@ -13,7 +13,8 @@ DOC = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
 
 def test_every_hookspec_is_documented_with_its_signature():
     specs = {
-        name: fn for name, fn in vars(hookspecs).items()
+        name: fn
+        for name, fn in vars(hookspecs).items()
         if callable(fn) and hasattr(fn, "autoplat_spec")
     }
     assert len(specs) == 9

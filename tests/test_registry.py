@@ -54,11 +54,17 @@ def broken_site(tmp_path: Path) -> Path:
 
 def run_cli(args: list[str], site: Path, **env: str) -> subprocess.CompletedProcess:
     full_env = {
-        **os.environ, "PYTHONPATH": str(site), "AUTOPLAT_BUILTIN_ONLY": "0", **env,
+        **os.environ,
+        "PYTHONPATH": str(site),
+        "AUTOPLAT_BUILTIN_ONLY": "0",
+        **env,
     }
     return subprocess.run(
         [sys.executable, "-m", "autoplat.cli", *args],
-        capture_output=True, text=True, env=full_env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
     )
 
 

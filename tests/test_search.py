@@ -98,9 +98,12 @@ def test_resume_continues_without_repeating(write_config, tmp_path, ray_address)
 @pytest.mark.parametrize("scheduler", ["asha", "hyperband", "median"])
 def test_schedulers_run_and_can_prune(write_config, tmp_path, ray_address, scheduler):
     path = write_config(
-        name=scheduler, trials=4, epochs=3,
+        name=scheduler,
+        trials=4,
+        epochs=3,
         extra=f'\n[scheduler]\nname = "{scheduler}"\ngrace_period = 1\nreduction_factor = 2\n'
-        if scheduler != "median" else '\n[scheduler]\nname = "median"\nmin_samples_required = 1\n',
+        if scheduler != "median"
+        else '\n[scheduler]\nname = "median"\nmin_samples_required = 1\n',
     )
     store = Store(f"sqlite:///{tmp_path}/s.db")
     run_study(load_config(path, get_registry()), store)

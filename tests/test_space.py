@@ -10,8 +10,8 @@ from ray import tune
 
 from autoplat.core.space import (
     Categorical,
-    FloatRange,
     Fixed,
+    FloatRange,
     IntRange,
     SearchSpace,
     SpaceError,
@@ -96,7 +96,11 @@ def test_to_tune_domains_sample_inside_the_space():
 def test_merge_overrides_and_bool_is_not_int():
     base = SearchSpace.from_dict({"depth": [2, 4], "epochs": 5})
     merged = base.merged(SearchSpace.from_dict({"epochs": 1, "lr": [0.1]}))
-    assert merged.dims == {"depth": Categorical((2, 4)), "epochs": Fixed(1), "lr": Categorical((0.1,))}
+    assert merged.dims == {
+        "depth": Categorical((2, 4)),
+        "epochs": Fixed(1),
+        "lr": Categorical((0.1,)),
+    }
     assert not Categorical((1, 2)).contains(True)
     assert not IntRange(0, 3).contains(True)
 

@@ -16,7 +16,14 @@ def test_sqlite_settings_and_tables(tmp_path):
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"studies", "trials", "trial_metrics", "al_rounds", "artifacts", "schema_version"} <= tables
+    assert {
+        "studies",
+        "trials",
+        "trial_metrics",
+        "al_rounds",
+        "artifacts",
+        "schema_version",
+    } <= tables
     assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
 
 
@@ -36,21 +43,29 @@ def test_trial_lifecycle_and_summary(tmp_path):
     assert store.interrupt_running(study.id) == 1
     summary = Store(f"sqlite:///{tmp_path}/p.db", create=False).summary(store.get_study("s"))
     assert summary["study"]["trial_counts"] == {
-        "running": 0, "complete": 1, "pruned": 0, "fail": 1, "interrupted": 1,
+        "running": 0,
+        "complete": 1,
+        "pruned": 0,
+        "fail": 1,
+        "interrupted": 1,
     }
     assert summary["best"]["number"] == 0
     assert summary["best"]["metrics"] == {"val_accuracy": 0.81, "test_accuracy": 0.79}
     assert summary["trials"][1]["error"].startswith("TrialFailed")
-    assert store.metrics(a.id) == {1: {"val_accuracy": 0.5}, 2: {"val_accuracy": 0.81,
-                                                                 "test_accuracy": 0.79}}
+    assert store.metrics(a.id) == {
+        1: {"val_accuracy": 0.5},
+        2: {"val_accuracy": 0.81, "test_accuracy": 0.79},
+    }
 
 
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
         (lambda p: p.write_text("not a database at all" * 100), "cannot open the results store"),
-        (lambda p: sqlite3.connect(p).execute("CREATE TABLE x (a)").connection.commit(),
-         "not a platform database"),
+        (
+            lambda p: sqlite3.connect(p).execute("CREATE TABLE x (a)").connection.commit(),
+            "not a platform database",
+        ),
     ],
 )
 def test_bad_databases_give_clear_errors(tmp_path, setup, message):

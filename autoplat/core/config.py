@@ -140,8 +140,9 @@ class _Source:
         return ConfigError(f"{where}: {dotted}: {message}" if dotted else f"{where}: {message}")
 
 
-def _validation_message(exc: ValidationError, model: type[BaseModel], source: _Source,
-                        prefix: Loc = ()) -> ConfigError:
+def _validation_message(
+    exc: ValidationError, model: type[BaseModel], source: _Source, prefix: Loc = ()
+) -> ConfigError:
     """One clear message for the first problem pydantic found."""
     # a misspelt key also makes its real name "missing": report the misspelling first
     err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")

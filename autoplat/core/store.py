@@ -28,7 +28,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class TrialState(str, enum.Enum):
+class TrialState(enum.StrEnum):
     RUNNING = "running"
     COMPLETE = "complete"
     PRUNED = "pruned"
@@ -36,7 +36,7 @@ class TrialState(str, enum.Enum):
     INTERRUPTED = "interrupted"
 
 
-class StudyState(str, enum.Enum):
+class StudyState(enum.StrEnum):
     RUNNING = "running"
     FINISHED = "finished"
     INTERRUPTED = "interrupted"
@@ -331,7 +331,9 @@ class Store:
 
     def best_trial(self, study: Study) -> Trial | None:
         done = [
-            t for t in self.trials(study.id) if t.state == TrialState.COMPLETE and t.value is not None
+            t
+            for t in self.trials(study.id)
+            if t.state == TrialState.COMPLETE and t.value is not None
         ]
         if not done:
             return None

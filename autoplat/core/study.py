@@ -156,7 +156,9 @@ def make_scheduler(resolved: Resolved):
     common = {"metric": metric, "mode": mode, "time_attr": "training_iteration"}
     if cfg.name == "asha":
         return schedulers.ASHAScheduler(
-            max_t=max_t, grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor,
+            max_t=max_t,
+            grace_period=cfg.grace_period,
+            reduction_factor=cfg.reduction_factor,
             **common,
         )
     if cfg.name == "hyperband":
@@ -165,7 +167,8 @@ def make_scheduler(resolved: Resolved):
         )
     if cfg.name == "median":
         return schedulers.MedianStoppingRule(
-            grace_period=cfg.grace_period, min_samples_required=cfg.min_samples_required,
+            grace_period=cfg.grace_period,
+            min_samples_required=cfg.min_samples_required,
             **common,
         )
     return schedulers.FIFOScheduler()
@@ -278,7 +281,12 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
 
 
 _REPORTED = {
-    "train_loss", "val_accuracy", "val_loss", "test_accuracy", "test_loss", "metric",
+    "train_loss",
+    "val_accuracy",
+    "val_loss",
+    "test_accuracy",
+    "test_loss",
+    "metric",
 }
 
 
