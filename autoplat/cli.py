@@ -86,6 +86,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autoplat.core.registry import get_registry
     from autoplat.core.study import run_study
 
+    if args.tui:
+        from autoplat.tui.launch import search_with_tui
+
+        return search_with_tui(args)
     registry = get_registry()
     _warn_plugin_errors(registry)
     resolved = load_config(args.config, registry)
@@ -208,6 +212,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plugins_new(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from autoplat.core.scaffold import new_plugin
+
+    path = new_plugin(args.name, Path(args.dir))
+    out.print(f"created {path}; next: pip install -e {path} && pytest {path}")
+    return 0
+
+
 def _warn_plugin_errors(registry) -> None:
     for plugin, message in registry.errors():
         err.print(f"warning: plugin '{plugin}' skipped part of its load: {message}")
@@ -226,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help=storage_help + "; overrides [study].storage")
     p.add_argument("--address", help="join the Ray cluster at this address (or RAY_ADDRESS)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    p.add_argument("--tui", action="store_true", help="watch the search live in the TUI")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("runs", help="list studies in the store")
@@ -243,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list plugins, what they register, and load errors")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_plugins)
+    plugin_sub = p.add_subparsers(dest="plugins_command", metavar="ACTION")
+    p = plugin_sub.add_parser("new", help="scaffold a plugin package from the template")
+    p.add_argument("name", help="package name, e.g. autoplat-mynet")
+    p.add_argument("--dir", default=".", help="parent folder of the new package (default: .)")
+    p.set_defaults(func=cmd_plugins_new)
     return parser
 
 

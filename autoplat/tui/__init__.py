@@ -1,0 +1,1 @@
+"""The Textual TUI: `platform tui` and `platform search --tui`."""
