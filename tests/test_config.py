@@ -128,3 +128,37 @@ def test_good_config_resolves(write_config):
     assert resolved.space.fixed()["epochs"] == 2
     assert resolved.space.dims["width"].choices == (16, 32)
     assert "heads" in resolved.space.dims
+
+
+def test_unreachable_cluster_and_bad_storage_exit_2(write_config, tmp_path, capsys):
+    db = tmp_path / "kept.db"
+    Store(f"sqlite:///{db}").create_study("kept")
+    path = write_config()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autoplat.cli",
+            "search",
+            str(path),
+            "--storage",
+            f"sqlite:///{db}",
+            "--address",
+            "127.0.0.1:1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "cannot reach the Ray cluster at '127.0.0.1:1'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [s.name for s in Store(f"sqlite:///{db}").studies()] == ["kept"]
+
+    not_db = tmp_path / "notes.txt"
+    not_db.write_text("my notes\n")
+    assert main(["search", str(path), "--storage", f"sqlite:///{not_db}"]) == 2
+    assert "cannot open the results store" in capsys.readouterr().err
+    assert not_db.read_text() == "my notes\n"
+    assert main(["show", "nope", "--storage", f"sqlite:///{db}"]) == 2
+    assert "no study named 'nope'" in capsys.readouterr().err

@@ -133,3 +133,10 @@ def test_add_plugin_in_process_and_duplicate():
     info = registry.add_plugin(Plugin(), "mine")
     assert info.status == "error"
     assert "strategy 'random' is already registered by plugin 'search-strategies'" in info.errors[0]
+
+
+def test_trace_switch_logs_each_hook_call(broken_site):
+    result = run_cli(["plugins", "--json"], broken_site, AUTOPLAT_TRACE="1")
+    assert "[autoplat trace] vit.register_architectures() -> ['vit']" in result.stderr
+    assert "[autoplat trace] broken_hook.register_datasets() -> []" in result.stderr
+    assert "register_commands" in result.stderr  # pluggy's own trace of called hooks

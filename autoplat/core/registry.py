@@ -7,6 +7,8 @@ import difflib
 import importlib.metadata as md
 import logging
 import os
+import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "autoplat"
 DISABLE_ENV = "AUTOPLAT_DISABLE_PLUGINS"
 BUILTIN_ONLY_ENV = "AUTOPLAT_BUILTIN_ONLY"  # "1": load only autoplat's own plugins (tests)
+TRACE_ENV = "AUTOPLAT_TRACE"  # "1": print every hook call to stderr
 KINDS = ("architectures", "datasets", "strategies", "acquisitions", "scorers", "search_spaces")
 SINGULAR = {
     "architectures": "architecture",
@@ -69,6 +72,10 @@ def _first_line_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
+def _trace(message: str) -> None:
+    print(f"[autoplat trace] {message}", file=sys.stderr)
+
+
 def disabled_plugins() -> set[str]:
     return {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
 
@@ -82,6 +89,10 @@ class Registry:
         self.plugins: dict[str, PluginInfo] = {}
         self.items: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
         self.owners: dict[tuple[str, str], str] = {}
+        self.trace = os.environ.get(TRACE_ENV) == "1"
+        if self.trace:
+            self.pm.trace.root.setwriter(lambda message: _trace(message.rstrip()))
+            self.pm.enable_tracing()
 
     # -- loading -----------------------------------------------------------------
     def load_entry_points(self) -> None:
@@ -132,11 +143,17 @@ class Registry:
                 if impl.plugin_name != name:
                     continue
                 found: list[Any] = []
+                start = time.perf_counter()
                 try:
                     impl.function(register=found.append)
                 except Exception as exc:  # noqa: BLE001 - the plugin's bug, not ours
                     info.errors.append(f"register_{kind} raised {_first_line_error(exc)}")
                     continue
+                finally:
+                    if self.trace:
+                        names = [getattr(item, "name", repr(item)) for item in found]
+                        ms = (time.perf_counter() - start) * 1000
+                        _trace(f"{name}.register_{kind}() -> {names} ({ms:.1f} ms)")
                 for item in found:
                     self._add(kind, item, name, info)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 import zlib
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any
 from autoplat.core.config import Resolved
 from autoplat.core.errors import AutoplatError, StoreError
 from autoplat.core.interfaces import Strategy
-from autoplat.core.store import Store, StudyState, TrialState
+from autoplat.core.store import Store, Study, StudyState, TrialState
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,7 @@ def ensure_ray(address: str | None) -> None:
     # "local" starts a fresh local Ray; without it ray.init would join whatever cluster
     # `ray start` last left behind on this machine.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    _check_reachable(address)
     try:
         ray.init(
             address=address,
@@ -203,6 +205,20 @@ def ensure_ray(address: str | None) -> None:
         raise AutoplatError(
             f"cannot reach the Ray cluster at '{address}': {exc}. Start it with "
             "`ray start --head` there, or drop --address to run locally"
+        ) from None
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a HOST:PORT nobody listens on (ray.init would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    if address in ("local", "auto") or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise AutoplatError(
+            f"cannot reach the Ray cluster at '{address}' ({exc.strerror or exc}). Start it "
+            "with `ray start --head --port=PORT` there, or drop --address to run locally"
         ) from None
 
 
@@ -300,15 +316,33 @@ def _default_concurrency(cpus: float, gpus: float) -> int:
     return max(1, fits)
 
 
-def open_study(store: Store, resolved: Resolved, resume: bool) -> tuple[int, list]:
-    """Create the study, or (with ``resume``) reopen it; returns its id and finished trials."""
+def check_study(store: Store, resolved: Resolved, resume: bool) -> Study | None:
+    """Refuse a name clash or a bad ``--resume`` before anything is written or started."""
     cfg = resolved.config.study
     existing = store.find_study(cfg.name)
+    if existing is None and resume:
+        raise StoreError(
+            f"--resume: no study named '{cfg.name}' in {store.url}; run without --resume"
+        )
+    if existing is not None and not resume:
+        raise StoreError(
+            f"study '{cfg.name}' already exists in {store.url}; pass --resume to continue it, "
+            "or change [study].name"
+        )
+    if existing is not None and _without_trials(json.loads(existing.config)) != _without_trials(
+        resolved.raw
+    ):
+        raise StoreError(
+            f"--resume: the config of '{cfg.name}' changed since it started (only "
+            "[study].trials may change); use a new [study].name for a new search"
+        )
+    return existing
+
+
+def open_study(store: Store, resolved: Resolved, existing: Study | None) -> tuple[int, list]:
+    """Create the study, or reopen ``existing``; returns its id and its finished trials."""
+    cfg = resolved.config.study
     if existing is None:
-        if resume:
-            raise StoreError(
-                f"--resume: no study named '{cfg.name}' in {store.url}; run without --resume"
-            )
         study = store.create_study(
             cfg.name,
             kind="search",
@@ -318,17 +352,6 @@ def open_study(store: Store, resolved: Resolved, resume: bool) -> tuple[int, lis
             config=json.dumps(resolved.raw),
         )
         return study.id, []
-    if not resume:
-        raise StoreError(
-            f"study '{cfg.name}' already exists in {store.url}; pass --resume to continue it, "
-            "or change [study].name"
-        )
-    stored = json.loads(existing.config)
-    if _without_trials(stored) != _without_trials(resolved.raw):
-        raise StoreError(
-            f"--resume: the config of '{cfg.name}' changed since it started (only "
-            "[study].trials may change); use a new [study].name for a new search"
-        )
     store.interrupt_running(existing.id)
     store.set_study_state(existing.id, StudyState.RUNNING)
     done = [
@@ -358,7 +381,9 @@ def run_study(
 
     on_event = on_event or (lambda kind, data: None)
     cfg = resolved.config
-    study_id, done = open_study(store, resolved, resume)
+    existing = check_study(store, resolved, resume)
+    ensure_ray(address)  # before any write: an unreachable cluster leaves the store as it was
+    study_id, done = open_study(store, resolved, existing)
     remaining = cfg.study.trials - len(done)
     strategy = resolved.make_strategy()
     if done:
@@ -369,7 +394,6 @@ def run_study(
         store.set_study_state(study_id, StudyState.FINISHED)
         return study_id
 
-    ensure_ray(address)
     res = cfg.resources
     job = Job(
         architecture=resolved.architecture.name,

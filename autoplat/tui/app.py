@@ -1,0 +1,149 @@
+"""The Textual app behind `platform tui`: studies list, per-kind study screens."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import Popen
+
+from textual.app import App
+from textual.binding import Binding
+from textual.screen import Screen
+
+from autoplat.tui.base import HelpScreen, PollingScreen, QuitSearchScreen
+from autoplat.tui.data import Reader, StudyRow
+from autoplat.tui.studies import StudiesScreen
+from autoplat.tui.study import screen_for
+
+CSS = """
+#status { height: 1; padding: 0 1; background: $boost; }
+#status.error { background: $error 25%; }
+#studies, #trials, #rounds { height: 1fr; }
+#panels { height: 40%; min-height: 8; }
+#details { width: 34; padding: 0 1; border-left: solid $primary 50%; }
+#al-plot { height: 60%; }
+#filter { display: none; }
+#filter.-visible { display: block; }
+HelpScreen, QuitSearchScreen { align: center middle; }
+#help { width: 76; max-width: 100%; height: auto; max-height: 100%; padding: 1 2;
+        background: $panel; border: thick $primary; }
+#quit { grid-size: 3; grid-gutter: 1 2; grid-rows: auto 3; width: 72; max-width: 100%;
+        height: auto; padding: 1 2; background: $panel; border: thick $warning; }
+#question { column-span: 3; width: 1fr; }
+#quit Button { width: 1fr; }
+"""
+
+
+@dataclass
+class SearchProcess:
+    """The detached `platform search` a `--tui` run watches."""
+
+    process: Popen
+    log: Path
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def last_line(self) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
+
+class PlatformApp(App[str | None]):
+    """Watch the studies of one store; exits with "stop"/"leave" when asked about a search."""
+
+    TITLE = "platform tui"
+    CSS = CSS
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help"),
+        Binding("d", "toggle_dark", "Light/dark"),
+    ]
+
+    def __init__(
+        self,
+        url: str,
+        study: str | None = None,
+        interval: float = 1.0,
+        search: SearchProcess | None = None,
+    ) -> None:
+        super().__init__()
+        self.reader = Reader(url)
+        self.interval = interval
+        self.pending_study = study
+        self.search = search
+        self._search_done = False
+
+    def on_mount(self) -> None:
+        self.sub_title = self.reader.url
+        self.push_screen(StudiesScreen())
+        if self.search is not None:
+            self.set_interval(1.0, self._watch_search)
+
+    def on_unmount(self) -> None:
+        self.reader.close()
+
+    def open_study(self, row: StudyRow) -> None:
+        self.push_screen(screen_for(row.kind)(row.name))
+
+    def _watch_search(self) -> None:
+        if self._search_done or self.search.running():
+            return
+        self._search_done = True
+        code = self.search.process.returncode
+        message = f"the search exited with code {code}; log: {self.search.log}"
+        last = self.search.last_line()
+        self.notify(
+            f"{message}\n{last}" if last else message,
+            severity="information" if code == 0 else "error",
+            timeout=30,
+        )
+        self.sub_title = f"{self.reader.url} · search exited ({code})"
+
+    def action_toggle_dark(self) -> None:
+        self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        keys = []
+        seen = set()
+        for active in self.active_bindings.values():
+            binding = active.binding  # the screen's and app's keys; table keys are standard
+            own = isinstance(active.node, App | Screen)
+            key = self.get_key_display(binding)
+            if own and binding.description and key not in seen:
+                seen.add(key)
+                keys.append((key, binding.description))
+        screen = self.screen
+        intro = getattr(screen, "HELP", "") if isinstance(screen, PollingScreen) else ""
+        intro += (
+            f"\n\nThe store ({self.reader.url}) is polled every {self.interval:g}s, read-only. "
+            "Arrows, PgUp/PgDn and Home/End move in tables; a click on a header sorts."
+        )
+        self.push_screen(HelpScreen(f"keys: {screen.title or self.title}", intro, keys))
+
+    async def action_quit(self) -> None:
+        if self.search is None or not self.search.running():
+            self.exit(None)
+            return
+        if isinstance(self.screen, QuitSearchScreen):
+            return
+
+        def chosen(choice: str | None) -> None:
+            if choice is not None:
+                self.exit(choice)
+
+        self.push_screen(QuitSearchScreen(self.search.process.pid), chosen)
+
+
+def run_tui(args: argparse.Namespace) -> int:
+    """`platform tui`: watch the store at ``--storage`` (``func`` of the subcommand)."""
+    from autoplat.core.store import DEFAULT_URL
+
+    PlatformApp(args.storage or DEFAULT_URL, study=args.study, interval=args.interval).run()
+    return 0

@@ -1,0 +1,434 @@
+"""Read-only access to the results store for the TUI, and the diffing trial model.
+
+The TUI never writes: SQLite files are opened with ``mode=ro`` and ``query_only``, other
+databases only ever see SELECTs. Every failure (missing file, locked, old schema,
+unreachable server) becomes a ``StoreError`` with a message fit for the screen; the
+caller shows it and polls again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import event, inspect
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlmodel import Session, create_engine, func, select
+
+from autoplat.core.errors import StoreError
+from autoplat.core.store import (
+    SCHEMA_VERSION,
+    ALRound,
+    SchemaVersion,
+    Study,
+    StudyState,
+    Trial,
+    TrialMetric,
+    TrialState,
+)
+
+LOCK_TIMEOUT_S = 2.0  # a locked SQLite file fails the poll after this, and is retried
+BULK_IN = 500  # above this many trial ids, fetch metrics by study instead of by id list
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; the store writes UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def fmt_value(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = max(0, int(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60}:{seconds % 60:02d}"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}"
+
+
+def fmt_param(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """One line of the studies screen."""
+
+    id: int
+    name: str
+    kind: str
+    state: StudyState
+    direction: str
+    metric: str
+    target_trials: int
+    done: int
+    running: int
+    failed: int
+    best: float | None
+    started_at: datetime
+    ended_at: datetime | None
+
+    def elapsed_s(self, now: datetime) -> float:
+        return ((self.ended_at or now) - self.started_at).total_seconds()
+
+    def cells(self, now: datetime) -> tuple[str, ...]:
+        done = f"{self.done}/{self.target_trials}" if self.target_trials else str(self.done)
+        return (
+            self.name,
+            self.kind,
+            self.state.value,
+            done,
+            str(self.running),
+            str(self.failed),
+            fmt_value(self.best),
+            self.started_at.astimezone().strftime("%m-%d %H:%M"),
+            fmt_seconds(self.elapsed_s(now)),
+        )
+
+
+class Reader:
+    """Read-only queries against the store at ``url``; reconnects after any failure."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+
+    # -- connection -----------------------------------------------------------------
+    def _open(self) -> Engine:
+        try:
+            parsed = make_url(self.url)
+        except ArgumentError as exc:
+            raise StoreError(
+                f"'{self.url}' is not a valid SQLAlchemy URL ({exc}); "
+                "use e.g. sqlite:///runs/platform.db"
+            ) from None
+        if parsed.get_backend_name() == "sqlite":
+            path = Path(parsed.database or "").expanduser()
+            if not parsed.database or str(path) == ":memory:":
+                raise StoreError(f"'{self.url}' is not a file; pass --storage sqlite:///PATH")
+            if not path.is_file():
+                raise StoreError(
+                    f"no results store at {path} yet: start a search "
+                    "(platform search CONFIG) or pass --storage URL"
+                )
+            ro = f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&uri=true"
+            engine = create_engine(
+                ro, connect_args={"timeout": LOCK_TIMEOUT_S, "check_same_thread": False}
+            )
+
+            @event.listens_for(engine, "connect")
+            def _query_only(dbapi_conn, _record) -> None:  # pragma: no cover - every test
+                dbapi_conn.execute("PRAGMA query_only=ON")
+
+        else:
+            try:
+                engine = create_engine(self.url, pool_pre_ping=True)
+            except ModuleNotFoundError as exc:
+                raise StoreError(
+                    f"the database driver for '{self.url}' is not installed ({exc.name})"
+                ) from None
+        try:
+            self._check_schema(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return engine
+
+    def _check_schema(self, engine: Engine) -> None:
+        with engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+            if "schema_version" not in tables:
+                if tables - {"sqlite_sequence"}:
+                    raise StoreError(f"'{self.url}' is not a platform database (no schema_version)")
+                raise StoreError(f"'{self.url}' holds no platform results yet")
+            version = conn.execute(select(SchemaVersion.version)).scalar()
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"'{self.url}' has schema version {version}; this autoplat reads version "
+                f"{SCHEMA_VERSION}. Use a matching autoplat"
+            )
+
+    def _run(self, query: Any) -> list[Any]:
+        """Execute a SELECT; any database failure closes the engine and raises StoreError."""
+        try:
+            if self._engine is None:
+                self._engine = self._open()
+            with Session(self._engine) as session:
+                return list(session.execute(query))
+        except SQLAlchemyError as exc:
+            self.close()
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            if "locked" in reason or "busy" in reason:
+                reason += " (another process holds a write lock)"
+            raise StoreError(f"cannot read '{self.url}': {reason}") from None
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    # -- queries ---------------------------------------------------------------------
+    def studies(self) -> list[StudyRow]:
+        """Every study with its trial counts and best value."""
+        counts: dict[int, dict[TrialState, int]] = {}
+        q = select(Trial.study_id, Trial.state, func.count()).group_by(Trial.study_id, Trial.state)
+        for study_id, state, n in self._run(q):
+            counts.setdefault(study_id, {})[state] = n
+        best_q = (
+            select(Trial.study_id, func.max(Trial.value), func.min(Trial.value))
+            .where(Trial.state == TrialState.COMPLETE, Trial.value.is_not(None))
+            .group_by(Trial.study_id)
+        )
+        best = {sid: (hi, lo) for sid, hi, lo in self._run(best_q)}
+        rows = []
+        for (study,) in self._run(select(Study).order_by(Study.id)):
+            c = counts.get(study.id, {})
+            hi, lo = best.get(study.id, (None, None))
+            rows.append(
+                StudyRow(
+                    id=study.id,
+                    name=study.name,
+                    kind=study.kind,
+                    state=study.state,
+                    direction=study.direction,
+                    metric=study.metric,
+                    target_trials=study.target_trials,
+                    done=c.get(TrialState.COMPLETE, 0) + c.get(TrialState.PRUNED, 0),
+                    running=c.get(TrialState.RUNNING, 0),
+                    failed=c.get(TrialState.FAIL, 0),
+                    best=hi if study.direction == "maximize" else lo,
+                    started_at=as_utc(study.started_at),
+                    ended_at=as_utc(study.ended_at),
+                )
+            )
+        return rows
+
+    def study(self, name: str) -> Study | None:
+        rows = self._run(select(Study).where(Study.name == name))
+        return rows[0][0] if rows else None
+
+    def trials(self, study_id: int) -> list[Any]:
+        """(id, number, state, value, started_at, ended_at) of every trial."""
+        q = select(
+            Trial.id, Trial.number, Trial.state, Trial.value, Trial.started_at, Trial.ended_at
+        ).where(Trial.study_id == study_id)
+        return self._run(q)
+
+    def trial_texts(self, ids: list[int]) -> dict[int, tuple[str, str | None]]:
+        """trial id -> (params JSON, error) for the given trials."""
+        out: dict[int, tuple[str, str | None]] = {}
+        for start in range(0, len(ids), BULK_IN):
+            chunk = ids[start : start + BULK_IN]
+            q = select(Trial.id, Trial.params, Trial.error).where(Trial.id.in_(chunk))
+            out.update({tid: (params, error) for tid, params, error in self._run(q)})
+        return out
+
+    def metric_curves(
+        self, study_id: int, metric: str, ids: list[int]
+    ) -> dict[int, list[tuple[int, float]]]:
+        """trial id -> [(step, value)] of one metric, for the given trials of a study."""
+        q = select(TrialMetric.trial_id, TrialMetric.step, TrialMetric.value).where(
+            TrialMetric.name == metric
+        )
+        if len(ids) > BULK_IN:
+            wanted = set(ids)
+            q = q.where(
+                TrialMetric.trial_id.in_(select(Trial.id).where(Trial.study_id == study_id))
+            )
+        else:
+            wanted = None
+            q = q.where(TrialMetric.trial_id.in_(ids))
+        out: dict[int, list[tuple[int, float]]] = {tid: [] for tid in ids}
+        for tid, step, value in self._run(q.order_by(TrialMetric.trial_id, TrialMetric.step)):
+            if wanted is None or tid in wanted:
+                out[tid].append((step, value))
+        return out
+
+    def al_rounds(self, study_id: int) -> list[ALRound]:
+        q = select(ALRound).where(ALRound.study_id == study_id).order_by(ALRound.round)
+        return [row for (row,) in self._run(q)]
+
+
+# -- the trials model: poll, diff by row key -----------------------------------------
+
+
+COLUMNS = ("number", "state", "latest", "best", "epoch", "duration", "params")
+
+
+@dataclass
+class TrialView:
+    """What the TUI knows about one trial."""
+
+    id: int
+    number: int
+    state: TrialState
+    value: float | None
+    started_at: datetime
+    ended_at: datetime | None
+    params: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    curve: list[tuple[int, float]] = field(default_factory=list)
+
+    def duration_s(self, now: datetime) -> float:
+        return ((self.ended_at or now) - self.started_at).total_seconds()
+
+
+@dataclass
+class Changes:
+    """The result of one poll: rows to add, cells to update (by row key), and whether the
+    study-level panels (best params, best-so-far curve) need redrawing: a trial appeared,
+    vanished, or changed state or value."""
+
+    added: list[int] = field(default_factory=list)
+    updated: dict[int, dict[str, str]] = field(default_factory=dict)
+    removed: list[int] = field(default_factory=list)
+    study_changed: bool = False
+
+
+class TrialsModel:
+    """The trials of one study, refreshed from a Reader and diffed by trial number.
+
+    Only trials that are new, were running, or changed state are re-read in full (params,
+    error, metric curve), so a poll of a study with 10,000 finished trials reads one
+    narrow row per trial and nothing else.
+    """
+
+    def __init__(self, study: Study) -> None:
+        self.study = study
+        self.trials: dict[int, TrialView] = {}
+        self.cells: dict[int, tuple[str, ...]] = {}
+        self.best: TrialView | None = None
+        self._values: dict[str, set[str]] = {}  # param -> distinct JSON values seen
+        self._varying: list[str] = []
+
+    @property
+    def maximize(self) -> bool:
+        return self.study.direction != "minimize"
+
+    def poll(self, reader: Reader, now: datetime | None = None) -> Changes:
+        """Read the store and return what changed since the last poll."""
+        now = now or datetime.now(UTC)
+        rows = reader.trials(self.study.id)
+        seen: set[int] = set()
+        stale: list[tuple[Any, ...]] = []
+        study_changed = False
+        for row in rows:
+            tid, number, state, value, started, ended = row
+            seen.add(number)
+            old = self.trials.get(number)
+            moved = old is None or old.id != tid or old.state != state or old.value != value
+            if moved or old.state is TrialState.RUNNING:
+                stale.append(row)
+            study_changed |= moved
+        changes = Changes(removed=[n for n in self.trials if n not in seen])
+        for number in changes.removed:
+            del self.trials[number], self.cells[number]
+        if stale:
+            ids = [row[0] for row in stale]
+            texts = reader.trial_texts(ids)
+            curves = reader.metric_curves(self.study.id, self.study.metric, ids)
+            for tid, number, state, value, started, ended in stale:
+                params_json, error = texts.get(tid, ("{}", None))
+                params = json.loads(params_json or "{}")
+                self.trials[number] = TrialView(
+                    id=tid,
+                    number=number,
+                    state=state,
+                    value=value,
+                    started_at=as_utc(started),
+                    ended_at=as_utc(ended),
+                    params=params,
+                    error=error,
+                    curve=curves.get(tid, []),
+                )
+                for key, v in params.items():
+                    self._values.setdefault(key, set()).add(json.dumps(v, sort_keys=True))
+        varying = self._varying_keys()
+        renumber = varying != self._varying
+        self._varying = varying
+        for number in self.trials if renumber else [row[1] for row in stale]:
+            cells = self._cells(self.trials[number], now)
+            old = self.cells.get(number)
+            if old is None:
+                changes.added.append(number)
+            elif old != cells:
+                pairs = zip(COLUMNS, cells, old, strict=True)
+                changes.updated[number] = {col: new for col, new, was in pairs if new != was}
+            self.cells[number] = cells
+        if study_changed or changes.removed:
+            self.best = self._best()
+            changes.study_changed = True
+        changes.added.sort()
+        return changes
+
+    def _varying_keys(self) -> list[str]:
+        keys = list(self._values)
+        if len(self.trials) < 2:
+            return keys
+        return [k for k in keys if len(self._values[k]) > 1]
+
+    def _best(self) -> TrialView | None:
+        done = [
+            t
+            for t in self.trials.values()
+            if t.state is TrialState.COMPLETE and t.value is not None
+        ]
+        if not done:
+            return None
+        pick = max if self.maximize else min
+        return pick(done, key=lambda t: t.value)
+
+    def _cells(self, t: TrialView, now: datetime) -> tuple[str, ...]:
+        values = [v for _, v in t.curve]
+        best = (max if self.maximize else min)(values) if values else None
+        params = " ".join(f"{k}={fmt_param(t.params[k])}" for k in self._varying if k in t.params)
+        return (
+            str(t.number),
+            t.state.value,
+            fmt_value(values[-1] if values else None),
+            fmt_value(best),
+            str(t.curve[-1][0]) if t.curve else "",
+            fmt_seconds(t.duration_s(now)),
+            params,
+        )
+
+    def sort_key(self, number: int, column: str, reverse: bool = False) -> tuple[Any, ...]:
+        """A key ordering trials by a column's underlying value; blanks sort last either
+        way (``reverse``: the key is for a descending sort)."""
+        t = self.trials[number]
+        values = [v for _, v in t.curve]
+        raw: Any = {
+            "number": t.number,
+            "state": t.state.value,
+            "latest": values[-1] if values else None,
+            "best": ((max if self.maximize else min)(values)) if values else None,
+            "epoch": t.curve[-1][0] if t.curve else None,
+            "duration": t.duration_s(datetime.now(UTC)),
+            "params": self.cells[number][-1],
+        }[column]
+        return ((raw is None) != reverse, raw if raw is not None else 0, t.number)
+
+    def best_so_far(self) -> tuple[list[int], list[float]]:
+        """Trial numbers and the best value among complete trials up to each."""
+        xs: list[int] = []
+        ys: list[float] = []
+        for number in sorted(self.trials):
+            t = self.trials[number]
+            if t.state is not TrialState.COMPLETE or t.value is None:
+                continue
+            if not ys or (t.value > ys[-1] if self.maximize else t.value < ys[-1]):
+                ys.append(t.value)
+            else:
+                ys.append(ys[-1])
+            xs.append(number)
+        return xs, ys

@@ -1,0 +1,82 @@
+"""`platform search config.toml --tui`: run the search detached, watch it in the TUI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STOP_WAIT_S = 60.0  # how long a stopped search gets to record its trials after SIGINT
+
+
+def search_command(args: argparse.Namespace) -> list[str]:
+    """The same `platform search` without --tui, as a module run of this interpreter."""
+    cmd = [sys.executable, "-m", "autoplat.cli", "search", str(args.config)]
+    if args.storage:
+        cmd += ["--storage", args.storage]
+    if args.address:
+        cmd += ["--address", args.address]
+    if args.resume:
+        cmd.append("--resume")
+    return cmd
+
+
+def stop_search(process: subprocess.Popen, wait_s: float = STOP_WAIT_S) -> int:
+    """SIGINT the search's process group (as Ctrl-C would), escalating if it hangs."""
+    for sig, wait in ((signal.SIGINT, wait_s), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            return process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+    return process.wait()
+
+
+def search_with_tui(args: argparse.Namespace) -> int:
+    """Validate the config, start the search detached, open the TUI on its study."""
+    from autoplat.core.config import load_config
+    from autoplat.core.registry import get_registry
+    from autoplat.core.store import DEFAULT_URL
+    from autoplat.tui.app import PlatformApp, SearchProcess
+
+    cfg = load_config(args.config, get_registry()).config  # a bad config exits 2 here
+    name = cfg.study.name
+    url = args.storage or cfg.study.storage or DEFAULT_URL
+    log = Path("runs") / f"search-{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            search_command(args),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    search = SearchProcess(process, log)
+    choice = None
+    try:
+        choice = PlatformApp(url, study=name, search=search).run()
+    finally:
+        code = process.poll()
+        if code is not None:
+            print(f"the search exited with code {code}; log: {log}")
+        elif choice == "stop":
+            print(f"stopping the search (PID {process.pid}) ...", flush=True)
+            code = stop_search(process)
+            print(
+                f"search stopped (exit code {code}); log: {log}. "
+                f"Continue it with: platform search {args.config} --resume"
+            )
+        else:
+            print(
+                f"the search keeps running in the background: PID {process.pid}, log {log}. "
+                f"Watch it again with: platform tui --storage {url} --study {name}"
+            )
+    return 0 if code is None else code

