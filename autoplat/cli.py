@@ -12,7 +12,7 @@ from rich.table import Table
 
 from autoplat import __version__
 from autoplat.core.errors import AutoplatError
-from autoplat.core.store import DEFAULT_URL, Store, Study
+from autoplat.core.store import DEFAULT_URL, Store, Study, StudyState
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -137,17 +137,20 @@ def cmd_search(args: argparse.Namespace) -> int:
         try:
             run_study(resolved, store, address=args.address, resume=args.resume, on_event=on_event)
         except KeyboardInterrupt:
-            err.print(
-                f"interrupted; finished trials are stored. Continue with: "
-                f"platform search {args.config} --resume"
-            )
-            return 130
+            pass  # Tune stops on the first Ctrl-C by itself; a second one lands here
     study = store.get_study(cfg.study.name)
     _print_study(store, study, top=10)
     out.print(
         f"results stored in {store.url} (study '{study.name}'); "
         f"view again with: platform show {study.name}"
     )
+    if study.state == StudyState.INTERRUPTED:
+        err.print(
+            "interrupted: finished trials are stored. Continue with: "
+            f"platform search {args.config} --resume"
+            + (f" --storage {args.storage}" if args.storage else "")
+        )
+        return 130
     return 0
 
 

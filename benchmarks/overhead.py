@@ -92,6 +92,7 @@ class Variant:
             plain Tune, the driver's for platform, where other values are patched in).
         max_concurrent: ``max_concurrent_trials``; platform rows set ``[resources]``.
         reports: Reports per trial (``epochs``); the last carries ``finished: 1``.
+        work_s: Seconds each trial sleeps (spread over its reports): a short real trial.
         share: Fraction of the trial count to run (slow rows run fewer; per-trial numbers
             stay comparable since the fixed cost of a study is small next to them).
         knob: A knob row (left out by ``--quick``).
@@ -104,6 +105,7 @@ class Variant:
     reuse_actors: bool | None = None
     max_concurrent: int | None = None
     reports: int = 1
+    work_s: float = 0.0
     share: float = 1.0
     knob: bool = False
     note: str = ""
@@ -139,7 +141,7 @@ def variants() -> list[Variant]:
             "platform reuse_actors=False",
             "platform",
             reuse_actors=False,
-            share=0.25,
+            share=0.125,
             knob=True,
             note="a new actor (process) per trial",
         ),
@@ -164,7 +166,7 @@ def variants() -> list[Variant]:
             "platform",
             max_concurrent=4,
             knob=True,
-            note="2 run (2 CPUs), 2 wait: finished actors always find a next trial",
+            note="more than fits: 2 run (2 CPUs), 2 wait",
         ),
         Variant(
             "platform pending trials=4",
@@ -189,14 +191,34 @@ def variants() -> list[Variant]:
             env={"TUNE_RESULT_BUFFER_LENGTH": "8"},
             note="TUNE_RESULT_BUFFER_LENGTH=8: results fetched in batches",
         ),
+        # -- concurrency when trials do take time
+        Variant(
+            "platform, 0.2 s trials",
+            "platform",
+            work_s=0.2,
+            share=0.5,
+            knob=True,
+            note="each trial sleeps 0.2 s; 2 at a time (the default here)",
+        ),
+        Variant(
+            "platform, 0.2 s, max_concurrent=1",
+            "platform",
+            work_s=0.2,
+            max_concurrent=1,
+            share=0.5,
+            knob=True,
+            note="each trial sleeps 0.2 s; one at a time",
+        ),
     ]
 
 
 # -- trainables ------------------------------------------------------------------------
 
 
-def make_noop(reports: int, pid_log: str) -> Callable[..., None]:
+def make_noop(reports: int, pid_log: str, work_s: float = 0.0) -> Callable[..., None]:
     """A trainable that reports a number derived from its config and returns.
+
+    With ``work_s`` it sleeps that long in all, in equal parts before each report.
 
     It appends its process id to ``pid_log`` so the benchmark can count actor processes.
     Defined in a closure so Ray pickles it by value: workers need not import this file.
@@ -204,6 +226,7 @@ def make_noop(reports: int, pid_log: str) -> Callable[..., None]:
 
     def noop(config: dict[str, Any], job: Any = None) -> None:
         import os
+        import time
 
         from ray import tune
 
@@ -211,6 +234,8 @@ def make_noop(reports: int, pid_log: str) -> Callable[..., None]:
             f.write(f"{os.getpid()}\n")
         value = zlib.crc32(json.dumps(config, sort_keys=True).encode()) % 1000 / 1000
         for step in range(1, reports + 1):
+            if work_s:
+                time.sleep(work_s / reports)
             extra = {"finished": 1} if step == reports else {}
             tune.report({METRIC: value, "epoch": step, **extra})
 
@@ -297,7 +322,7 @@ class Bench:
         name = self._next(variant.name)
         pid_log = self.dir / f"{name}.pids"
         pid_log.touch()
-        noop = make_noop(variant.reports, str(pid_log))
+        noop = make_noop(variant.reports, str(pid_log), variant.work_s)
         runner = getattr(self, f"_{variant.kind}")
         seconds = runner(variant, trials, name, noop)
         actors = len(set(pid_log.read_text().split()))
@@ -468,7 +493,10 @@ def print_table(rows: list[dict[str, Any]], trials: int, repeats: int) -> None:
 
     table = Table(
         title=f"Per-trial overhead, no-op trials (best of up to {repeats} runs)",
-        caption="ratio: seconds per trial / plain Ray Tune's; actors: worker processes used",
+        caption=(
+            "ratio: seconds per trial / plain Ray Tune's; actors: worker processes that ran "
+            f"trials; a row whose first run took over {SLOW_RUN_S:.0f} s runs once"
+        ),
     )
     for column in ("variant", "trials", "total s", "s/trial", "ratio", "actors", "runs s"):
         table.add_column(column, justify="left" if column == "variant" else "right")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -111,3 +113,44 @@ def test_schedulers_run_and_can_prune(write_config, tmp_path, ray_address, sched
     assert len(trials) == 4
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert any(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_ctrl_c_then_resume_keeps_finished_trials(write_config, tmp_path, ray_address):
+    url = f"sqlite:///{tmp_path}/int.db"
+    path = write_config(name="int", trials=4, epochs=6)
+    args = [
+        sys.executable,
+        "-m",
+        "autoplat.cli",
+        "search",
+        str(path),
+        "--storage",
+        url,
+        "--address",
+        ray_address,
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = Store(url)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        study = store.find_study("int")
+        trials = store.trials(study.id) if study else []
+        if any(t.state == TrialState.COMPLETE for t in trials):
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "--resume" in stderr
+    study = store.get_study("int")
+    assert study.state == StudyState.INTERRUPTED
+    before = {t.number: t.params for t in store.trials(study.id) if t.state == TrialState.COMPLETE}
+    assert before
+
+    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    trials = store.trials(study.id)
+    assert {t.number: t.params for t in trials if t.number in before} == before
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(finished) == 4
+    assert store.get_study("int").state == StudyState.FINISHED

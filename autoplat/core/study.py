@@ -183,6 +183,8 @@ def ensure_ray(address: str | None) -> None:
         os.environ.setdefault(key, value)
     # Trial results live in our store; Ray's result files are off (see RAY_ENV_DEFAULTS).
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # On Ctrl-C Tune suggests Tuner.restore; ours is `platform search --resume` (the CLI says so).
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     # A notice printed on every start of a local cluster; not actionable for users.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR

@@ -30,7 +30,7 @@ HelpScreen, QuitSearchScreen { align: center middle; }
         background: $panel; border: thick $primary; }
 #quit { grid-size: 3; grid-gutter: 1 2; grid-rows: auto 3; width: 72; max-width: 100%;
         height: auto; padding: 1 2; background: $panel; border: thick $warning; }
-#question { column-span: 3; width: 1fr; }
+#question { column-span: 3; width: 1fr; height: auto; }
 #quit Button { width: 1fr; }
 """
 
@@ -77,6 +77,7 @@ class PlatformApp(App[str | None]):
         self.pending_study = study
         self.search = search
         self._search_done = False
+        self._leaving = False  # set once exit is asked: no screens are pushed after it
 
     def on_mount(self) -> None:
         self.sub_title = self.reader.url
@@ -88,7 +89,12 @@ class PlatformApp(App[str | None]):
         self.reader.close()
 
     def open_study(self, row: StudyRow) -> None:
-        self.push_screen(screen_for(row.kind)(row.name))
+        if not self._leaving:
+            self.push_screen(screen_for(row.kind)(row.name))
+
+    def leave(self, result: str | None) -> None:
+        self._leaving = True
+        self.exit(result)
 
     def _watch_search(self) -> None:
         if self._search_done or self.search.running():
@@ -129,14 +135,14 @@ class PlatformApp(App[str | None]):
 
     async def action_quit(self) -> None:
         if self.search is None or not self.search.running():
-            self.exit(None)
+            self.leave(None)
             return
         if isinstance(self.screen, QuitSearchScreen):
             return
 
         def chosen(choice: str | None) -> None:
             if choice is not None:
-                self.exit(choice)
+                self.leave(choice)
 
         self.push_screen(QuitSearchScreen(self.search.process.pid), chosen)
 

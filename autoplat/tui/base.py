@@ -148,9 +148,9 @@ class QuitSearchScreen(ModalScreen[str | None]):
                 "running in the background?",
                 id="question",
             )
-            yield Button("Stop search [s]", variant="error", id="stop")
-            yield Button("Leave running [l]", variant="primary", id="leave")
-            yield Button("Cancel [esc]", id="cancel")
+            yield Button("Stop search (s)", variant="error", id="stop")
+            yield Button("Leave running (l)", variant="primary", id="leave")
+            yield Button("Cancel (esc)", id="cancel")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.action_choose(event.button.id or "cancel")

@@ -321,7 +321,7 @@ class TrialsModel:
         rows = reader.trials(self.study.id)
         seen: set[int] = set()
         stale: list[tuple[Any, ...]] = []
-        study_changed = False
+        study_changed = not self.cells  # the first poll draws everything
         for row in rows:
             tid, number, state, value, started, ended = row
             seen.add(number)
