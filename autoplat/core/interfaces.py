@@ -97,6 +97,10 @@ class Strategy(ABC):
         self.seed = seed
         self.options = options if options is not None else self.Options()
         self.rng = random.Random(seed)
+        self.setup()
+
+    def setup(self) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Build the strategy's own state (called at the end of ``__init__``)."""
 
     @abstractmethod
     def ask(self) -> dict[str, Any] | None:

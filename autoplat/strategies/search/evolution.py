@@ -13,9 +13,8 @@ from typing import Any, Self
 
 from pydantic import Field, model_validator
 
-from autoplat.core.interfaces import Direction, Strategy
 from autoplat.core.interfaces import Options as BaseOptions
-from autoplat.core.space import SearchSpace
+from autoplat.core.interfaces import Strategy
 
 
 class RegularizedEvolution(Strategy):
@@ -46,16 +45,9 @@ class RegularizedEvolution(Strategy):
 
     options: Options
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        direction: Direction = "maximize",
-        seed: int = 0,
-        options: BaseOptions | None = None,
-    ) -> None:
-        super().__init__(space, direction, seed, options)
+    def setup(self) -> None:
         self.population: deque[tuple[dict[str, Any], float]] = deque(maxlen=self.options.population)
-        self._searchable = list(space.searchable())
+        self._searchable = list(self.space.searchable())
         self._asked = 0
 
     def ask(self) -> dict[str, Any]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from autoplat.core.interfaces import Direction, Strategy
 from autoplat.core.interfaces import Options as BaseOptions
-from autoplat.core.space import Dimension, SearchSpace, SpaceError
+from autoplat.core.interfaces import Strategy
+from autoplat.core.space import Dimension, SpaceError
 
 
 def _grid(key: str, dim: Dimension) -> list[Any]:
@@ -34,16 +34,9 @@ class GridSearch(Strategy):
 
     options: Options
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        direction: Direction = "maximize",
-        seed: int = 0,
-        options: BaseOptions | None = None,
-    ) -> None:
-        super().__init__(space, direction, seed, options)
-        self._keys = list(space.dims)
-        self._values = [_grid(key, dim) for key, dim in space.dims.items()]
+    def setup(self) -> None:
+        self._keys = list(self.space.dims)
+        self._values = [_grid(key, dim) for key, dim in self.space.dims.items()]
         self.size = math.prod(len(values) for values in self._values)
         self._order: range | list[int] = range(self.size)
         if self.options.shuffle:

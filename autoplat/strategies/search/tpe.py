@@ -12,9 +12,8 @@ from optuna.samplers import TPESampler
 from optuna.trial import Trial, TrialState
 from pydantic import Field
 
-from autoplat.core.interfaces import Direction, Strategy
 from autoplat.core.interfaces import Options as BaseOptions
-from autoplat.core.space import SearchSpace
+from autoplat.core.interfaces import Strategy
 
 ParamsKey = tuple[tuple[str, Any], ...]
 
@@ -39,24 +38,17 @@ class TPESearch(Strategy):
 
     options: Options
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        direction: Direction = "maximize",
-        seed: int = 0,
-        options: BaseOptions | None = None,
-    ) -> None:
-        super().__init__(space, direction, seed, options)
+    def setup(self) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         with warnings.catch_warnings():  # multivariate is experimental in Optuna 4
             warnings.simplefilter("ignore", ExperimentalWarning)
             sampler = TPESampler(
-                seed=seed,
+                seed=self.seed,
                 n_startup_trials=self.options.n_startup_trials,
                 multivariate=self.options.multivariate,
             )
-        self.study = optuna.create_study(direction=direction, sampler=sampler)
-        self._distributions = space.to_optuna()
+        self.study = optuna.create_study(direction=self.direction, sampler=sampler)
+        self._distributions = self.space.to_optuna()
         self._pending: dict[ParamsKey, list[Trial]] = {}
 
     def ask(self) -> dict[str, Any]:
