@@ -10,6 +10,7 @@ quickstart: setup
 
 test: setup
 	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -p no:asyncio examples/plugin-template   # the template's own tests
 
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -163,7 +164,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(json.dumps(summaries, indent=2))
         return 0
     table = Table(title=f"studies in {store.url}")
-    for column in ("name", "kind", "state", "done", "running", "failed", "best", "started"):
+    table.add_column("name", no_wrap=True)
+    for column in ("kind", "state", "done", "running", "failed", "best", "started"):
         table.add_column(column)
     for s in summaries:
         c = s["trial_counts"]
@@ -283,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     except AutoplatError as exc:
         err.print(f"error: {exc}", markup=False)
         return 2
+    except BrokenPipeError:  # e.g. `platform show STUDY --json | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import torch
 from autoplat.core.active_learning import Acquisition
 from autoplat.core.curation import Scorer
 from autoplat.core.interfaces import Architecture, Dataset, DataSpec, Options, Splits, Strategy
-from autoplat.core.registry import KINDS, PluginInfo, Registry, get_registry
+from autoplat.core.registry import PluginInfo, Registry, get_registry
 from autoplat.core.space import Categorical, FloatRange, IntRange, SearchSpace
 
 __all__ = [
@@ -76,13 +76,7 @@ def registered_plugin(
             pytest.fail(f"plugin '{name}' failed to load: {'; '.join(info.errors)}")
         yield info
     finally:
-        if registry.pm.is_registered(plugin):
-            registry.pm.unregister(plugin)
-        for kind in KINDS:
-            for item in info.registered.get(kind, []):
-                registry.items[kind].pop(item, None)
-                registry.owners.pop((kind, item), None)
-        registry.plugins.pop(name, None)
+        registry.remove_plugin(name)
 
 
 # -- search strategies -------------------------------------------------------------
@@ -293,6 +287,9 @@ TEXTS = [
 ]
 
 
+STREAM_LIMIT = 10_000  # records a scorer may read ahead (e.g. to fill a batch)
+
+
 class ScorerContract:
     """The contract of a ``Scorer``: streaming equals batch, chunking does not matter.
 
@@ -324,8 +321,13 @@ class ScorerContract:
         assert chunked == pytest.approx(scorer.score_all(records), abs=1e-6)
 
     def test_streams_an_endless_input(self, scorer: Scorer, records: list[dict]) -> None:
-        endless = itertools.cycle(records)
-        first = list(itertools.islice(scorer.score(endless), 5))
+        def endless() -> Iterator[dict[str, Any]]:
+            for i, record in enumerate(itertools.cycle(records)):
+                if i == STREAM_LIMIT:
+                    raise AssertionError(f"score() read {i} records before its 5th score")
+                yield record
+
+        first = list(itertools.islice(scorer.score(endless()), 5))
         assert first == pytest.approx(scorer.score_all(records[:5]), abs=1e-6)
 
     def test_empty_input(self, scorer: Scorer) -> None:

@@ -15,7 +15,7 @@ Each variant runs ``--repeats`` times, interleaved, and the table shows the best
 total: the noise of a busy machine only ever adds time. Usage::
 
     python benchmarks/overhead.py            # full run: 64 trials, a few minutes
-    python benchmarks/overhead.py --quick    # 16 trials, headline rows only, < 1 minute
+    python benchmarks/overhead.py --quick    # 12 trials, headline rows only, < 1 minute
     python benchmarks/overhead.py --json overhead.json
 """
 
@@ -509,7 +509,7 @@ def print_table(rows: list[dict[str, Any]], trials: int, repeats: int) -> None:
             str(row["trials"]),
             f"{row['best_s']:.2f}",
             f"{row['per_trial_s']:.4f}",
-            "" if ratio is None else f"{ratio:.3g}x",
+            "" if ratio is None else f"{ratio:.3f}x" if ratio >= 0.01 else f"{ratio:.2g}x",
             "" if row["kind"] in ("optuna", "store") else str(row["actors"]),
             " ".join(f"{s:.1f}" for s in row["runs_s"]),
         )
@@ -534,13 +534,13 @@ def print_table(rows: list[dict[str, Any]], trials: int, repeats: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="16 trials, headline rows only")
-    parser.add_argument("--trials", type=int, help="trials per variant (default 64; quick 16)")
+    parser.add_argument("--quick", action="store_true", help="12 trials, headline rows only")
+    parser.add_argument("--trials", type=int, help="trials per variant (default 64; quick 12)")
     parser.add_argument("--repeats", type=int, help="runs per variant (default 2; quick 1)")
     parser.add_argument("--only", help="regex: run only the variants whose name matches")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     args = parser.parse_args(argv)
-    trials = args.trials or (16 if args.quick else 64)
+    trials = args.trials or (12 if args.quick else 64)
     repeats = args.repeats or (1 if args.quick else 2)
     chosen = [v for v in variants() if not (args.quick and v.knob)]
     if args.only:

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-stamp=.venv/.installed-$(cat pyproject.toml scripts/setup.sh | cksum | cut -d' ' -f1)
+stamp=.venv/.installed-$(cat pyproject.toml scripts/setup.sh examples/plugin-template/pyproject.toml | cksum | cut -d' ' -f1)
 [ -f "$stamp" ] && exit 0
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
@@ -16,5 +16,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 .venv/bin/pip install -q -e ".[dev]"
+# The plugin template, as a third-party package (make test runs its tests and a search with
+# it). Its dependencies are autoplat's, so nothing more is fetched and no isolated build runs.
+.venv/bin/pip install -q "setuptools>=68"
+.venv/bin/pip install -q --no-deps --no-build-isolation -e examples/plugin-template
 rm -f .venv/.installed-*
 touch "$stamp"

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from autoplat.core.scaffold import TEMPLATE
+from autoplat.core.errors import AutoplatError
+from autoplat.core.scaffold import new_plugin
+from autoplat.core.store import Store
 
 ROOT = Path(__file__).parents[1]
 EXAMPLE = ROOT / "examples" / "plugin-template"
@@ -63,14 +65,6 @@ def tree(root: Path) -> dict[str, str]:
     }
 
 
-def test_example_is_the_scaffold_template():
-    """The example and the template autoplat ships (autoplat/templates/plugin) are one."""
-    example, template = tree(EXAMPLE), tree(TEMPLATE)
-    assert sorted(example) == sorted(template), "copy new or deleted files to both folders"
-    differ = [name for name in example if example[name] != template[name]]
-    assert not differ, f"examples/plugin-template and {TEMPLATE} differ in {differ}"
-
-
 @needs_template
 def test_plugins_lists_the_template():
     result = platform("plugins", "--json")
@@ -90,8 +84,8 @@ def test_search_with_the_template_plugins(tmp_path):
     url = f"sqlite:///{tmp_path}/x.db"
     result = platform("search", str(EXAMPLE / "example.toml"), "--storage", url, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    show = platform("show", "example", "--storage", url, "--json", cwd=tmp_path)
-    summary = json.loads(show.stdout)
+    store = Store(url, create=False)
+    summary = store.summary(store.get_study("example"))
     assert summary["study"]["trial_counts"]["complete"] == 8
     assert all(set(t["params"]) >= {"depth", "width", "activation"} for t in summary["trials"])
 
@@ -118,18 +112,22 @@ def test_plugins_new_scaffolds_a_renamed_package(tmp_path):
         if name.endswith(".py"):
             compile(text, name, "exec")
 
-    again = platform("plugins", "new", "mypkg", "--dir", str(tmp_path))
-    assert again.returncode == 2 and "already exists" in again.stderr
+    with pytest.raises(AutoplatError, match="already exists"):  # the CLI: exit code 2
+        new_plugin("mypkg", tmp_path)
     assert tree(made) == files
-    bad = platform("plugins", "new", "My Pkg", "--dir", str(tmp_path))
-    assert bad.returncode == 2 and "bad plugin package name" in bad.stderr
+
+
+@pytest.mark.parametrize("name", ["My Pkg", "1pkg", "my--pkg", "autoplat", "class", "json"])
+def test_plugins_new_refuses_bad_names(tmp_path, name):
+    with pytest.raises(AutoplatError, match="bad plugin package name"):
+        new_plugin(name, tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.slow
 def test_scaffolded_package_passes_its_own_tests(tmp_path):
     """Installed (pip --target, no network), the new package loads and passes its tests."""
-    assert platform("plugins", "new", "autoplat-mynet", "--dir", str(tmp_path)).returncode == 0
-    made, site = tmp_path / "autoplat-mynet", tmp_path / "site"
+    made, site = new_plugin("autoplat-mynet", tmp_path), tmp_path / "site"
     pip = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
         + ["--no-compile", "--target", str(site), str(made)],

@@ -96,7 +96,7 @@ async def test_studies_then_trials_update_in_place(store: Store) -> None:
         assert cell(trials, "3", "state") == "running"
         details = screen.query_one("#details-text", Static)
         await until(pilot, lambda: "best: trial 1" in str(details.render()))
-        assert screen.model.best_so_far() == ([0, 1], [0.7, 0.9])
+        assert screen.model.best_so_far() == ([0, 1, 1], [0.7, 0.7, 0.9])
 
         # The failed trial's error shows when it is highlighted.
         trials.move_cursor(row=trials.get_row_index("2"))

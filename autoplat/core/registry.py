@@ -131,6 +131,16 @@ class Registry:
             self._collect(name, module, info)
         return info
 
+    def remove_plugin(self, name: str) -> None:
+        """Forget a plugin and everything it registered (tests; see autoplat.testing)."""
+        info = self.plugins.pop(name)
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
+        for kind, names in info.registered.items():
+            for item in names:
+                del self.items[kind][item]
+                del self.owners[(kind, item)]
+
     def _collect(self, name: str, module: Any, info: PluginInfo) -> None:
         try:
             self.pm.register(module, name=name)

@@ -12,6 +12,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Column, Text, UniqueConstraint, event
 from sqlalchemy.engine import Engine, make_url
@@ -118,8 +119,21 @@ class Artifact(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _sqlite_engine(url: str, readonly: bool = False) -> Engine:
     parsed = make_url(url)
+    if readonly:  # readers never write, never take the write lock, never create the file
+        path = quote(str(Path(parsed.database).expanduser().resolve()))
+        engine = create_engine(
+            f"sqlite:///file:{path}?mode=ro&uri=true",
+            connect_args={"timeout": 30, "check_same_thread": False},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _read_only(dbapi_conn, _record):  # pragma: no cover - exercised by every reader
+            dbapi_conn.execute("PRAGMA busy_timeout=30000")
+            dbapi_conn.execute("PRAGMA query_only=ON")
+
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -140,7 +154,10 @@ def _sqlite_engine(url: str) -> Engine:
 
 
 class Store:
-    """Read and write studies, trials and metrics at one SQLAlchemy URL."""
+    """Read and write studies, trials and metrics at one SQLAlchemy URL.
+
+    ``create=False`` opens an existing store for reading only (SQLite: read-only mode).
+    """
 
     def __init__(self, url: str = DEFAULT_URL, create: bool = True) -> None:
         self.url = url
@@ -153,7 +170,8 @@ class Store:
                         f"no results store at {path}: run `platform search CONFIG` first, "
                         "or pass --storage URL"
                     )
-            self.engine = _sqlite_engine(url) if is_sqlite else create_engine(url)
+            self.readonly = is_sqlite and not create
+            self.engine = _sqlite_engine(url, self.readonly) if is_sqlite else create_engine(url)
             self._init_schema(create)
         except ArgumentError as exc:
             raise StoreError(
@@ -199,7 +217,7 @@ class Store:
 
     def _use_wal(self) -> None:
         """Readers never block the writer (the setting persists in the SQLite file)."""
-        if self.engine.dialect.name == "sqlite":
+        if self.engine.dialect.name == "sqlite" and not self.readonly:
             raw = self.engine.raw_connection()
             try:
                 raw.cursor().execute("PRAGMA journal_mode=WAL")

@@ -28,10 +28,11 @@ CSS = """
 HelpScreen, QuitSearchScreen { align: center middle; }
 #help { width: 76; max-width: 100%; height: auto; max-height: 100%; padding: 1 2;
         background: $panel; border: thick $primary; }
-#quit { grid-size: 3; grid-gutter: 1 2; grid-rows: auto 3; width: 72; max-width: 100%;
-        height: auto; padding: 1 2; background: $panel; border: thick $warning; }
-#question { column-span: 3; width: 1fr; height: auto; }
-#quit Button { width: 1fr; }
+#quit { width: 72; max-width: 100%; height: auto; padding: 1 2; background: $panel;
+        border: thick $warning; }
+#question { margin-bottom: 1; }
+#choices { height: auto; }
+#choices Button { width: 1fr; margin: 0 1; }
 """
 
 

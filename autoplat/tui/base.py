@@ -11,7 +11,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Static
 
@@ -142,15 +142,16 @@ class QuitSearchScreen(ModalScreen[str | None]):
         self.pid = pid
 
     def compose(self) -> ComposeResult:
-        with Grid(id="quit"):
+        with Vertical(id="quit"):
             yield Static(
                 f"The search (PID {self.pid}) is still running. Stop it, or leave it "
                 "running in the background?",
                 id="question",
             )
-            yield Button("Stop search (s)", variant="error", id="stop")
-            yield Button("Leave running (l)", variant="primary", id="leave")
-            yield Button("Cancel (esc)", id="cancel")
+            with Horizontal(id="choices"):
+                yield Button("Stop search (s)", variant="error", id="stop")
+                yield Button("Leave running (l)", variant="primary", id="leave")
+                yield Button("Cancel (esc)", id="cancel")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.action_choose(event.button.id or "cancel")

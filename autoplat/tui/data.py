@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import event, inspect
+from sqlalchemy import String, event, inspect, type_coerce
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlmodel import Session, create_engine, func, select
@@ -34,6 +34,7 @@ from autoplat.core.store import (
 
 LOCK_TIMEOUT_S = 2.0  # a locked SQLite file fails the poll after this, and is retried
 BULK_IN = 500  # above this many trial ids, fetch metrics by study instead of by id list
+STATES = {state.name: state for state in TrialState}  # as SQLAlchemy's Enum stores them
 
 
 def as_utc(moment: datetime | None) -> datetime | None:
@@ -158,13 +159,17 @@ class Reader:
                 f"{SCHEMA_VERSION}. Use a matching autoplat"
             )
 
-    def _run(self, query: Any) -> list[Any]:
-        """Execute a SELECT; any database failure closes the engine and raises StoreError."""
+    def _run(self, query: Any, orm: bool = False) -> list[Any]:
+        """Execute a SELECT (``orm``: of whole table rows); any database failure closes the
+        engine and raises StoreError."""
         try:
             if self._engine is None:
                 self._engine = self._open()
-            with Session(self._engine) as session:
-                return list(session.execute(query))
+            if orm:
+                with Session(self._engine) as session:
+                    return list(session.execute(query))
+            with self._engine.connect() as conn:
+                return list(conn.execute(query))
         except SQLAlchemyError as exc:
             self.close()
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
@@ -191,7 +196,7 @@ class Reader:
         )
         best = {sid: (hi, lo) for sid, hi, lo in self._run(best_q)}
         rows = []
-        for (study,) in self._run(select(Study).order_by(Study.id)):
+        for (study,) in self._run(select(Study).order_by(Study.id), orm=True):
             c = counts.get(study.id, {})
             hi, lo = best.get(study.id, (None, None))
             rows.append(
@@ -214,23 +219,24 @@ class Reader:
         return rows
 
     def study(self, name: str) -> Study | None:
-        rows = self._run(select(Study).where(Study.name == name))
+        rows = self._run(select(Study).where(Study.name == name), orm=True)
         return rows[0][0] if rows else None
 
-    def trials(self, study_id: int) -> list[Any]:
-        """(id, number, state, value, started_at, ended_at) of every trial."""
-        q = select(
-            Trial.id, Trial.number, Trial.state, Trial.value, Trial.started_at, Trial.ended_at
-        ).where(Trial.study_id == study_id)
-        return self._run(q)
+    def trials(self, study_id: int) -> list[tuple[int, int, TrialState, float | None]]:
+        """(id, number, state, value) of every trial: the narrow row every poll reads."""
+        state = type_coerce(Trial.state, String)  # the raw name: no per-row Enum processing
+        q = select(Trial.id, Trial.number, state, Trial.value).where(Trial.study_id == study_id)
+        return [(tid, n, STATES[name], value) for tid, n, name, value in self._run(q)]
 
-    def trial_texts(self, ids: list[int]) -> dict[int, tuple[str, str | None]]:
-        """trial id -> (params JSON, error) for the given trials."""
-        out: dict[int, tuple[str, str | None]] = {}
+    def trial_details(self, ids: list[int]) -> dict[int, tuple[Any, ...]]:
+        """trial id -> (started_at, ended_at, params JSON, error) for the given trials."""
+        out: dict[int, tuple[Any, ...]] = {}
         for start in range(0, len(ids), BULK_IN):
             chunk = ids[start : start + BULK_IN]
-            q = select(Trial.id, Trial.params, Trial.error).where(Trial.id.in_(chunk))
-            out.update({tid: (params, error) for tid, params, error in self._run(q)})
+            q = select(Trial.id, Trial.started_at, Trial.ended_at, Trial.params, Trial.error).where(
+                Trial.id.in_(chunk)
+            )
+            out.update({row[0]: tuple(row[1:]) for row in self._run(q)})
         return out
 
     def metric_curves(
@@ -256,7 +262,7 @@ class Reader:
 
     def al_rounds(self, study_id: int) -> list[ALRound]:
         q = select(ALRound).where(ALRound.study_id == study_id).order_by(ALRound.round)
-        return [row for (row,) in self._run(q)]
+        return [row for (row,) in self._run(q, orm=True)]
 
 
 # -- the trials model: poll, diff by row key -----------------------------------------
@@ -320,10 +326,10 @@ class TrialsModel:
         now = now or datetime.now(UTC)
         rows = reader.trials(self.study.id)
         seen: set[int] = set()
-        stale: list[tuple[Any, ...]] = []
+        stale: list[tuple[int, int, TrialState, float | None]] = []
         study_changed = not self.cells  # the first poll draws everything
         for row in rows:
-            tid, number, state, value, started, ended = row
+            tid, number, state, value = row
             seen.add(number)
             old = self.trials.get(number)
             moved = old is None or old.id != tid or old.state != state or old.value != value
@@ -335,10 +341,12 @@ class TrialsModel:
             del self.trials[number], self.cells[number]
         if stale:
             ids = [row[0] for row in stale]
-            texts = reader.trial_texts(ids)
+            details = reader.trial_details(ids)
             curves = reader.metric_curves(self.study.id, self.study.metric, ids)
-            for tid, number, state, value, started, ended in stale:
-                params_json, error = texts.get(tid, ("{}", None))
+            for tid, number, state, value in stale:
+                if tid not in details:  # deleted between the two reads: next poll
+                    continue
+                started, ended, params_json, error = details[tid]
                 params = json.loads(params_json or "{}")
                 self.trials[number] = TrialView(
                     id=tid,
@@ -356,7 +364,7 @@ class TrialsModel:
         varying = self._varying_keys()
         renumber = varying != self._varying
         self._varying = varying
-        for number in self.trials if renumber else [row[1] for row in stale]:
+        for number in self.trials if renumber else [r[1] for r in stale if r[1] in self.trials]:
             cells = self._cells(self.trials[number], now)
             old = self.cells.get(number)
             if old is None:
@@ -419,16 +427,23 @@ class TrialsModel:
         return ((raw is None) != reverse, raw if raw is not None else 0, t.number)
 
     def best_so_far(self) -> tuple[list[int], list[float]]:
-        """Trial numbers and the best value among complete trials up to each."""
+        """The study's best value by trial number, as the corners of a step line (a point
+        where the best improved and at the last complete trial, not one per trial)."""
         xs: list[int] = []
         ys: list[float] = []
+        last = None
         for number in sorted(self.trials):
             t = self.trials[number]
             if t.state is not TrialState.COMPLETE or t.value is None:
                 continue
+            last = number
             if not ys or (t.value > ys[-1] if self.maximize else t.value < ys[-1]):
+                if ys:
+                    xs.append(number)
+                    ys.append(ys[-1])
+                xs.append(number)
                 ys.append(t.value)
-            else:
-                ys.append(ys[-1])
-            xs.append(number)
+        if last is not None and xs[-1] != last:
+            xs.append(last)
+            ys.append(ys[-1])
         return xs, ys

@@ -60,6 +60,7 @@ def search_with_tui(args: argparse.Namespace) -> int:
             start_new_session=True,
         )
     search = SearchProcess(process, log)
+    resume = search_command(args) + ([] if args.resume else ["--resume"])
     choice = None
     try:
         choice = PlatformApp(url, study=name, search=search).run()
@@ -72,7 +73,7 @@ def search_with_tui(args: argparse.Namespace) -> int:
             code = stop_search(process)
             print(
                 f"search stopped (exit code {code}); log: {log}. "
-                f"Continue it with: platform search {args.config} --resume"
+                f"Continue it with: platform {' '.join(resume[3:])}"
             )
         else:
             print(

@@ -8,7 +8,6 @@ from typing import ClassVar
 import numpy as np
 import torch
 from pydantic import Field
-from sklearn.model_selection import train_test_split
 
 from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import Dataset, DataSpec, Options, Splits
@@ -33,6 +32,8 @@ def stratified_splits(
         seed: The same seed gives the same split.
         spec: The spec the splits carry.
     """
+    from sklearn.model_selection import train_test_split  # lazy: slow import
+
     indices = np.arange(len(y))
     rest, test = train_test_split(
         indices, test_size=options.test_fraction, stratify=y, random_state=seed
