@@ -12,6 +12,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Static
 
@@ -75,11 +76,15 @@ class PollingScreen(Screen):
             except StoreError as exc:
                 self.error = str(exc)
             else:
-                if self not in self.app.screen_stack:  # popped while the thread read
-                    return
                 self.error = None
-                self.show(data)
-            self.update_status()
+            if self not in self.app.screen_stack:  # popped while the thread read
+                return
+            try:
+                if self.error is None:
+                    self.show(data)
+                self.update_status()
+            except NoMatches:  # the screen is being torn down: nothing left to update
+                return
 
     def load(self, reader: Reader) -> Any:
         """Read what the screen shows (worker thread; must not touch widgets)."""
