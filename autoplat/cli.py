@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -135,10 +136,9 @@ def cmd_search(args: argparse.Namespace) -> int:
                 if best:
                     progress.update(task, status=f"best {metric}={best[0]:.4f}")
 
-        try:
+        # Tune stops on the first Ctrl-C by itself; a second one lands here
+        with contextlib.suppress(KeyboardInterrupt):
             run_study(resolved, store, address=args.address, resume=args.resume, on_event=on_event)
-        except KeyboardInterrupt:
-            pass  # Tune stops on the first Ctrl-C by itself; a second one lands here
     study = store.get_study(cfg.study.name)
     _print_study(store, study, top=10)
     out.print(
@@ -227,6 +227,51 @@ def cmd_plugins_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from autoplat.core.export import export_trial, load_trial_model
+
+    store = Store(_storage(args), create=False)
+    tm = load_trial_model(store, args.study, args.trial)
+    target = Path(args.out or f"{tm.study.name}-trial{tm.trial.number}.onnx")
+    done = export_trial(tm, target, tolerance=args.tolerance, opset=args.opset)
+    out.print(
+        f"exported trial {tm.trial.number} of study '{tm.study.name}' "
+        f"({tm.study.metric}={tm.trial.value:.4f}) to {done.path} "
+        f"({done.path.stat().st_size / 1e6:.2f} MB, opset {args.opset}, dynamic batch)"
+    )
+    out.print(
+        f"parity on {done.parity_inputs} test inputs: max |onnxruntime - torch| = "
+        f"{done.max_abs_diff:.3g} (tolerance {args.tolerance:g})"
+    )
+    out.print(f"predict with: platform predict {done.path} IMAGE.png ...")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from autoplat.core.export import load_inputs, model_info, open_session, predict
+
+    session = open_session(args.model)
+    info = model_info(session)
+    names, x = load_inputs(args.inputs, info, invert=args.invert)
+    rows = predict(session, x, info.labels, args.batch_size)
+    if args.json:
+        results = [
+            {"input": name, "label": label, "index": index, "probability": prob}
+            for name, (label, index, prob) in zip(names, rows, strict=True)
+        ]
+        print(json.dumps(results, indent=2))
+        return 0
+    table = Table(title=f"{args.model} · {session.get_providers()[0]}")
+    for column in ("input", "label", "probability"):
+        table.add_column(column, overflow="fold")
+    for name, (label, _, prob) in zip(names, rows, strict=True):
+        table.add_row(name, label, f"{prob:.4f}")
+    out.print(table)
+    return 0
+
+
 def _warn_plugin_errors(registry) -> None:
     for plugin, message in registry.errors():
         err.print(f"warning: plugin '{plugin}' skipped part of its load: {message}")
@@ -259,6 +304,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=None, help="show only the best N trials")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("export", help="export a trial's model to ONNX, checked against torch")
+    p.add_argument("study", help="study name")
+    p.add_argument("--trial", type=int, help="trial number (default: the best trial)")
+    p.add_argument("--out", help="output file (default: STUDY-trialN.onnx)")
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest |onnxruntime - torch| allowed on the test inputs (default 1e-4)",
+    )
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="run an exported model on images, .npy, CSV or Parquet")
+    p.add_argument("model", help="an .onnx file written by `platform export`")
+    p.add_argument("inputs", nargs="+", help="image files, .npy arrays, CSV/Parquet of features")
+    p.add_argument("--batch-size", type=int, default=64, help="examples per run (default 64)")
+    p.add_argument(
+        "--invert", action="store_true", help="invert images (dark ink on light background)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("plugins", help="list plugins, what they register, and load errors")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -48,6 +48,8 @@ class StudySection(Section):
     metric: str = "val_accuracy"
     direction: Literal["maximize", "minimize"] | None = None
     storage: str | None = None
+    checkpoints: Literal["best", "all", "none"] = "best"  # which trials keep their weights
+    checkpoint_dir: str | None = None  # default: checkpoints/ next to a SQLite store
 
 
 class ArchitectureSection(Section):

@@ -365,6 +365,35 @@ class Store:
             s.add(trial)
             s.commit()
 
+    # -- artifacts ---------------------------------------------------------------
+    def add_artifact(self, study_id: int, trial_id: int | None, kind: str, path: str) -> Artifact:
+        """Record a file (e.g. a trial's checkpoint) that belongs to a study or trial."""
+        with self.session() as s:
+            artifact = Artifact(study_id=study_id, trial_id=trial_id, kind=kind, path=path)
+            s.add(artifact)
+            s.commit()
+            return artifact
+
+    def artifacts(
+        self, study_id: int, trial_id: int | None = None, kind: str | None = None
+    ) -> list[Artifact]:
+        """A study's artifacts, oldest first; only one trial's or one kind's when given."""
+        query = select(Artifact).where(Artifact.study_id == study_id)
+        if trial_id is not None:
+            query = query.where(Artifact.trial_id == trial_id)
+        if kind is not None:
+            query = query.where(Artifact.kind == kind)
+        with self.session() as s:
+            return list(s.exec(query.order_by(Artifact.id)))
+
+    def delete_artifact(self, artifact_id: int) -> None:
+        """Forget an artifact (the caller removes its file)."""
+        with self.session() as s:
+            artifact = s.get(Artifact, artifact_id)
+            if artifact is not None:
+                s.delete(artifact)
+                s.commit()
+
     # -- reports -----------------------------------------------------------------
     def summary(self, study: Study) -> dict[str, Any]:
         """The study, its trials (params, state, final metrics) and the best trial, as JSON."""

@@ -40,6 +40,7 @@ class Job:
     dataset_options: str  # JSON
     seed: int
     threads: int
+    checkpoint_dir: str | None = None  # absolute; None: save no weights
 
 
 def trial_seed(study_seed: int, params: dict[str, Any]) -> int:
@@ -58,13 +59,18 @@ def _load_splits(dataset: str, options_json: str, seed: int):
 
 
 def run_trial(config: dict[str, Any], job: Job) -> None:
-    """The Ray Tune trainable: load data, build the model, train, report every epoch."""
+    """The Ray Tune trainable: load data, build the model, train, report every epoch.
+
+    With ``job.checkpoint_dir`` the last report first saves the final weights (those the
+    trial's value and test metrics measure) to ``<checkpoint_dir>/<ray trial id>.pt`` and
+    reports that path as ``checkpoint``; the driver records it in the store.
+    """
     import ray
     import torch
     from ray import tune
 
     from autoplat.core.registry import get_registry
-    from autoplat.core.training import TRAINER_PARAMS, TRAINERS
+    from autoplat.core.training import TRAINER_PARAMS, TRAINERS, save_checkpoint
 
     torch.set_num_threads(job.threads)
     params = dict(config)
@@ -78,7 +84,13 @@ def run_trial(config: dict[str, Any], job: Job) -> None:
     node = ray.get_runtime_context().get_node_id()
 
     def report(step: int, metrics: dict[str, float]) -> None:
-        extra = {"finished": 1} if step >= hyper["epochs"] else {}
+        extra: dict[str, Any] = {}
+        if step >= hyper["epochs"]:
+            extra["finished"] = 1
+            if job.checkpoint_dir:
+                path = Path(job.checkpoint_dir) / f"{tune.get_context().get_trial_id()}.pt"
+                save_checkpoint(model, path)
+                extra["checkpoint"] = str(path)
         tune.report({**metrics, **extra, "epoch": step, "node": node})
 
     TRAINERS[splits.spec.task](model, splits, hyper, report, seed)
@@ -225,6 +237,48 @@ def _check_reachable(address: str) -> None:
 
 
 Progress = Callable[[str, dict[str, Any]], None]
+CHECKPOINT = "checkpoint"  # the Artifact kind of a trial's weights
+
+
+def checkpoint_dir(resolved: Resolved, store_url: str) -> Path | None:
+    """Where a study's trials save their weights (None when ``checkpoints = "none"``).
+
+    ``[study].checkpoint_dir``, else ``checkpoints/`` next to a SQLite store, else
+    ``runs/checkpoints``; then a folder per study. Workers write there and the driver reads
+    and deletes there, so on a multi-node cluster it must be storage every node shares.
+    """
+    from sqlalchemy.engine import make_url
+
+    cfg = resolved.config.study
+    if cfg.checkpoints == "none":
+        return None
+    url = make_url(store_url)
+    if cfg.checkpoint_dir:
+        base = Path(cfg.checkpoint_dir).expanduser()
+    elif url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        base = Path(url.database).expanduser().parent / "checkpoints"
+    else:
+        base = Path("runs/checkpoints")
+    return (base / cfg.name).resolve()
+
+
+def record_checkpoint(store: Store, study: Study, trial_id: int, path: str, retention: str) -> None:
+    """Record a finished trial's checkpoint; with retention "best" keep only the best's."""
+    if not Path(path).exists():
+        log.warning(
+            "checkpoint %s is not visible to the driver: put [study].checkpoint_dir on "
+            "storage every node shares",
+            path,
+        )
+        return
+    store.add_artifact(study.id, trial_id, CHECKPOINT, path)
+    if retention != "best":
+        return
+    best = store.best_trial(study)
+    for artifact in store.artifacts(study.id, kind=CHECKPOINT):
+        if best is None or artifact.trial_id != best.id:
+            Path(artifact.path).unlink(missing_ok=True)
+            store.delete_artifact(artifact.id)
 
 
 def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: Progress):
@@ -234,6 +288,7 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
 
     metric = resolved.config.study.metric
     name = resolved.config.study.name
+    retention = resolved.config.study.checkpoints
     hooks = get_registry().pm.hook
 
     def call_hook(hook_name: str, **kwargs: Any) -> None:
@@ -283,6 +338,14 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
             value = last.get(metric)
             state = TrialState.COMPLETE if finished else TrialState.PRUNED
             store.finish_trial(self.ids[trial.trial_id], state, value=value)
+            if finished and last.get("checkpoint"):
+                record_checkpoint(
+                    store,
+                    store.get_study(name),
+                    self.ids[trial.trial_id],
+                    last["checkpoint"],
+                    retention,
+                )
             on_event(
                 "end",
                 {"number": self.numbers[trial.trial_id], "state": state.value, "value": value},
@@ -397,12 +460,14 @@ def run_study(
         return study_id
 
     res = cfg.resources
+    ckpt_dir = checkpoint_dir(resolved, store.url)
     job = Job(
         architecture=resolved.architecture.name,
         dataset=resolved.dataset.name,
         dataset_options=resolved.dataset_options.model_dump_json(),
         seed=cfg.study.seed,
         threads=max(1, int(res.cpus_per_trial)),
+        checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
     )
     fn = tune.with_parameters(trainable or run_trial, job=job)
     fn = tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +35,21 @@ EVAL_BATCH_SIZE = 1024
 
 class TrialFailed(Exception):
     """A trial cannot go on; the message says why (e.g. "loss became NaN at epoch 3")."""
+
+
+def save_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Write ``model``'s state_dict (on the CPU) to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict written by ``save_checkpoint`` (tensors only: ``weights_only=True``)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def select_device() -> torch.device:

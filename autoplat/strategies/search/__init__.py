@@ -1,9 +1,12 @@
 """First-party search strategies: random, grid, TPE (Optuna) and regularized evolution."""
 
 from autoplat.core.hookspecs import Register, hookimpl
+from autoplat.strategies.search.bananas import Bananas
 from autoplat.strategies.search.evolution import RegularizedEvolution
 from autoplat.strategies.search.grid import GridSearch
+from autoplat.strategies.search.local import LocalSearch
 from autoplat.strategies.search.random import RandomSearch
+from autoplat.strategies.search.reinforce import Reinforce
 from autoplat.strategies.search.tpe import TPESearch
 
 __all__ = ["GridSearch", "RandomSearch", "RegularizedEvolution", "TPESearch"]
@@ -12,5 +15,13 @@ __all__ = ["GridSearch", "RandomSearch", "RegularizedEvolution", "TPESearch"]
 @hookimpl
 def register_strategies(register: Register) -> None:
     """Register the first-party search strategies."""
-    for cls in (RandomSearch, GridSearch, TPESearch, RegularizedEvolution):
+    for cls in (
+        RandomSearch,
+        GridSearch,
+        TPESearch,
+        RegularizedEvolution,
+        Reinforce,
+        LocalSearch,
+        Bananas,
+    ):
         register(cls)

