@@ -1,21 +1,25 @@
 """Per-trial overhead of `platform` on Ray, against plain Ray Tune and a plain Optuna loop.
 
-Every variant runs the same number of trials of a trainable that does nothing (it reports
-one deterministic number and returns), in one Ray session started once and warmed up first,
-so what is measured is the cost of running a trial, not the trial. Rows:
+Every variant runs trials of a trainable that does nothing (it reports one deterministic
+number and returns), in one Ray session started once and warmed up first, so what is
+measured is the cost of running a trial, not the trial. Rows:
 
 - ``optuna loop``: ``study.optimize`` with a no-op objective over the same space: the floor.
 - ``plain Ray Tune``: ``tune.Tuner`` with Ray's defaults (default loggers, ``reuse_actors``,
   concurrency and pending trials), the reference every ratio is taken against.
 - ``platform on Ray``: ``run_study`` of a random search, storing every event in SQLite.
+  Target: at most 1.1x plain Ray Tune per trial.
+- ``tune, platform's settings``: plain Tune with actor reuse, concurrency = CPUs and no
+  result loggers: platform without its searcher adapter, store callback and store.
 - knob rows: the same runs with one Ray setting changed, to show which settings matter for
   short trials (see benchmarks/README.md for what each one does).
 
-Each variant runs ``--repeats`` times, interleaved, and the table shows the best (lowest)
-total: the noise of a busy machine only ever adds time. Usage::
+Each headline row runs ``--repeats`` times (knob rows once unless ``--repeats`` is given),
+interleaved, and the table shows the best (lowest) total: the noise of a busy machine only
+ever adds time. Usage::
 
     python benchmarks/overhead.py            # full run: 64 trials, a few minutes
-    python benchmarks/overhead.py --quick    # 12 trials, headline rows only, < 1 minute
+    python benchmarks/overhead.py --quick    # 8 trials, headline rows only, < 1 minute
     python benchmarks/overhead.py --json overhead.json
 """
 
@@ -44,6 +48,8 @@ os.environ.setdefault("AUTOPLAT_BUILTIN_ONLY", "1")  # measure the core, not ins
 TARGET = 1.1  # platform on Ray may take at most this many times plain Ray Tune per trial
 SLOW_TRIAL_S = 1.0  # a variant whose first run took this long per trial runs only once
 METRIC = "val_accuracy"
+FITS = -1  # max_concurrent: as many 1-CPU trials as the cluster has CPUs (platform's default)
+TWICE = -2  # max_concurrent: twice that
 RAY_SERVICES = ("ray::IDLE", "ray::DashboardAgent", "ray::RuntimeEnvAgent")  # not trial actors
 
 CONFIG = """
@@ -112,23 +118,29 @@ class Variant:
 
 
 def variants() -> list[Variant]:
-    """Every row: the three headline ones first, then one knob changed at a time."""
+    """Every row: the four headline ones first, then one knob changed at a time."""
     quiet = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
     return [
         Variant("optuna loop", "optuna", note="study.optimize, no-op objective: the floor"),
         Variant("plain Ray Tune", "tune", note="tune.Tuner with Ray's defaults: the reference"),
         Variant("platform on Ray", "platform", note="run_study + SQLite store, its defaults"),
-        # -- what the platform row is made of
-        Variant("store writes only", "store", knob=True, note="the SQLite writes, no Ray"),
         Variant(
             "tune, platform's settings",
             "tune",
             env=quiet,
             reuse_actors=True,
-            max_concurrent=2,
-            knob=True,
-            note="reuse, max_concurrent=2, no loggers: platform minus searcher and store",
+            max_concurrent=FITS,
+            note="reuse, concurrency = CPUs, no loggers: platform minus searcher and store",
         ),
+        # -- what the platform row is made of
+        Variant(
+            "platform on Ray, 1/4 the trials",
+            "platform",
+            share=0.25,
+            knob=True,
+            note="with the full row: a study's fixed cost and the marginal cost of a trial",
+        ),
+        Variant("store writes only", "store", knob=True, note="the SQLite writes, no Ray"),
         # -- actor reuse
         Variant(
             "tune reuse_actors=True",
@@ -163,11 +175,11 @@ def variants() -> list[Variant]:
             note="one trial at a time",
         ),
         Variant(
-            "platform max_concurrent=4",
+            "platform max_concurrent=2xCPUs",
             "platform",
-            max_concurrent=4,
+            max_concurrent=TWICE,
             knob=True,
-            note="more than fits: 2 run (2 CPUs), 2 wait",
+            note="twice what fits: half the trials wait for a CPU",
         ),
         # -- result buffering (only matters when a trial reports often)
         Variant(
@@ -287,6 +299,16 @@ def silenced() -> Iterator[None]:
         yield
 
 
+def concurrency(variant: Variant) -> int | None:
+    """The row's ``max_concurrent_trials``, with FITS and TWICE resolved on the cluster."""
+    if variant.max_concurrent not in (FITS, TWICE):
+        return variant.max_concurrent
+    import ray
+
+    fits = max(1, int(ray.cluster_resources().get("CPU", 1)))  # 1 CPU per trial
+    return fits if variant.max_concurrent == FITS else 2 * fits
+
+
 # -- runners ---------------------------------------------------------------------------
 
 
@@ -328,7 +350,7 @@ class Bench:
 
         with environ(variant.env), driver_reuse(variant.reuse_actors):
             start = time.perf_counter()
-            resolved = self.config(name, trials, variant.reports, variant.max_concurrent)
+            resolved = self.config(name, trials, variant.reports, concurrency(variant))
             store = Store(f"sqlite:///{self.dir / name}.db")
             study_id = run_study(resolved, store, trainable=noop)
             seconds = time.perf_counter() - start
@@ -343,7 +365,7 @@ class Bench:
         from autoplat.core.study import RAY_ENV_DEFAULTS
 
         space = self.config(name, trials, variant.reports, None).space.to_tune()
-        options: dict[str, Any] = {"max_concurrent_trials": variant.max_concurrent}
+        options: dict[str, Any] = {"max_concurrent_trials": concurrency(variant)}
         if variant.reuse_actors is not None:
             options["reuse_actors"] = variant.reuse_actors
         ray_defaults = {key: None for key in RAY_ENV_DEFAULTS}
@@ -434,20 +456,29 @@ def settle(timeout: float = 30.0) -> None:
 
 
 def measure(
-    chosen: list[Variant], trials: int, repeats: int, workdir: Path, say: Callable[[str], None]
+    chosen: list[Variant],
+    trials: int,
+    repeats: int,
+    knob_repeats: int,
+    workdir: Path,
+    say: Callable[[str], None],
+    warm_up: tuple[str, ...] = ("tune", "platform"),
 ) -> list[dict[str, Any]]:
-    """Run every variant ``repeats`` times, round-robin; returns one row per variant."""
+    """Run headline rows ``repeats`` times and knob rows ``knob_repeats`` times, round-robin;
+    returns one row per variant."""
     bench = Bench(workdir)
     # Warm up, uncounted: Ray's first trials start worker processes and import Tune.
-    say("warming up Ray (uncounted)")
-    warm = [v for v in variants() if v.kind in ("tune", "platform") and not v.knob]
-    for variant in warm:
-        bench.run(Variant(variant.name, variant.kind, reuse_actors=True), 2)
+    start = time.perf_counter()
+    for kind in warm_up:
+        bench.run(Variant(f"warm-up {kind}", kind, reuse_actors=True), 2)
+    say(f"warm-up: {time.perf_counter() - start:.1f} s (uncounted)")
     rows = {v.name: {"variant": v, "runs": [], "actors": []} for v in chosen}
-    for repeat in range(repeats):
+    for repeat in range(max(repeats, knob_repeats)):
         for variant in chosen:
             row = rows[variant.name]
             n = max(4, round(trials * variant.share))
+            if repeat >= (knob_repeats if variant.knob else repeats):
+                continue
             if repeat and row["runs"] and row["runs"][0] / n > SLOW_TRIAL_S:
                 continue  # a slow row's noise is small next to it; one run is enough
             settle()
@@ -482,12 +513,14 @@ def measure(
     return out
 
 
-def print_table(rows: list[dict[str, Any]], trials: int, repeats: int) -> None:
+def print_table(rows: list[dict[str, Any]], repeats: int, knob_repeats: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(
-        title=f"Per-trial overhead, no-op trials (best of up to {repeats} runs)",
+        title=(
+            f"Per-trial overhead, no-op trials (best of {repeats} runs, knob rows {knob_repeats})"
+        ),
         caption=(
             "ratio: seconds per trial / plain Ray Tune's; actors: worker processes that ran "
             f"trials; a row whose first run took over {SLOW_TRIAL_S:.0f} s a trial runs once"
@@ -510,33 +543,60 @@ def print_table(rows: list[dict[str, Any]], trials: int, repeats: int) -> None:
         )
     console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(table)
+    for line in summary(rows)["lines"]:
+        console.print(line)
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The headline numbers: the target check, platform's fixed and marginal costs, and
+    platform against plain Tune run with platform's settings; ``lines`` says them."""
     by_name = {row["name"]: row for row in rows}
     platform, plain = by_name.get("platform on Ray"), by_name.get("plain Ray Tune")
+    quarter = by_name.get("platform on Ray, 1/4 the trials")
+    same = by_name.get("tune, platform's settings")
+    out: dict[str, Any] = {"lines": []}
     if platform and plain:
         ratio = platform["ratio_to_plain_tune"]
+        out["platform_vs_plain_tune"] = ratio
+        out["target_met"] = ratio <= TARGET
         verdict = "PASS" if ratio <= TARGET else "FAIL"
-        console.print(
+        out["lines"].append(
             f"platform on Ray / plain Ray Tune = {ratio:.3f}x (target <= {TARGET}x): {verdict}"
         )
-    same = by_name.get("tune, platform's settings")
+    if platform and quarter and platform["trials"] > quarter["trials"]:
+        marginal = (platform["best_s"] - quarter["best_s"]) / (
+            platform["trials"] - quarter["trials"]
+        )
+        fixed = platform["best_s"] - marginal * platform["trials"]
+        out["platform_fixed_s"] = round(fixed, 3)
+        out["platform_marginal_s_per_trial"] = round(marginal, 5)
+        out["lines"].append(
+            f"platform on Ray: about {fixed:.1f} s per study (Tuner and first actors start) "
+            f"+ {marginal:.4f} s per trial"
+        )
     if platform and same:
-        console.print(
-            f"platform on Ray / plain Ray Tune with platform's settings = "
-            f"{platform['per_trial_s'] / same['per_trial_s']:.3f}x "
+        ratio = platform["per_trial_s"] / same["per_trial_s"]
+        out["platform_vs_tune_same_settings"] = round(ratio, 3)
+        out["lines"].append(
+            f"platform on Ray / plain Ray Tune with platform's settings = {ratio:.3f}x "
             "(what the searcher adapter, store callback and SQLite writes add)"
         )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="12 trials, headline rows only")
-    parser.add_argument("--trials", type=int, help="trials per variant (default 64; quick 12)")
-    parser.add_argument("--repeats", type=int, help="runs per variant (default 2; quick 1)")
+    parser.add_argument("--quick", action="store_true", help="8 trials, headline rows only")
+    parser.add_argument("--trials", type=int, help="trials per variant (default 64; quick 8)")
+    parser.add_argument(
+        "--repeats", type=int, help="runs per variant (default: 2, knob rows 1; quick 1)"
+    )
     parser.add_argument("--only", help="regex: run only the variants whose name matches")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     args = parser.parse_args(argv)
-    trials = args.trials or (12 if args.quick else 64)
+    trials = args.trials or (8 if args.quick else 64)
     repeats = args.repeats or (1 if args.quick else 2)
+    knob_repeats = args.repeats or 1
     chosen = [v for v in variants() if not (args.quick and v.knob)]
     if args.only:
         chosen = [v for v in chosen if re.search(args.only, v.name)]
@@ -558,7 +618,9 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="autoplat-overhead-") as scratch:
+    with tempfile.TemporaryDirectory(
+        prefix="autoplat-overhead-", ignore_cleanup_errors=True
+    ) as scratch:
         here = Path.cwd()
         os.chdir(scratch)  # run_study writes Ray's experiment state under ./runs/ray
         try:
@@ -567,12 +629,13 @@ def main(argv: list[str] | None = None) -> int:
             # /tmp/ray/ray_current_cluster (plain ray.init() would join it, or hang if dead).
             ensure_ray("local")
             say(f"ray.init: {time.perf_counter() - ray_start:.1f} s (uncounted)")
-            rows = measure(chosen, trials, repeats, Path(scratch), say)
+            warm_up = ("platform",) if args.quick else ("tune", "platform")
+            rows = measure(chosen, trials, repeats, knob_repeats, Path(scratch), say, warm_up)
         finally:
             os.chdir(here)
             ray.shutdown()
     load = (load_before, os.getloadavg()[0])
-    print_table(rows, trials, repeats)
+    print_table(rows, repeats, knob_repeats)
     print(
         f"load average (1 min) {load[0]:.1f} at start, {load[1]:.1f} at end, on {os.cpu_count()} "
         "CPUs: a busy machine inflates every row"
@@ -582,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "overhead",
             "trials": trials,
             "repeats": repeats,
+            "knob_repeats": knob_repeats,
             "statistic": "best (lowest) total of the runs",
             "target_ratio": TARGET,
             "cpus": os.cpu_count(),
@@ -590,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
             "optuna": optuna.__version__,
             "python": sys.version.split()[0],
             "wall_s": round(time.perf_counter() - started, 1),
+            "summary": {k: v for k, v in summary(rows).items() if k != "lines"},
             "variants": rows,
         }
         json_path.write_text(json.dumps(payload, indent=2) + "\n")

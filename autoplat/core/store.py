@@ -143,6 +143,7 @@ def _sqlite_engine(url: str, readonly: bool = False) -> Engine:
         dbapi_conn.isolation_level = None  # let SQLAlchemy's begin event issue BEGIN
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; ~30% faster commits
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
