@@ -96,7 +96,15 @@ def test_plugin_registers_all_strategies() -> None:
     pm.register(search)
     registered: list[type[Strategy]] = []
     pm.hook.register_strategies(register=registered.append)
-    assert [cls.name for cls in registered] == ["random", "grid", "tpe", "evolution"]
+    assert [cls.name for cls in registered] == [
+        "random",
+        "grid",
+        "tpe",
+        "evolution",
+        "reinforce",
+        "local",
+        "bananas",
+    ]
 
 
 @pytest.mark.parametrize("name", CLASSES)

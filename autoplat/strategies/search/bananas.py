@@ -102,10 +102,10 @@ class Bananas(Strategy):
     ``ensemble`` MLPs (on the standardized values of all completed trials; full-batch Adam
     for ``steps`` steps, in numpy) and proposes, among ``candidates`` one-dimension mutations
     of the ``parents`` best trials that were never asked, the one maximizing the
-    acquisition: independent Thompson sampling (``its``: one draw from a normal with the
-    ensemble's mean and spread per candidate) or expected improvement (``ei``) under the
-    same normal. Failed trials are excluded from the fit. Weight init and sampling follow
-    the seed, so the search is reproducible.
+    acquisition: expected improvement over the best value (``ei``, the default) under a
+    normal with the ensemble's mean and spread per candidate, or independent Thompson
+    sampling (``its``: one draw from that normal per candidate). Failed trials are left
+    out of the fit. Weight init and sampling follow the seed: the search is reproducible.
     """
 
     name = "bananas"
@@ -115,11 +115,13 @@ class Bananas(Strategy):
         ensemble: int = Field(5, ge=2, description="number of MLPs in the ensemble")
         hidden: int = Field(32, ge=1, description="width of each hidden layer")
         layers: int = Field(2, ge=1, description="number of hidden layers")
-        steps: int = Field(200, ge=1, description="Adam steps per fit")
+        steps: int = Field(100, ge=1, description="Adam steps per fit")
         lr: float = Field(0.01, gt=0, description="Adam learning rate")
         parents: int = Field(10, ge=1, description="how many of the best trials are mutated")
         candidates: int = Field(100, ge=1, description="mutations scored per ask")
-        acquisition: Literal["its", "ei"] = Field("its", description="acquisition function")
+        acquisition: Literal["ei", "its"] = Field(
+            "ei", description="expected improvement or independent Thompson sampling"
+        )
 
     options: Options
 

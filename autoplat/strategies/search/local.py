@@ -33,7 +33,8 @@ class LocalSearch(Strategy):
     already evaluated are not asked again: their known value is reused. ``max_neighbours``
     evaluates a random subset of large neighbourhoods. Asks that arrive while the
     neighbourhood's last results are still pending get random samples, so concurrent
-    trials never stall; every told result counts wherever it came from.
+    trials never stall; their results are kept and reused when they turn up as neighbours.
+    The first result told while there is no current point becomes the (re)start.
     """
 
     name = "local"
