@@ -21,9 +21,13 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -46,6 +50,23 @@ __all__ = [
     "fake_outputs",
     "registered_plugin",
 ]
+
+
+PLATFORM = [sys.executable, "-m", "autoplat.cli"]  # the `platform` command of this Python
+
+
+def run_platform(
+    *args: str, timeout: float = 600, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess:
+    """Run ``platform ARGS...`` in a subprocess as a user would; output captured as text."""
+    return subprocess.run(
+        [*PLATFORM, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **env},
+        timeout=timeout,
+    )
 
 
 # -- registering a plugin for one test ---------------------------------------------

@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from autoplat.testing import run_platform
+
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -68,31 +70,17 @@ def two_node_cluster():
 def test_search_places_trials_on_both_nodes(two_node_cluster, write_config, tmp_path):
     url = f"sqlite:///{tmp_path}/cluster.db"
     path = write_config(name="cluster", trials=4)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "autoplat.cli",
-            "search",
-            str(path),
-            "--storage",
-            url,
-            "--address",
-            two_node_cluster,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
+    run = run_platform(
+        "search",
+        str(path),
+        "--storage",
+        url,
+        "--address",
+        two_node_cluster,
+        RAY_AUTH_MODE="disabled",
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    shown = subprocess.run(
-        [sys.executable, "-m", "autoplat.cli", "show", "cluster", "--storage", url, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    shown = run_platform("show", "cluster", "--storage", url, "--json", timeout=120)
     trials = json.loads(shown.stdout)["trials"]
     assert [t["state"] for t in trials] == ["complete"] * 4
     assert len({t["node"] for t in trials}) == 2  # one CPU per node: both nodes ran trials

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from autoplat.cli import main
 from autoplat.core.config import line_of, load_config
 from autoplat.core.registry import get_registry
 from autoplat.core.store import Store
+from autoplat.testing import run_platform
 
 BAD = [
     # (what to change, expected message fragments)
@@ -103,12 +101,7 @@ def test_architecture_dataset_mismatch_names_both(write_config, capsys):
 
 
 def test_missing_file_and_cli_subprocess_exit_2(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "autoplat.cli", "search", str(tmp_path / "nope.toml")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_platform("search", str(tmp_path / "nope.toml"), timeout=120)
     assert result.returncode == 2
     assert "config file" in result.stderr and "not found" in result.stderr
     assert "Traceback" not in result.stderr
@@ -134,21 +127,8 @@ def test_unreachable_cluster_and_bad_storage_exit_2(write_config, tmp_path, caps
     db = tmp_path / "kept.db"
     Store(f"sqlite:///{db}").create_study("kept")
     path = write_config()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "autoplat.cli",
-            "search",
-            str(path),
-            "--storage",
-            f"sqlite:///{db}",
-            "--address",
-            "127.0.0.1:1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_platform(
+        "search", str(path), "--storage", f"sqlite:///{db}", "--address", "127.0.0.1:1", timeout=120
     )
     assert result.returncode == 2
     assert "cannot reach the Ray cluster at '127.0.0.1:1'" in result.stderr

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from autoplat.core.study import CHECKPOINT, record_checkpoint
 from autoplat.core.training import save_checkpoint, train_classification
 from autoplat.plugins.architectures.vit import ViT
 from autoplat.plugins.datasets.digits import Digits, SplitOptions
+from autoplat.testing import run_platform
 
 PARAMS = {
     "depth": 1,
@@ -213,21 +212,8 @@ def test_retention_best_keeps_only_the_best_trials_file(tmp_path) -> None:
 def test_search_then_export_its_best_trial(write_config, tmp_path, ray_address, capsys) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
     path = write_config(name="ship", trials=3, epochs=1)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "autoplat.cli",
-            "search",
-            str(path),
-            "--storage",
-            url,
-            "--address",
-            ray_address,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = run_platform(
+        "search", str(path), "--storage", url, "--address", ray_address, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     store = Store(url, create=False)

@@ -14,6 +14,7 @@ import pytest
 from autoplat.core.errors import AutoplatError
 from autoplat.core.scaffold import new_plugin
 from autoplat.core.store import Store
+from autoplat.testing import run_platform
 
 ROOT = Path(__file__).parents[1]
 EXAMPLE = ROOT / "examples" / "plugin-template"
@@ -44,14 +45,7 @@ needs_template = pytest.mark.skipif(
 
 def platform(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess:
     """Run the CLI as a user would: installed third-party plugins autoload."""
-    return subprocess.run(
-        [sys.executable, "-m", "autoplat.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, "AUTOPLAT_BUILTIN_ONLY": "0", **env},
-        timeout=300,
-    )
+    return run_platform(*args, cwd=cwd, timeout=300, AUTOPLAT_BUILTIN_ONLY="0", **env)
 
 
 def tree(root: Path) -> dict[str, str]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 
 from autoplat.core.errors import PluginError
 from autoplat.core.registry import Registry
+from autoplat.testing import run_platform
 
 BROKEN = {
     "broken_import": "import no_such_module_anywhere\n",
@@ -53,19 +52,8 @@ def broken_site(tmp_path: Path) -> Path:
 
 
 def run_cli(args: list[str], site: Path, **env: str) -> subprocess.CompletedProcess:
-    full_env = {
-        **os.environ,
-        "PYTHONPATH": str(site),
-        "AUTOPLAT_BUILTIN_ONLY": "0",
-        **env,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "autoplat.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=120,
-    )
+    """`platform ARGS` with ``site`` on the path and third-party plugins autoloading."""
+    return run_platform(*args, PYTHONPATH=str(site), AUTOPLAT_BUILTIN_ONLY="0", timeout=120, **env)
 
 
 def test_builtins_load_through_entry_points():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -15,26 +14,21 @@ from autoplat.core.config import load_config
 from autoplat.core.registry import get_registry
 from autoplat.core.store import Store, StudyState, TrialState
 from autoplat.core.study import run_study
+from autoplat.testing import PLATFORM, run_platform
 
 pytestmark = pytest.mark.slow
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "autoplat.cli", *args], capture_output=True, text=True, timeout=600
-    )
 
 
 def test_search_cli_stores_everything_and_reports(write_config, tmp_path, ray_address):
     url = f"sqlite:///{tmp_path}/runs.db"
     path = write_config(name="cli", trials=3, strategy="evolution")
-    result = cli("search", str(path), "--storage", url, "--address", ray_address)
+    result = run_platform("search", str(path), "--storage", url, "--address", ray_address)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank" in result.stdout and "test acc" in result.stdout
     assert f"results stored in {url}" in result.stdout
     assert "trial 2 complete" in result.stderr
 
-    shown = json.loads(cli("show", "cli", "--storage", url, "--json").stdout)
+    shown = json.loads(run_platform("show", "cli", "--storage", url, "--json").stdout)
     assert shown["study"]["state"] == "finished"
     assert [t["state"] for t in shown["trials"]] == ["complete"] * 3
     best = shown["best"]
@@ -46,13 +40,13 @@ def test_search_cli_stores_everything_and_reports(write_config, tmp_path, ray_ad
     assert sorted(store.metrics(trial.id)) == [1, 2]  # one row set per epoch
     assert trial.node
 
-    runs = json.loads(cli("runs", "--storage", url, "--json").stdout)
+    runs = json.loads(run_platform("runs", "--storage", url, "--json").stdout)
     assert [r["name"] for r in runs] == ["cli"]
     assert runs[0]["best"] == best["value"]
-    table = cli("show", "cli", "--storage", url)
+    table = run_platform("show", "cli", "--storage", url)
     assert "best trial" in table.stdout and "test_accuracy" in table.stdout
 
-    again = cli("search", str(path), "--storage", url, "--address", ray_address)
+    again = run_platform("search", str(path), "--storage", url, "--address", ray_address)
     assert again.returncode == 2
     assert "already exists" in again.stderr and "--resume" in again.stderr
     assert len(Store(url).trials(store.get_study("cli").id)) == 3  # nothing lost
@@ -119,9 +113,7 @@ def test_ctrl_c_then_resume_keeps_finished_trials(write_config, tmp_path, ray_ad
     url = f"sqlite:///{tmp_path}/int.db"
     path = write_config(name="int", trials=4, epochs=6)
     args = [
-        sys.executable,
-        "-m",
-        "autoplat.cli",
+        *PLATFORM,
         "search",
         str(path),
         "--storage",
