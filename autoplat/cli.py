@@ -207,12 +207,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps([p.to_dict() for p in plugins], indent=2))
         return 0
     table = Table(title="plugins")
-    for column in ("plugin", "package", "version", "status", "registers"):
+    table.add_column("plugin", no_wrap=True)
+    for column in ("package", "version", "status", "hooks", "registers"):
         table.add_column(column, overflow="fold")
     for p in plugins:
         registers = "; ".join(f"{k}: {', '.join(v)}" for k, v in p.registered.items())
         status = p.status if not p.errors else "error: " + " | ".join(p.errors)
-        table.add_row(p.name, p.package or "", p.version or "", status, registers)
+        hooks = ", ".join(h.removeprefix("register_") for h in p.hooks)
+        table.add_row(p.name, p.package or "", p.version or "", status, hooks, registers)
     out.print(table)
     return 0
 
@@ -274,7 +276,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _warn_plugin_errors(registry) -> None:
     for plugin, message in registry.errors():
-        err.print(f"warning: plugin '{plugin}' skipped part of its load: {message}")
+        package = f" (package {plugin.package} {plugin.version})" if plugin.package else ""
+        err.print(
+            f"warning: plugin '{plugin.name}'{package} skipped part of its load: {message}; "
+            "see `platform plugins`"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -78,12 +78,18 @@ def test_broken_plugins_are_reported_and_skipped(broken_site):
     assert plugins["dup_name"]["version"] == "0.3"
     assert plugins["digits"]["status"] == "ok"
     assert plugins["vit"]["registered"] == {"architectures": ["vit"]}
+    assert plugins["vit"]["hooks"] == ["register_architectures"]
+    assert plugins["broken_hook"]["hooks"] == ["register_datasets"]
 
 
 def test_commands_still_work_beside_broken_plugins(broken_site, tmp_path):
     result = run_cli(["runs", "--storage", f"sqlite:///{tmp_path}/none.db"], broken_site)
     assert result.returncode == 2  # no store there: a clear error, not a plugin crash
     assert "no results store" in result.stderr
+    search = run_cli(["search", str(tmp_path / "missing.toml")], broken_site)
+    assert search.returncode == 2 and "config file" in search.stderr
+    for name in BROKEN:  # each problem reported once, with its package
+        assert search.stderr.count(f"plugin '{name}' (package {name} 0.3)") == 1, search.stderr
     table = run_cli(["plugins"], broken_site)
     assert table.returncode == 0
     assert "broken_import" in table.stdout and "error" in table.stdout

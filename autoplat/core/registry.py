@@ -45,6 +45,7 @@ class PluginInfo:
     package: str | None = None
     version: str | None = None
     registered: dict[str, list[str]] = field(default_factory=dict)
+    hooks: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     disabled: bool = False
 
@@ -61,6 +62,7 @@ class PluginInfo:
             "package": self.package,
             "version": self.version,
             "status": self.status,
+            "hooks": self.hooks,
             "registered": self.registered,
             "errors": self.errors,
         }
@@ -117,7 +119,7 @@ class Registry:
                 module = ep.load()
             except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's
                 info.errors.append(f"failed to import: {_first_line_error(exc)}")
-                log.warning("plugin %r failed to import: %s", ep.name, exc)
+                log.debug("plugin %r failed to import: %s", ep.name, exc)
                 continue
             self._collect(ep.name, module, info)
 
@@ -147,6 +149,7 @@ class Registry:
         except Exception as exc:  # noqa: BLE001 - e.g. a hookimpl with a wrong signature
             info.errors.append(f"invalid plugin: {_first_line_error(exc)}")
             return
+        info.hooks = sorted(caller.name for caller in self.pm.get_hookcallers(module) or [])
         for kind in KINDS:
             hook = getattr(self.pm.hook, f"register_{kind}")
             for impl in hook.get_hookimpls():
@@ -194,8 +197,8 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         return sorted(self.items[kind])
 
-    def errors(self) -> list[tuple[str, str]]:
-        return [(p.name, err) for p in self.plugins.values() for err in p.errors]
+    def errors(self) -> list[tuple[PluginInfo, str]]:
+        return [(p, err) for p in self.plugins.values() for err in p.errors]
 
 
 def unknown_name_message(what: str, name: str, available: list[str]) -> str:
