@@ -5,7 +5,7 @@ setup:
 	./scripts/setup.sh
 
 quickstart: setup
-	rm -f runs/quickstart.db runs/quickstart.db-wal runs/quickstart.db-shm
+	rm -rf runs/quickstart.db runs/quickstart.db-wal runs/quickstart.db-shm runs/checkpoints/quickstart
 	.venv/bin/platform search examples/quickstart.toml --storage sqlite:///runs/quickstart.db
 
 test: setup

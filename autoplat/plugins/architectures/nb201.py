@@ -1,0 +1,179 @@
+"""The NAS-Bench-201 cell and network, so real training searches the table's space.
+
+Dong & Yang, "NAS-Bench-201: Extending the Scope of Reproducible Neural Architecture
+Search" (ICLR 2020). A cell has 4 nodes: node 0 is the cell's input and node ``i`` is the
+sum over ``j < i`` of ``op_{i,j}(node j)``; the cell's output is node 3. Each of the 6
+edges (``edge_I_J``, from node J to node I, as in ``search_spaces/nb201.toml``) takes one
+of 5 ops, so there are 5**6 = 15,625 cells. The network is the paper's: a conv stem,
+``cells_per_stage`` cells per stage and a residual block of stride 2 between stages, then
+BN-ReLU, global average pooling and a linear head. Images as small as 8x8 get 2 stages.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from autoplat.core.hookspecs import Register, hookimpl
+from autoplat.core.interfaces import Architecture, DataSpec
+from autoplat.plugins.benchmarks.nb201 import EDGES, OPS
+
+MAX_REDUCTIONS = 2  # the paper's 3 stages
+MIN_STAGE_SIZE = 4  # a reduction must leave feature maps at least 4x4
+
+
+class Zero(nn.Module):
+    """The "none" op: zeros shaped like its input (kept in the graph, as in the paper)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mul(0.0)
+
+
+class ReLUConvBN(nn.Sequential):
+    """ReLU, a ``kernel x kernel`` conv (padded to keep the size) and batch norm."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1) -> None:
+        super().__init__(
+            nn.ReLU(),
+            nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+
+
+def make_op(op: str, channels: int) -> nn.Module:
+    """One edge's op on ``channels`` channels, keeping the spatial size."""
+    if op == "none":
+        return Zero()
+    if op == "skip_connect":
+        return nn.Identity()
+    if op == "nor_conv_1x1":
+        return ReLUConvBN(channels, channels, 1)
+    if op == "nor_conv_3x3":
+        return ReLUConvBN(channels, channels, 3)
+    if op == "avg_pool_3x3":
+        return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+    raise ValueError(f"nb201: unknown op {op!r}, expected one of {OPS}")
+
+
+class NB201Cell(nn.Module):
+    """A NAS-Bench-201 cell; ``ops`` maps each edge name of ``EDGES`` to its op."""
+
+    def __init__(self, ops: dict[str, str], channels: int) -> None:
+        super().__init__()
+        self.edges = nn.ModuleDict({edge: make_op(ops[edge], channels) for edge in EDGES})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nodes = [x]
+        for node in (1, 2, 3):
+            out = self.edges[f"edge_{node}_0"](x)
+            for src in range(1, node):
+                out = out + self.edges[f"edge_{node}_{src}"](nodes[src])
+            nodes.append(out)
+        return nodes[3]
+
+
+class ResidualReduction(nn.Module):
+    """The paper's residual block between stages: halves the size, changes the channels."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv_a = ReLUConvBN(c_in, c_out, 3, stride=2)
+        self.conv_b = ReLUConvBN(c_out, c_out, 3)
+        self.shortcut = nn.Sequential(
+            nn.AvgPool2d(2, stride=2), nn.Conv2d(c_in, c_out, 1, bias=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x) + self.conv_b(self.conv_a(x))
+
+
+def num_reductions(rows: int, cols: int) -> int:
+    """How many stride-2 reductions images of ``rows x cols`` get (at most 2)."""
+    size, count = min(rows, cols), 0
+    while count < MAX_REDUCTIONS and size // 2 >= MIN_STAGE_SIZE:
+        size, count = size // 2, count + 1
+    return count
+
+
+class NB201Net(nn.Module):
+    """Stem, stages of ``cells_per_stage`` cells joined by reductions, pooling and a head."""
+
+    def __init__(
+        self,
+        ops: dict[str, str],
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        channels: int,
+        cells_per_stage: int,
+    ) -> None:
+        super().__init__()
+        c_in, rows, cols = input_shape
+        self.stem = nn.Sequential(
+            nn.Conv2d(c_in, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        )
+        layers: list[nn.Module] = []
+        width = channels
+        for stage in range(num_reductions(rows, cols) + 1):
+            if stage:
+                layers.append(ResidualReduction(width, 2 * width))
+                width *= 2
+            layers.extend(NB201Cell(ops, width) for _ in range(cells_per_stage))
+        self.cells = nn.Sequential(*layers)
+        self.last_act = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.last_act(self.cells(self.stem(x)))
+        return self.head(self.pool(x).flatten(1))
+
+
+class NB201(Architecture):
+    """The NAS-Bench-201 network; params: the 6 edges, channels, cells_per_stage."""
+
+    name: ClassVar[str] = "nb201"
+    task: ClassVar[str] = "classification"
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
+    default_space: ClassVar[str] = "nb201"
+    defaults: ClassVar[dict[str, Any]] = {"channels": 16, "cells_per_stage": 1}
+
+    def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
+        """Why these params cannot build the network (for ``spec``, when given), or None."""
+        for edge in EDGES:
+            if edge not in params:
+                return f"nb201: missing '{edge}' (a cell needs all of {', '.join(EDGES)})"
+            if params[edge] not in OPS:
+                return f"nb201: '{edge}' = {params[edge]!r} is not one of {OPS}"
+        p = {**self.defaults, **params}
+        for key in ("channels", "cells_per_stage"):
+            if int(p[key]) < 1:
+                return f"nb201: {key} must be at least 1, got {p[key]}"
+        if spec is not None and len(spec.input_shape) != 3:
+            return f"nb201: needs images shaped (C, H, W), got input shape {spec.input_shape}"
+        return None
+
+    def build(self, params: dict[str, Any], spec: DataSpec) -> nn.Module:
+        """Build the network; ``channels`` and ``cells_per_stage`` default to ``defaults``.
+
+        Raises:
+            ValueError: ``check_params`` found a reason these params cannot work.
+        """
+        reason = self.check_params(params, spec)
+        if reason is not None:
+            raise ValueError(reason)
+        p = {**self.defaults, **params}
+        return NB201Net(
+            ops={edge: p[edge] for edge in EDGES},
+            input_shape=spec.input_shape,
+            num_classes=spec.num_classes,
+            channels=int(p["channels"]),
+            cells_per_stage=int(p["cells_per_stage"]),
+        )
+
+
+@hookimpl
+def register_architectures(register: Register) -> None:
+    """Register the NAS-Bench-201 network."""
+    register(NB201())
