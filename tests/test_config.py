@@ -22,7 +22,7 @@ BAD = [
             "architecture.name",
             "unknown architecture 'vitt'",
             "did you mean 'vit'",
-            "Available: vit",
+            "Available: nb201, vit",
         ],
     ),
     (
@@ -46,6 +46,10 @@ BAD = [
         ["dataset.val_fraction", "less than 0.5"],
     ),
     (("[study]", "[study\n"), ["invalid TOML", "line"]),
+    (
+        ("heads = [2]", "heads = [3]"),
+        ["space:", "can build architecture 'vit'", "is not divisible by heads 3"],
+    ),
 ]
 
 

@@ -6,6 +6,7 @@ Every error names the file, the key (and its line when found) and how to fix it.
 from __future__ import annotations
 
 import difflib
+import random
 import re
 import tomllib
 from dataclasses import dataclass
@@ -266,7 +267,28 @@ def _build_space(
                 f"Known: {', '.join(known)}",
             )
     try:
-        return base.merged(SearchSpace.from_dict(overrides))
+        space = base.merged(SearchSpace.from_dict(overrides))
     except SpaceError as exc:
         key = str(exc).split("'")[1] if str(exc).startswith("'") else ""
         raise source.error(("space", key) if key else ("space",), str(exc)) from None
+    _check_buildable(space, arch, source)
+    return space
+
+
+def _check_buildable(space: SearchSpace, arch: Architecture, source: _Source) -> None:
+    """Refuse a space where no sampled params can build the architecture (before any trial)."""
+    from autoplat.core.training import TRAINER_PARAMS
+
+    rng = random.Random(0)
+    first_reason = None
+    for _ in range(200):
+        params = {k: v for k, v in space.sample(rng).items() if k not in TRAINER_PARAMS}
+        reason = arch.check_params(params)
+        if reason is None:
+            return
+        first_reason = first_reason or reason
+    raise source.error(
+        ("space",),
+        f"none of 200 sampled params can build architecture '{arch.name}' (e.g. {first_reason}); "
+        "change the [space] values",
+    )

@@ -69,8 +69,8 @@ class Architecture(ABC):
     def build(self, params: dict[str, Any], spec: DataSpec) -> torch.nn.Module:
         """Build a model for these hyperparameters and data."""
 
-    def check_params(self, params: dict[str, Any]) -> str | None:
-        """Return why these params cannot build a model, or None when they can."""
+    def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
+        """Return why these params cannot build a model (for ``spec``'s data), or None."""
         return None
 
 
