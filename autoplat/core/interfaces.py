@@ -64,6 +64,7 @@ class Architecture(ABC):
     task: ClassVar[str]
     modalities: ClassVar[tuple[str, ...]]
     default_space: ClassVar[str]  # name of a registered search space
+    defaults: ClassVar[dict[str, Any]] = {}  # params a trial may leave out
 
     @abstractmethod
     def build(self, params: dict[str, Any], spec: DataSpec) -> torch.nn.Module:
@@ -72,6 +73,13 @@ class Architecture(ABC):
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Return why these params cannot build a model (for ``spec``'s data), or None."""
         return None
+
+    def resolve_params(self, params: dict[str, Any], spec: DataSpec) -> dict[str, Any]:
+        """``defaults`` overlaid with ``params``; ValueError when ``check_params`` objects."""
+        reason = self.check_params(params, spec)
+        if reason is not None:
+            raise ValueError(reason)
+        return {**self.defaults, **params}
 
 
 class Strategy(ABC):

@@ -21,6 +21,12 @@ from typing import Any
 from autoplat.core.errors import AutoplatError
 
 Value = int | float | str | bool
+ParamsKey = tuple[tuple[str, Any], ...]
+
+
+def params_key(params: dict[str, Any]) -> ParamsKey:
+    """A hashable form of ``params`` that ignores key order."""
+    return tuple(sorted(params.items()))
 
 
 class SpaceError(AutoplatError):
@@ -251,6 +257,14 @@ class SearchSpace:
 
     def sample(self, rng: random.Random) -> dict[str, Value]:
         return {key: dim.sample(rng) for key, dim in self.dims.items()}
+
+    def fresh_sample(self, rng: random.Random, seen: set[ParamsKey]) -> dict[str, Value]:
+        """A sample whose ``params_key`` is not in ``seen``, when 32 tries find one."""
+        for _ in range(32):
+            params = self.sample(rng)
+            if params_key(params) not in seen:
+                return params
+        return params
 
     def contains(self, params: dict[str, Any]) -> bool:
         return params.keys() == self.dims.keys() and all(

@@ -160,10 +160,7 @@ class NB201(Architecture):
         Raises:
             ValueError: ``check_params`` found a reason these params cannot work.
         """
-        reason = self.check_params(params, spec)
-        if reason is not None:
-            raise ValueError(reason)
-        p = {**self.defaults, **params}
+        p = self.resolve_params(params, spec)
         return NB201Net(
             ops={edge: p[edge] for edge in EDGES},
             input_shape=spec.input_shape,

@@ -135,10 +135,7 @@ class ViT(Architecture):
         Raises:
             ValueError: ``check_params`` found a reason these params cannot work.
         """
-        reason = self.check_params(params, spec)
-        if reason is not None:
-            raise ValueError(reason)
-        p = {**self.defaults, **params}
+        p = self.resolve_params(params, spec)
         return VisionTransformer(
             input_shape=spec.input_shape,
             num_classes=spec.num_classes,

@@ -16,13 +16,7 @@ from pydantic import Field
 
 from autoplat.core.interfaces import Options as BaseOptions
 from autoplat.core.interfaces import Strategy
-from autoplat.core.space import Categorical, FloatRange, IntRange
-
-ParamsKey = tuple[tuple[str, Any], ...]
-
-
-def _key(params: dict[str, Any]) -> ParamsKey:
-    return tuple(sorted(params.items()))
+from autoplat.core.space import Categorical, FloatRange, IntRange, ParamsKey, params_key
 
 
 def encode(space_dims: dict[str, Any], params: dict[str, Any]) -> list[float]:
@@ -135,16 +129,20 @@ class Bananas(Strategy):
         """A random sample during warm-up, then the best candidate under the acquisition."""
         self._n_asked += 1
         if self._n_asked <= self.options.n_init or len(self.history) < 2 or not self._searchable:
-            params = self._fresh_sample()
+            params = self.space.fresh_sample(self.rng, self._asked)
         else:
             candidates = self._candidates()
-            params = self._pick(candidates) if candidates else self._fresh_sample()
-        self._asked.add(_key(params))
+            params = (
+                self._pick(candidates)
+                if candidates
+                else self.space.fresh_sample(self.rng, self._asked)
+            )
+        self._asked.add(params_key(params))
         return params
 
     def tell(self, params: dict[str, Any], value: float | None) -> None:
         """Keep a completed trial for the next fit; failures are left out."""
-        self._asked.add(_key(params))
+        self._asked.add(params_key(params))
         if value is not None and not math.isnan(value):
             self.history.append((dict(params), value if self.direction == "maximize" else -value))
 
@@ -159,7 +157,7 @@ class Bananas(Strategy):
             child = dict(parents[i % len(parents)])
             key = self.rng.choice(list(self._searchable))
             child[key] = self._searchable[key].mutate(child[key], self.rng)
-            child_key = _key(child)
+            child_key = params_key(child)
             if child_key not in self._asked:
                 found[child_key] = child
         return list(found.values())
@@ -182,11 +180,3 @@ class Bananas(Strategy):
             cdf = 0.5 * (1 + np.vectorize(math.erf)(u / math.sqrt(2)))
             score = std * (u * cdf + np.exp(-0.5 * u**2) / math.sqrt(2 * math.pi))
         return candidates[int(np.argmax(score))]
-
-    def _fresh_sample(self) -> dict[str, Any]:
-        """A random sample, avoiding asked params when it easily can."""
-        for _ in range(32):
-            params = self.space.sample(self.rng)
-            if _key(params) not in self._asked:
-                return params
-        return params

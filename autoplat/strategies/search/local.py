@@ -14,13 +14,7 @@ from pydantic import Field
 
 from autoplat.core.interfaces import Options as BaseOptions
 from autoplat.core.interfaces import Strategy
-from autoplat.core.space import Categorical, Dimension, IntRange
-
-ParamsKey = tuple[tuple[str, Any], ...]
-
-
-def _key(params: dict[str, Any]) -> ParamsKey:
-    return tuple(sorted(params.items()))
+from autoplat.core.space import Categorical, Dimension, IntRange, ParamsKey, params_key
 
 
 class LocalSearch(Strategy):
@@ -55,13 +49,15 @@ class LocalSearch(Strategy):
 
     def ask(self) -> dict[str, Any]:
         """The next unevaluated neighbour, or a random sample (a start, or while waiting)."""
-        params = self._queue.pop(0) if self._queue else self._fresh_sample()
-        self._asked.add(_key(params))
+        params = (
+            self._queue.pop(0) if self._queue else self.space.fresh_sample(self.rng, self._asked)
+        )
+        self._asked.add(params_key(params))
         return params
 
     def tell(self, params: dict[str, Any], value: float | None) -> None:
         """Record the result; step or restart once the whole neighbourhood is known."""
-        key = _key(params)
+        key = params_key(params)
         self.values[key] = None if value is None or math.isnan(value) else value
         if self.center is None and self.values[key] is not None:
             self._move_to(dict(params))
@@ -74,7 +70,7 @@ class LocalSearch(Strategy):
 
     def _step_when_done(self) -> None:
         while self.center is not None and all(k in self.values for k in self._neighbours):
-            best, best_value = None, self.values[_key(self.center)]
+            best, best_value = None, self.values[params_key(self.center)]
             for k in self._neighbours:
                 value = self.values[k]
                 if value is not None and (best_value is None or self.better(value, best_value)):
@@ -93,9 +89,9 @@ class LocalSearch(Strategy):
             and len(neighbours) > self.options.max_neighbours
         ):
             neighbours = self.rng.sample(neighbours, self.options.max_neighbours)
-        self._neighbours = [_key(n) for n in neighbours]
+        self._neighbours = [params_key(n) for n in neighbours]
         seen = self._asked | self.values.keys()
-        self._queue = [n for n in neighbours if _key(n) not in seen]
+        self._queue = [n for n in neighbours if params_key(n) not in seen]
 
     def _one_edit(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         neighbours = []
@@ -111,11 +107,3 @@ class LocalSearch(Strategy):
             return [v for v in (value - dim.step, value + dim.step) if dim.low <= v <= dim.high]
         other = dim.mutate(value, self.rng)
         return [other] if other != value else []
-
-    def _fresh_sample(self) -> dict[str, Any]:
-        """A random sample, avoiding evaluated or pending points when it easily can."""
-        for _ in range(32):
-            params = self.space.sample(self.rng)
-            if _key(params) not in self._asked:
-                return params
-        return params

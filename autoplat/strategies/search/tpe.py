@@ -14,13 +14,7 @@ from pydantic import Field
 
 from autoplat.core.interfaces import Options as BaseOptions
 from autoplat.core.interfaces import Strategy
-
-ParamsKey = tuple[tuple[str, Any], ...]
-
-
-def _key(params: dict[str, Any]) -> ParamsKey:
-    """A hashable form of ``params`` that ignores key order."""
-    return tuple(sorted(params.items()))
+from autoplat.core.space import ParamsKey, params_key
 
 
 class TPESearch(Strategy):
@@ -56,12 +50,12 @@ class TPESearch(Strategy):
         trial = self.study.ask(self._distributions)
         values = {**trial.params, **self.space.fixed()}
         params = {key: values[key] for key in self.space.dims}
-        self._pending.setdefault(_key(params), []).append(trial)
+        self._pending.setdefault(params_key(params), []).append(trial)
         return params
 
     def tell(self, params: dict[str, Any], value: float | None) -> None:
         """Complete the trial asked with ``params``, or record it when it was never asked."""
-        key = _key(params)
+        key = params_key(params)
         pending = self._pending.get(key)
         if not pending:
             self._add(params, value)
