@@ -67,6 +67,17 @@ def write_config(tmp_path: Path):
     return write
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train fastest on one thread, and test workers share two cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def ray_address() -> str:
     """Start one local Ray for the whole run; subprocesses join it with --address."""

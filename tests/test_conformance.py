@@ -27,10 +27,7 @@ from autoplat.testing import (
     registered_plugin,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- strategies ------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,8 @@ from autoplat.plugins.architectures.vit import ViT
 from autoplat.plugins.datasets.digits import Digits, SplitOptions
 from autoplat.testing import run_platform
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PARAMS = {
     "depth": 1,
     "width": 16,
@@ -36,14 +37,6 @@ PARAMS = {
     "batch_size": 128,
     "epochs": 2,
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

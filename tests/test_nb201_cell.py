@@ -16,12 +16,9 @@ from autoplat.plugins.benchmarks.nb201 import EDGES, N_CELLS, OPS, cell_params
 from autoplat.plugins.datasets.digits import Digits
 from autoplat.testing import ArchitectureContract
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 DIGITS = DataSpec("classification", "image", (1, 8, 8), 10)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 def cell(op: str, **edges: str) -> dict[str, str]:

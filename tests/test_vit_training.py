@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import sys
 import warnings
-from collections.abc import Iterator
 
 import numpy as np
 import pluggy
@@ -31,17 +30,10 @@ from autoplat.plugins.datasets import digits as digits_plugin
 from autoplat.plugins.datasets import mnist5k
 from autoplat.plugins.datasets.digits import Digits, SplitOptions, stratified_splits
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 DIGITS_SPEC = DataSpec("classification", "image", (1, 8, 8), 10)
 SMALL_VIT = {"depth": 1, "width": 32, "heads": 2, "mlp_ratio": 2, "patch_size": 4, "dropout": 0.0}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models train fastest on one thread, and two test workers share two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
