@@ -7,8 +7,10 @@ import contextlib
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -132,7 +134,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     line = f"trial {data['number']} {data['state']}"
                     if data.get("error"):
                         line += f": {data['error']}"
-                progress.console.print(line)
+                progress.console.print(line, markup=False)
                 if best:
                     progress.update(task, status=f"best {metric}={best[0]:.4f}")
 
@@ -152,6 +154,77 @@ def cmd_search(args: argparse.Namespace) -> int:
             + (f" --storage {args.storage}" if args.storage else "")
         )
         return 130
+    return 0
+
+
+def cmd_al(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from autoplat.core.al_study import learning_curves, load_al_config, run_al
+    from autoplat.core.registry import get_registry
+
+    registry = get_registry()
+    _warn_plugin_errors(registry)
+    resolved = load_al_config(args.config, registry)
+    cfg = resolved.config
+    store = Store(_storage(args, cfg.study.storage))
+    experiments = len(resolved.acquisitions) * len(cfg.study.seed_list())
+    failures: list[str] = []
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err,
+    ) as progress:
+        task = progress.add_task(cfg.study.name, total=experiments, status="starting Ray")
+
+        def on_event(kind: str, data: dict[str, Any]) -> None:
+            who = f"{data['acquisition']} seed {data['seed']}"
+            if kind == "round":
+                accuracy = data.get("test_accuracy", float("nan"))
+                progress.update(
+                    task, status=f"{who}: {data['n_labeled']} labels, test acc {accuracy:.3f}"
+                )
+            elif kind == "end":
+                progress.advance(task)
+                if data.get("error"):
+                    failures.append(data["error"])
+                line = f"{who} {data['state']}"
+                progress.console.print(
+                    line + (f": {data['error']}" if data.get("error") else ""), markup=False
+                )
+
+        if cfg.oracle.name == "file":
+            folder = Path(cfg.oracle.path) / cfg.study.name
+            err.print(
+                f"file oracle: queries appear in {folder}/ as *.query.{cfg.oracle.format}; "
+                f"write the labeled copy as *.labels.{cfg.oracle.format} next to each"
+            )
+        with contextlib.suppress(KeyboardInterrupt):
+            run_al(resolved, store, address=args.address, resume=args.resume, on_event=on_event)
+    study = store.get_study(cfg.study.name)
+    _print_al_study(store, study, learning_curves(store.al_rounds(study.id)))
+    out.print(
+        f"results stored in {store.url} (study '{study.name}'); "
+        f"view again with: platform show {study.name}"
+    )
+    if study.state == StudyState.INTERRUPTED:
+        err.print(
+            "interrupted: finished rounds are stored. Continue with: "
+            f"platform al {args.config} --resume"
+            + (f" --storage {args.storage}" if args.storage else "")
+        )
+        return 130
+    if failures:
+        err.print(
+            f"{len(failures)} experiments failed (above); fix the cause and continue with: "
+            f"platform al {args.config} --resume"
+            + (f" --storage {args.storage}" if args.storage else "")
+        )
+        # bad labels or data are the user's to fix (exit 2); anything else is a failure
+        return 2 if any(f.split(":", 1)[0].endswith("DataError") for f in failures) else 1
     return 0
 
 
@@ -192,11 +265,56 @@ def _best_value(store: Store, study: Study) -> float | None:
 def cmd_show(args: argparse.Namespace) -> int:
     store = Store(_storage(args), create=False)
     study = store.get_study(args.study)
+    if study.kind == "al":
+        from autoplat.core.al_study import learning_curves
+
+        curves = learning_curves(store.al_rounds(study.id))
+        if args.json:
+            print(json.dumps({"study": store.summary(study)["study"], "curves": curves}, indent=2))
+        else:
+            _print_al_study(store, study, curves)
+        return 0
     if args.json:
         print(json.dumps(store.summary(study), indent=2))
     else:
         _print_study(store, study, args.top)
     return 0
+
+
+def _print_al_study(store: Store, study: Study, curves: dict[str, Any]) -> None:
+    """Learning curves (mean +- std over seeds at each label count) and AULC per acquisition."""
+    counts = sorted({n for c in curves.values() for n in c["labels"]})
+    every = max(1, -(-(len(counts) - 1) // 3))  # at most 4 label columns: 80 characters
+    shown = [*counts[:-1:every], counts[-1]] if counts else []
+    table = Table(
+        title=f"'{study.name}': {study.metric} by labels (mean over seeds)",
+        caption="--json: every point with its std",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for column in ("acquisition", "AULC ± std", "÷random", "seeds", *map(str, shown)):
+        table.add_column(column, no_wrap=True)
+    random_aulc = (curves.get("random") or {}).get("aulc")
+    ranked = sorted(curves.items(), key=lambda kv: -(kv[1]["aulc"] or (0.0, 0.0))[0])
+    for name, c in ranked:
+        at = dict(zip(c["labels"], zip(c["mean"], c["std"], strict=True), strict=True))
+        area = c["aulc"]
+        ratio = f"{area[0] / random_aulc[0]:.3f}" if area and random_aulc else ""
+        table.add_row(
+            name,
+            f"{area[0]:.3f}±{area[1]:.3f}" if area else "",
+            ratio,
+            str(c["complete_seeds"]),
+            *(f"{at[n][0]:.3f}" if n in at else "" for n in shown),
+        )
+    out.print(table)
+    counts_by_state = {k: v for k, v in store.summary(study)["study"]["trial_counts"].items() if v}
+    out.print("experiments: " + ", ".join(f"{v} {k}" for k, v in counts_by_state.items()))
+    for t in store.trials(study.id):
+        if t.state == "fail":
+            out.print(
+                f"{t.params_dict['acquisition']} seed {t.params_dict['seed']} failed: {t.error}"
+            )
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -298,6 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
     p.add_argument("--tui", action="store_true", help="watch the search live in the TUI")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("al", help="run active-learning experiments (acquisitions x seeds)")
+    p.add_argument("config", help="path to an active-learning config TOML file")
+    p.add_argument("--storage", help=storage_help + "; overrides [study].storage")
+    p.add_argument("--address", help="join the Ray cluster at this address (or RAY_ADDRESS)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    p.set_defaults(func=cmd_al)
 
     p = sub.add_parser("runs", help="list studies in the store")
     p.add_argument("--storage", help=storage_help)

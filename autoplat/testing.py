@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from autoplat.core.active_learning import Acquisition
 from autoplat.core.curation import Scorer
@@ -484,7 +485,13 @@ class DatasetContract:
     def test_name_and_options(self, dataset: Dataset) -> None:
         assert isinstance(dataset, Dataset)
         assert isinstance(dataset.name, str) and dataset.name
-        dataset.Options()  # a config without [dataset] options must work
+        required = [k for k, f in dataset.Options.model_fields.items() if f.is_required()]
+        if not required:
+            dataset.Options()  # a config without [dataset] options must work
+            return
+        # options without defaults (e.g. a path) must be refused by name when missing
+        with pytest.raises(ValidationError, match=required[0]):
+            dataset.Options()
 
     def test_split_deterministic_by_seed(
         self, dataset: Dataset, options: Options, splits: Splits

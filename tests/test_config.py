@@ -22,12 +22,16 @@ BAD = [
             "architecture.name",
             "unknown architecture 'vitt'",
             "did you mean 'vit'",
-            "Available: nb201, vit",
+            "Available: mlp, nb201, vit",
         ],
     ),
     (
         ('name = "digits"', 'name = "digitz"'),
-        ["dataset.name", "unknown dataset 'digitz'", "Available: digits, mnist5k"],
+        [
+            "dataset.name",
+            "unknown dataset 'digitz'",
+            "Available: csv, digits, image_folder, mnist5k",
+        ],
     ),
     (
         ('name = "random"', 'name = "evolve"'),
@@ -39,7 +43,7 @@ BAD = [
     (("seed = 0", 'seed = 0\nmetric = "val_acc"'), ["study.metric", "did you mean 'val_accuracy'"]),
     (
         ("[resources]", '[scheduler]\nname = "asha2"\n\n[resources]'),
-        ["scheduler.name", "'fifo', 'asha', 'hyperband' or 'median'"],
+        ["scheduler.name", "'fifo', 'asha', 'hyperband', 'hyperband_bohb' or 'median'"],
     ),
     (
         ('[dataset]\nname = "digits"', '[dataset]\nname = "digits"\nval_fraction = 0.9'),

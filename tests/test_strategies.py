@@ -104,6 +104,7 @@ def test_plugin_registers_all_strategies() -> None:
         "reinforce",
         "local",
         "bananas",
+        "bohb",
     ]
 
 

@@ -16,7 +16,7 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
 from autoplat.cli import main
-from autoplat.core.store import ALRound, Store, TrialState
+from autoplat.core.store import SCHEMA_VERSION, ALRound, Store, TrialState
 from autoplat.tui.app import PlatformApp, SearchProcess
 from autoplat.tui.base import HelpScreen, QuitSearchScreen
 from autoplat.tui.launch import stop_search
@@ -153,7 +153,7 @@ async def test_missing_old_and_foreign_databases_recover(tmp_path: Path) -> None
             conn.execute("update schema_version set version = 0")
         await until(pilot, says("schema version 0"))
         with sqlite3.connect(path) as conn:
-            conn.execute("update schema_version set version = 1")
+            conn.execute(f"update schema_version set version = {SCHEMA_VERSION}")
         fill(old)
         studies = app.screen.query_one("#studies", DataTable)
         await until(pilot, lambda: studies.row_count == 1)
@@ -189,26 +189,28 @@ async def test_small_terminal_help_theme_and_read_only(store: Store, tmp_path: P
 @pytest.mark.asyncio
 async def test_active_learning_study_gets_its_screen(store: Store) -> None:
     study = store.create_study("al-demo", kind="al", metric="accuracy")
-    with store.session() as s:
-        for acq, values in (("random", (0.5, 0.6)), ("entropy", (0.5, 0.7))):
+    for acq, seeds in (("random", ((0.5, 0.6), (0.5, 0.6))), ("entropy", ((0.5, 0.7), (0.5, 0.9)))):
+        for seed, values in enumerate(seeds):
             for rnd, value in enumerate(values):
-                s.add(
+                store.add_al_round(
                     ALRound(
                         study_id=study.id,
                         acquisition=acq,
+                        seed=seed,
                         round=rnd,
                         n_labeled=100 * (rnd + 1),
                         metrics=f'{{"accuracy": {value}}}',
                     )
                 )
-        s.commit()
     app = PlatformApp(store.url, study="al-demo", interval=POLL)
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ALStudyScreen))
         rounds = app.screen.query_one("#rounds", DataTable)
-        await until(pilot, lambda: rounds.row_count == 4)
-        assert cell(rounds, "entropy/1", "metric") == "0.7000"
-        assert cell(rounds, "entropy/1", "labels") == "200"
+        await until(pilot, lambda: rounds.row_count == 8)
+        assert cell(rounds, "entropy/1/1", "metric") == "0.9000"
+        assert cell(rounds, "entropy/1/1", "labels") == "200"
+        # the status line ranks acquisitions by AULC over seeds: entropy (0.5->0.8) wins
+        assert "best AULC entropy 0.6500" in app.screen.status_text()
 
 
 @pytest.mark.asyncio

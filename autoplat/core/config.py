@@ -9,14 +9,15 @@ import difflib
 import random
 import re
 import tomllib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autoplat.core.errors import AutoplatError, ConfigError
-from autoplat.core.interfaces import Architecture, Dataset, Options, Strategy
+from autoplat.core.interfaces import Architecture, Benchmark, Dataset, Options, Strategy
 from autoplat.core.registry import Registry
 from autoplat.core.space import SearchSpace, SpaceError
 
@@ -58,12 +59,19 @@ class ArchitectureSection(Section):
     space: str | None = None
 
 
+class BenchmarkSection(PluginSection):
+    """``[benchmark]``: a tabular benchmark, its options, and optionally another space."""
+
+    space: str | None = None
+
+
 class StrategySection(PluginSection):
     name: str = "random"
 
 
 class SchedulerSection(Section):
-    name: Literal["fifo", "asha", "hyperband", "median"] = "fifo"
+    # hyperband_bohb: HyperBand as BOHB runs it (Ray's HyperBandForBOHB)
+    name: Literal["fifo", "asha", "hyperband", "hyperband_bohb", "median"] = "fifo"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(3.0, gt=1)
     min_samples_required: int = Field(3, ge=1)
@@ -76,9 +84,13 @@ class ResourcesSection(Section):
 
 
 class Config(Section):
+    """A whole config: a model and data (``[architecture]`` + ``[dataset]``) or a
+    ``[benchmark]``, the search, and how to run it."""
+
     study: StudySection
-    architecture: ArchitectureSection
-    dataset: PluginSection
+    architecture: ArchitectureSection | None = None
+    dataset: PluginSection | None = None
+    benchmark: BenchmarkSection | None = None
     space: dict[str, Any] = Field(default_factory=dict)
     strategy: StrategySection = Field(default_factory=StrategySection)
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
@@ -87,17 +99,23 @@ class Config(Section):
 
 @dataclass
 class Resolved:
-    """A validated config with its plugins looked up and its search space built."""
+    """A validated config with its plugins looked up and its search space built.
+
+    A model study has ``architecture``, ``dataset`` and ``dataset_options``; a benchmark
+    study has ``benchmark`` and ``benchmark_options`` instead (the others are None).
+    """
 
     path: Path
     config: Config
     raw: dict[str, Any]
-    architecture: Architecture
-    dataset: Dataset
-    dataset_options: Options
     strategy_cls: type[Strategy]
     strategy_options: Options
     space: SearchSpace
+    architecture: Architecture | None = None
+    dataset: Dataset | None = None
+    dataset_options: Options | None = None
+    benchmark: Benchmark | None = None
+    benchmark_options: Options | None = None
 
     @property
     def direction(self) -> str:
@@ -167,9 +185,15 @@ def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
     for key in loc:
         field = model.model_fields.get(str(key))
         annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        # an optional section is ``Section | None``: look through the union
+        models = [
+            a
+            for a in (annotation, *get_args(annotation))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        if not models:
             return []
-        model = annotation
+        model = models[0]
     return list(model.model_fields)
 
 
@@ -200,6 +224,7 @@ def load_config(path: str | Path, registry: Registry) -> Resolved:
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise _validation_message(exc, Config, source) from None
+    _check_form(config, source)
 
     def lookup(kind: str, name: str, loc: Loc) -> Any:
         try:
@@ -207,16 +232,7 @@ def load_config(path: str | Path, registry: Registry) -> Resolved:
         except AutoplatError as exc:
             raise source.error(loc, str(exc)) from None
 
-    arch = lookup("architectures", config.architecture.name, ("architecture", "name"))
-    dataset = lookup("datasets", config.dataset.name, ("dataset", "name"))
     strategy_cls = lookup("strategies", config.strategy.name, ("strategy", "name"))
-    if dataset.modality not in arch.modalities or arch.task not in dataset.tasks:
-        raise source.error(
-            ("dataset", "name"),
-            f"dataset '{dataset.name}' ({dataset.modality}, tasks {', '.join(dataset.tasks)}) "
-            f"cannot feed architecture '{arch.name}' ({arch.task} on "
-            f"{', '.join(arch.modalities)}); pick a matching dataset or architecture",
-        )
     if config.study.metric not in METRICS:
         close = difflib.get_close_matches(config.study.metric, list(METRICS), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
@@ -224,12 +240,17 @@ def load_config(path: str | Path, registry: Registry) -> Resolved:
             ("study", "metric"),
             f"unknown metric '{config.study.metric}'; {hint}Available: {', '.join(METRICS)}",
         )
-
-    space_name = config.architecture.space or arch.default_space
-    named = lookup("search_spaces", space_name, ("architecture", "space"))
-    space = _build_space(named.load(), config.space, arch, source)
-
-    dataset_options = _plugin_options(dataset.Options, config.dataset.options(), source, "dataset")
+    if config.benchmark is not None:
+        parts = _resolve_benchmark(config, config.benchmark, source, lookup)
+    else:
+        parts = _resolve_model(config, source, lookup)
+    _set_scheduler(config, strategy_cls, source)
+    if config.scheduler.name == "hyperband_bohb" and "epochs" not in parts["space"].fixed():
+        raise source.error(
+            ("space", "epochs"),
+            "scheduler 'hyperband_bohb' runs trials up to a fixed number of epochs (its "
+            "largest budget); set epochs to one number in [space]",
+        )
     strategy_options = _plugin_options(
         strategy_cls.Options, config.strategy.options(), source, "strategy"
     )
@@ -237,12 +258,9 @@ def load_config(path: str | Path, registry: Registry) -> Resolved:
         path=path,
         config=config,
         raw=raw,
-        architecture=arch,
-        dataset=dataset,
-        dataset_options=dataset_options,
         strategy_cls=strategy_cls,
         strategy_options=strategy_options,
-        space=space,
+        **parts,
     )
     try:
         resolved.make_strategy()
@@ -251,28 +269,132 @@ def load_config(path: str | Path, registry: Registry) -> Resolved:
     return resolved
 
 
-def _build_space(
-    base: SearchSpace, overrides: dict[str, Any], arch: Architecture, source: _Source
-) -> SearchSpace:
+def _check_form(config: Config, source: _Source) -> None:
+    """Exactly one of the two forms: ``[architecture]`` + ``[dataset]``, or ``[benchmark]``."""
+    model = config.architecture is not None or config.dataset is not None
+    if config.benchmark is not None and model:
+        given = " and ".join(
+            f"[{key}]" for key in ("architecture", "dataset") if getattr(config, key) is not None
+        )
+        raise source.error(
+            ("benchmark",),
+            f"a benchmark study looks its results up instead of training a model, so it "
+            f"takes no {given}; remove {given}, or remove [benchmark]",
+        )
+    if config.benchmark is None and not model:
+        raise source.error(
+            (),
+            "nothing to search: add [architecture] and [dataset] sections (a model and its "
+            'data), or a [benchmark] section (a tabular benchmark, e.g. name = "nb201")',
+        )
+    for given, needed in (("architecture", "dataset"), ("dataset", "architecture")):
+        if getattr(config, given) is not None and getattr(config, needed) is None:
+            raise source.error(
+                (needed,), f"is required with [{given}] but missing; add the [{needed}] section"
+            )
+
+
+Lookup = Callable[[str, str, Loc], Any]
+
+
+def _resolve_model(config: Config, source: _Source, lookup: Lookup) -> dict[str, Any]:
+    """The architecture, the dataset and its options, and the space of a model study."""
     from autoplat.core.training import TRAINER_PARAMS
 
-    known = sorted(set(base.dims) | set(TRAINER_PARAMS))
+    assert config.architecture is not None and config.dataset is not None  # _check_form
+    arch = lookup("architectures", config.architecture.name, ("architecture", "name"))
+    dataset = lookup("datasets", config.dataset.name, ("dataset", "name"))
+    if dataset.modality not in arch.modalities or arch.task not in dataset.tasks:
+        raise source.error(
+            ("dataset", "name"),
+            f"dataset '{dataset.name}' ({dataset.modality}, tasks {', '.join(dataset.tasks)}) "
+            f"cannot feed architecture '{arch.name}' ({arch.task} on "
+            f"{', '.join(arch.modalities)}); pick a matching dataset or architecture",
+        )
+    space_name = config.architecture.space or arch.default_space
+    named = lookup("search_spaces", space_name, ("architecture", "space"))
+    what = f"architecture '{arch.name}'"
+    space = _build_space(named.load(), config.space, source, what, TRAINER_PARAMS)
+    _check_buildable(space, arch, source)
+    options = _plugin_options(dataset.Options, config.dataset.options(), source, "dataset")
+    return {"architecture": arch, "dataset": dataset, "dataset_options": options, "space": space}
+
+
+def _resolve_benchmark(
+    config: Config, section: BenchmarkSection, source: _Source, lookup: Lookup
+) -> dict[str, Any]:
+    """The benchmark, its options and the space of a benchmark study."""
+    benchmark = lookup("benchmarks", section.name, ("benchmark", "name"))
+    options = _plugin_options(benchmark.Options, section.options(), source, "benchmark")
+    try:
+        benchmark.check(options)
+    except AutoplatError as exc:
+        raise source.error(("benchmark", "name"), str(exc)) from None
+    if config.study.metric not in benchmark.metrics:
+        raise source.error(
+            ("study", "metric"),
+            f"benchmark '{benchmark.name}' does not report '{config.study.metric}'; "
+            f"set it to one of: {', '.join(benchmark.metrics)}",
+        )
+    if "scheduler" in config.model_fields_set and config.scheduler.name != "fifo":
+        raise source.error(
+            ("scheduler", "name"),
+            f"benchmark '{benchmark.name}' reports each trial's result once, so scheduler "
+            f"'{config.scheduler.name}' has nothing to stop early; remove [scheduler]",
+        )
+    space_name = section.space or benchmark.default_space
+    named = lookup("search_spaces", space_name, ("benchmark", "space"))
+    space = _build_space(named.load(), config.space, source, f"benchmark '{benchmark.name}'")
+    rng = random.Random(0)
+    for _ in range(200):
+        reason = benchmark.check_params(space.sample(rng))
+        if reason is not None:
+            loc = ("benchmark", "space") if section.space else ("space",)
+            raise source.error(
+                loc,
+                f"benchmark '{benchmark.name}' cannot look up params of this space "
+                f"({reason}); change the space",
+            )
+    return {"benchmark": benchmark, "benchmark_options": options, "space": space}
+
+
+def _set_scheduler(config: Config, strategy_cls: type[Strategy], source: _Source) -> None:
+    """Without ``[scheduler]``, a model study uses its strategy's ``default_scheduler``."""
+    if "scheduler" in config.model_fields_set or config.benchmark is not None:
+        return
+    try:
+        config.scheduler = SchedulerSection(name=strategy_cls.default_scheduler)
+    except ValidationError:
+        raise source.error(
+            ("strategy", "name"),
+            f"strategy '{strategy_cls.name}' asks for scheduler "
+            f"'{strategy_cls.default_scheduler}', which does not exist (a bug in its plugin); "
+            "set [scheduler] name explicitly",
+        ) from None
+
+
+def _build_space(
+    base: SearchSpace,
+    overrides: dict[str, Any],
+    source: _Source,
+    what: str,
+    extra: Iterable[str] = (),
+) -> SearchSpace:
+    """``base`` with the ``[space]`` overrides; ``extra`` are keys allowed beside its dims."""
+    known = sorted(set(base.dims) | set(extra))
     for key in overrides:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise source.error(
                 ("space", key),
-                f"unknown parameter for architecture '{arch.name}'; {hint}"
-                f"Known: {', '.join(known)}",
+                f"unknown parameter for {what}; {hint}Known: {', '.join(known)}",
             )
     try:
-        space = base.merged(SearchSpace.from_dict(overrides))
+        return base.merged(SearchSpace.from_dict(overrides))
     except SpaceError as exc:
         key = str(exc).split("'")[1] if str(exc).startswith("'") else ""
         raise source.error(("space", key) if key else ("space",), str(exc)) from None
-    _check_buildable(space, arch, source)
-    return space
 
 
 def _check_buildable(space: SearchSpace, arch: Architecture, source: _Source) -> None:

@@ -15,3 +15,7 @@ class PluginError(AutoplatError):
 
 class StoreError(AutoplatError):
     """The results store cannot be opened or does not hold what was asked for."""
+
+
+class DataError(AutoplatError):
+    """Data a user supplied cannot be read or used (a file, a folder, labels)."""

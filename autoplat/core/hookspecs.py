@@ -49,6 +49,11 @@ def register_search_spaces(register: Register) -> None:
 
 
 @hookspec
+def register_benchmarks(register: Register) -> None:
+    """Register tabular benchmarks: ``register(benchmark)`` with a ``Benchmark`` instance."""
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add subcommands to the ``platform`` CLI; ``cli`` is the argparse subparsers object."""
 

@@ -1,4 +1,4 @@
-"""The small interfaces plugins implement: Architecture, Dataset and Strategy."""
+"""The small interfaces plugins implement: Architecture, Dataset, Benchmark and Strategy."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ class DataSpec:
     modality: str  # "image", "text", "audio", ...
     input_shape: tuple[int, ...]  # one example, e.g. (1, 8, 8) for C, H, W
     num_classes: int = 0
+    label_names: tuple[str, ...] = ()  # class names by index; empty: "0".."num_classes-1"
 
 
 @dataclass
@@ -82,16 +83,45 @@ class Architecture(ABC):
         return {**self.defaults, **params}
 
 
+class Benchmark(ABC):
+    """A tabular benchmark: a trial looks its result up instead of training a model.
+
+    ``metrics`` names the study metrics (``[study].metric``) that ``evaluate`` returns;
+    it also returns ``simulated_seconds``, what training the model would have cost.
+    """
+
+    name: ClassVar[str]
+    default_space: ClassVar[str]  # name of a registered search space
+    metrics: ClassVar[tuple[str, ...]] = ("val_accuracy",)
+    Options: ClassVar[type[Options]] = Options
+
+    def check(self, options: Options) -> None:  # noqa: B027 - an optional hook
+        """Raise ``PluginError`` when the benchmark cannot run (e.g. its table is missing)."""
+
+    def check_params(self, params: dict[str, Any]) -> str | None:
+        """Return why ``evaluate`` cannot look these params up, or None."""
+        return None
+
+    @abstractmethod
+    def evaluate(self, params: dict[str, Any], options: Options, seed: int) -> dict[str, float]:
+        """The metrics of ``params``; ``seed`` picks among recorded runs where there are several.
+
+        Accuracies are fractions in [0, 1]; ``simulated_seconds`` is the simulated cost.
+        """
+
+
 class Strategy(ABC):
     """A search strategy with an ask/tell interface.
 
     Constructed with the space, the direction and a seed: the same seed and the same
-    tells give the same proposals. ``tell(params, None)`` means the trial failed or was
-    pruned.
+    tells give the same proposals. ``tell(params, None)`` means the trial failed; a trial
+    a scheduler stopped early reaches ``prune`` (by default the same as a failure), and
+    every intermediate value of a running trial reaches ``report``.
     """
 
     name: ClassVar[str]
     Options: ClassVar[type[Options]] = Options
+    default_scheduler: ClassVar[str] = "fifo"  # the [scheduler] name used when none is given
 
     def __init__(
         self,
@@ -116,7 +146,14 @@ class Strategy(ABC):
 
     @abstractmethod
     def tell(self, params: dict[str, Any], value: float | None) -> None:
-        """Report the result of params proposed by ``ask`` (None: failed or pruned)."""
+        """Report the result of params proposed by ``ask`` (None: failed, or stopped early)."""
+
+    def report(self, params: dict[str, Any], step: int, value: float) -> None:  # noqa: B027
+        """An intermediate value (at epoch ``step``) of the running trial of ``params``."""
+
+    def prune(self, params: dict[str, Any]) -> None:
+        """The trial of ``params`` was stopped early by the scheduler (default: as failed)."""
+        self.tell(params, None)
 
     def replay(self, history: Iterable[tuple[dict[str, Any], float | None]]) -> None:
         """Bring a fresh strategy to where it was after these trials (used by resume)."""

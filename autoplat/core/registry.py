@@ -25,7 +25,15 @@ ENTRY_POINT_GROUP = "autoplat"
 DISABLE_ENV = "AUTOPLAT_DISABLE_PLUGINS"
 BUILTIN_ONLY_ENV = "AUTOPLAT_BUILTIN_ONLY"  # "1": load only autoplat's own plugins (tests)
 TRACE_ENV = "AUTOPLAT_TRACE"  # "1": print every hook call to stderr
-KINDS = ("architectures", "datasets", "strategies", "acquisitions", "scorers", "search_spaces")
+KINDS = (
+    "architectures",
+    "datasets",
+    "strategies",
+    "acquisitions",
+    "scorers",
+    "search_spaces",
+    "benchmarks",
+)
 SINGULAR = {
     "architectures": "architecture",
     "datasets": "dataset",
@@ -33,6 +41,7 @@ SINGULAR = {
     "acquisitions": "acquisition",
     "scorers": "scorer",
     "search_spaces": "search space",
+    "benchmarks": "benchmark",
 }
 
 

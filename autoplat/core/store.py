@@ -21,7 +21,7 @@ from sqlmodel import Field, Session, SQLModel, create_engine, func, select
 
 from autoplat.core.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: al_rounds gained seed and trial_id; trials gained attrs
 DEFAULT_URL = "sqlite:///runs/platform.db"
 
 
@@ -78,10 +78,15 @@ class Trial(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text))
     node: str | None = None
     ray_trial_id: str | None = None
+    attrs: str = Field(default="{}", sa_column=Column(Text))  # JSON: what a trial produced
 
     @property
     def params_dict(self) -> dict[str, Any]:
         return json.loads(self.params)
+
+    @property
+    def attrs_dict(self) -> dict[str, Any]:
+        return json.loads(self.attrs or "{}")
 
     @property
     def duration_s(self) -> float | None:
@@ -99,14 +104,22 @@ class TrialMetric(SQLModel, table=True):
 
 
 class ALRound(SQLModel, table=True):
+    """One round of one active-learning experiment (an acquisition and a seed)."""
+
     __tablename__ = "al_rounds"
-    __table_args__ = (UniqueConstraint("study_id", "acquisition", "round"),)
+    __table_args__ = (UniqueConstraint("study_id", "acquisition", "seed", "round"),)
     id: int | None = Field(default=None, primary_key=True)
     study_id: int = Field(foreign_key="studies.id", index=True)
+    trial_id: int | None = Field(default=None, foreign_key="trials.id")
     acquisition: str
+    seed: int = 0
     round: int
     n_labeled: int
-    metrics: str = Field(default="{}", sa_column=Column(Text))
+    metrics: str = Field(default="{}", sa_column=Column(Text))  # JSON: metrics, queried ids
+
+    @property
+    def metrics_dict(self) -> dict[str, Any]:
+        return json.loads(self.metrics or "{}")
 
 
 class Artifact(SQLModel, table=True):
@@ -209,12 +222,29 @@ class Store:
             return
         with Session(self.engine) as session:
             version = session.exec(select(SchemaVersion.version)).first()
+        if version == 1 and create:
+            version = self._migrate_from_1()
         if version != SCHEMA_VERSION:
             raise StoreError(
                 f"'{self.url}' has schema version {version}; this autoplat reads version "
                 f"{SCHEMA_VERSION}. Use a matching autoplat or a new --storage"
             )
         self._use_wal()
+
+    def _migrate_from_1(self) -> int:
+        """Add trials.attrs; version 1 never wrote al_rounds, so recreate it with its columns."""
+        from sqlalchemy import text
+
+        with Session(self.engine) as session:
+            if session.exec(select(func.count()).select_from(ALRound.__table__)).one():
+                return 1  # rows we cannot place: refuse below rather than guess
+        ALRound.__table__.drop(self.engine)
+        ALRound.__table__.create(self.engine)
+        with Session(self.engine) as session:
+            session.execute(text("ALTER TABLE trials ADD COLUMN attrs TEXT DEFAULT '{}'"))
+            session.execute(text("UPDATE schema_version SET version = :v"), {"v": SCHEMA_VERSION})
+            session.commit()
+        return SCHEMA_VERSION
 
     def _use_wal(self) -> None:
         """Readers never block the writer (the setting persists in the SQLite file)."""
@@ -358,6 +388,38 @@ class Store:
             return None
         pick = max if study.direction == "maximize" else min
         return pick(done, key=lambda t: t.value)
+
+    def set_trial_attrs(self, trial_id: int, **attrs: Any) -> None:
+        """Merge JSON-serializable ``attrs`` into a trial's attributes."""
+        with self.session() as s:
+            trial = s.get(Trial, trial_id)
+            trial.attrs = json.dumps({**trial.attrs_dict, **attrs})
+            s.add(trial)
+            s.commit()
+
+    def add_al_round(self, row: ALRound) -> None:
+        """Store one round, replacing a stored copy of the same (acquisition, seed, round)."""
+        with self.session() as s:
+            old = s.exec(
+                select(ALRound).where(
+                    ALRound.study_id == row.study_id,
+                    ALRound.acquisition == row.acquisition,
+                    ALRound.seed == row.seed,
+                    ALRound.round == row.round,
+                )
+            ).first()
+            if old is not None:
+                s.delete(old)
+                s.flush()
+            s.add(row)
+            s.commit()
+
+    def al_rounds(self, study_id: int) -> list[ALRound]:
+        """Every stored round of a study, by acquisition, seed and round."""
+        with self.session() as s:
+            q = select(ALRound).where(ALRound.study_id == study_id)
+            q = q.order_by(ALRound.acquisition, ALRound.seed, ALRound.round)
+            return list(s.exec(q))
 
     def set_trial_node(self, trial_id: int, node: str) -> None:
         with self.session() as s:

@@ -33,7 +33,7 @@ NUMERIC = (int, float)
 
 @dataclass(frozen=True)
 class Job:
-    """What a worker needs to run one trial: plugin names, options and the study seed."""
+    """What a worker needs to train one trial: plugin names, options and the study seed."""
 
     architecture: str
     dataset: str
@@ -41,6 +41,15 @@ class Job:
     seed: int
     threads: int
     checkpoint_dir: str | None = None  # absolute; None: save no weights
+
+
+@dataclass(frozen=True)
+class BenchmarkJob:
+    """What a worker needs to look one trial up in a tabular benchmark."""
+
+    benchmark: str
+    options: str  # JSON
+    seed: int
 
 
 def trial_seed(study_seed: int, params: dict[str, Any]) -> int:
@@ -96,6 +105,21 @@ def run_trial(config: dict[str, Any], job: Job) -> None:
     TRAINERS[splits.spec.task](model, splits, hyper, report, seed)
 
 
+def run_benchmark_trial(config: dict[str, Any], job: BenchmarkJob) -> None:
+    """The Ray Tune trainable of a benchmark study: one lookup, reported as the final epoch."""
+    import ray
+    from ray import tune
+
+    from autoplat.core.registry import get_registry
+
+    benchmark = get_registry().get("benchmarks", job.benchmark)
+    options = benchmark.Options.model_validate_json(job.options)
+    params = dict(config)
+    metrics = benchmark.evaluate(params, options, trial_seed(job.seed, params))
+    node = ray.get_runtime_context().get_node_id()
+    tune.report({**metrics, "finished": 1, "epoch": 1, "node": node})
+
+
 def _error_text(trial: Any) -> str:
     """A one-paragraph reason a Tune trial failed."""
     try:
@@ -115,13 +139,23 @@ def _searcher_class():
     from ray.tune.search import Searcher
 
     class StrategySearcher(Searcher):
-        """Any ask/tell Strategy as a Ray Tune Searcher."""
+        """Any ask/tell Strategy as a Ray Tune Searcher.
+
+        Each intermediate value reaches ``Strategy.report``. A trial that reached its last
+        epoch (its result has ``finished``) is told its value, one that raised is told
+        None, and one a scheduler stopped early goes to ``Strategy.prune``. It limits
+        concurrency itself (Tune hands it ``max_concurrent_trials``), counting running
+        trials but not paused ones, so HyperBand can fill a bracket while trials wait.
+        """
 
         def __init__(self, strategy: Strategy, metric: str) -> None:
             mode = "max" if strategy.direction == "maximize" else "min"
             super().__init__(metric=metric, mode=mode)
             self.strategy = strategy
             self.live: dict[str, dict[str, Any]] = {}
+            self.last: dict[str, dict] = {}  # the last result of each live trial
+            self.paused: set[str] = set()
+            self.max_concurrent = 0  # 0: no limit
 
         def save(self, checkpoint_path: str) -> None:
             """Nothing to save: a study resumes from the store (`--resume`)."""
@@ -132,23 +166,63 @@ def _searcher_class():
         def __getstate__(self) -> dict[str, Any]:
             # Ray snapshots its experiment state; we resume from the store instead, so the
             # strategy (which may hold locks, e.g. an Optuna study) is left out.
-            return {**self.__dict__, "strategy": None, "live": {}}
+            return {**self.__dict__, "strategy": None, "live": {}, "last": {}, "paused": set()}
+
+        def set_max_concurrency(self, max_concurrent: int) -> bool:
+            self.max_concurrent = max_concurrent
+            return True
 
         def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            running = len(self.live) - len(self.paused)
+            if self.max_concurrent and running >= self.max_concurrent:
+                return None
             params = self.strategy.ask()
             if params is None:
                 return Searcher.FINISHED
             self.live[trial_id] = params
             return dict(params)
 
+        def on_pause(self, trial_id: str) -> None:
+            """A HyperBand scheduler paused the trial at a budget (``HyperBandForBOHB``)."""
+            self.paused.add(trial_id)
+
+        def on_unpause(self, trial_id: str) -> None:
+            """The paused trial goes on to the next budget."""
+            self.paused.discard(trial_id)
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            params = self.live.get(trial_id)
+            if params is not None:
+                self.last[trial_id] = result
+                self._report(params, result)
+
         def on_trial_complete(
             self, trial_id: str, result: dict | None = None, error: bool = False
         ) -> None:
+            # Tune skips on_trial_result for a result it stops the trial on (the last
+            # epoch, or a scheduler's STOP), so that result is reported here; a trial
+            # stopped while paused (HyperBand) comes without one: its last result counts.
             params = self.live.pop(trial_id, None)
+            last = self.last.pop(trial_id, None)
+            self.paused.discard(trial_id)
             if params is None:
                 return
-            finished = not error and result is not None and result.get("finished")
-            self.strategy.tell(params, float(result[self.metric]) if finished else None)
+            if error:
+                self.strategy.tell(params, None)
+                return
+            result = result or last
+            if result is not None:
+                self._report(params, result)
+            if result is not None and result.get("finished"):
+                self.strategy.tell(params, float(result[self.metric]))
+            else:
+                self.strategy.prune(params)
+
+        def _report(self, params: dict[str, Any], result: dict) -> None:
+            value = result.get(self.metric)
+            if isinstance(value, NUMERIC) and not isinstance(value, bool):
+                step = int(result.get("epoch", result.get("training_iteration", 0)))
+                self.strategy.report(params, step, float(value))
 
     return StrategySearcher
 
@@ -176,6 +250,10 @@ def make_scheduler(resolved: Resolved):
         )
     if cfg.name == "hyperband":
         return schedulers.HyperBandScheduler(
+            max_t=max_t, reduction_factor=cfg.reduction_factor, **common
+        )
+    if cfg.name == "hyperband_bohb":  # pauses trials at budgets: see StrategySearcher.on_pause
+        return schedulers.HyperBandForBOHB(
             max_t=max_t, reduction_factor=cfg.reduction_factor, **common
         )
     if cfg.name == "median":
@@ -311,6 +389,8 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
             return (Callback, ())
 
         def on_trial_start(self, iteration, trials, trial, **info):
+            if trial.trial_id in self.ids:  # a paused trial (HyperBand) goes on: same row
+                return
             row = store.start_trial(study_id, dict(trial.config), ray_trial_id=trial.trial_id)
             self.ids[trial.trial_id], self.numbers[trial.trial_id] = row.id, row.number
             on_event("start", {"number": row.number, "params": dict(trial.config)})
@@ -368,6 +448,7 @@ _REPORTED = {
     "test_accuracy",
     "test_loss",
     "metric",
+    "simulated_seconds",  # what a benchmark study's trial would have cost to train
 }
 
 
@@ -432,6 +513,32 @@ def _without_trials(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "study": study}
 
 
+def _trainable(
+    resolved: Resolved, store_url: str, trainable: Callable[..., None] | None
+) -> tuple[Callable[..., None], Job | BenchmarkJob]:
+    """The trainable of a study (``trainable`` replaces it) and its ``job`` argument."""
+    cfg = resolved.config
+    if resolved.benchmark is not None:
+        assert resolved.benchmark_options is not None
+        job = BenchmarkJob(
+            benchmark=resolved.benchmark.name,
+            options=resolved.benchmark_options.model_dump_json(),
+            seed=cfg.study.seed,
+        )
+        return trainable or run_benchmark_trial, job
+    assert resolved.architecture and resolved.dataset and resolved.dataset_options
+    ckpt_dir = checkpoint_dir(resolved, store_url)
+    job = Job(
+        architecture=resolved.architecture.name,
+        dataset=resolved.dataset.name,
+        dataset_options=resolved.dataset_options.model_dump_json(),
+        seed=cfg.study.seed,
+        threads=max(1, int(cfg.resources.cpus_per_trial)),
+        checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
+    )
+    return trainable or run_trial, job
+
+
 def run_study(
     resolved: Resolved,
     store: Store,
@@ -460,16 +567,15 @@ def run_study(
         return study_id
 
     res = cfg.resources
-    ckpt_dir = checkpoint_dir(resolved, store.url)
-    job = Job(
-        architecture=resolved.architecture.name,
-        dataset=resolved.dataset.name,
-        dataset_options=resolved.dataset_options.model_dump_json(),
-        seed=cfg.study.seed,
-        threads=max(1, int(res.cpus_per_trial)),
-        checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
+    # A benchmark trial is a lookup of milliseconds: one at a time is as fast, and keeps a
+    # seeded search reproducible (each tell comes before the next ask).
+    concurrency = res.max_concurrent or (
+        1
+        if resolved.benchmark is not None
+        else _default_concurrency(res.cpus_per_trial, res.gpus_per_trial)
     )
-    fn = tune.with_parameters(trainable or run_trial, job=job)
+    fn, job = _trainable(resolved, store.url, trainable)
+    fn = tune.with_parameters(fn, job=job)
     fn = tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     tuner = tune.Tuner(
         fn,
@@ -477,8 +583,7 @@ def run_study(
             search_alg=strategy_searcher(strategy, cfg.study.metric),
             scheduler=make_scheduler(resolved),
             num_samples=remaining,
-            max_concurrent_trials=res.max_concurrent
-            or _default_concurrency(res.cpus_per_trial, res.gpus_per_trial),
+            max_concurrent_trials=concurrency,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(

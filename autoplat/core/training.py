@@ -57,7 +57,7 @@ def select_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on CUDA; nothing on other devices."""
     if device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
@@ -77,7 +77,7 @@ def _lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
 
 
 @torch.inference_mode()
-def _evaluate(
+def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device
 ) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``, in large batches."""
@@ -87,7 +87,7 @@ def _evaluate(
     for start in range(0, len(x), EVAL_BATCH_SIZE):
         xb = x[start : start + EVAL_BATCH_SIZE].to(device, non_blocking=True)
         yb = y[start : start + EVAL_BATCH_SIZE].to(device, non_blocking=True)
-        with _autocast(device):
+        with autocast(device):
             logits = model(xb)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, yb, reduction="sum")
@@ -147,7 +147,7 @@ def train_classification(
         order = torch.randperm(n_train, generator=generator).to(device)
         for start in range(0, n_train, batch_size):
             idx = order[start : start + batch_size]
-            with _autocast(device):
+            with autocast(device):
                 logits = model(x_train[idx])
             loss = F.cross_entropy(logits.float(), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -160,10 +160,10 @@ def train_classification(
             what = "NaN" if math.isnan(train_loss) else "infinite"
             raise TrialFailed(f"loss became {what} at epoch {epoch}")
 
-        val_accuracy, val_loss = _evaluate(model, *splits.val, device)
+        val_accuracy, val_loss = evaluate(model, *splits.val, device)
         metrics = {"train_loss": train_loss, "val_accuracy": val_accuracy, "val_loss": val_loss}
         if epoch == epochs:
-            test_accuracy, test_loss = _evaluate(model, *splits.test, device)
+            test_accuracy, test_loss = evaluate(model, *splits.test, device)
             metrics |= {"test_accuracy": test_accuracy, "test_loss": test_loss}
         report(epoch, metrics)
     return metrics

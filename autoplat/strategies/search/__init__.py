@@ -1,7 +1,8 @@
-"""First-party search strategies: random, grid, TPE (Optuna) and regularized evolution."""
+"""First-party search strategies: random, grid, TPE (Optuna), BOHB, evolution and NAS ones."""
 
 from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.strategies.search.bananas import Bananas
+from autoplat.strategies.search.bohb import BOHB
 from autoplat.strategies.search.evolution import RegularizedEvolution
 from autoplat.strategies.search.grid import GridSearch
 from autoplat.strategies.search.local import LocalSearch
@@ -9,7 +10,7 @@ from autoplat.strategies.search.random import RandomSearch
 from autoplat.strategies.search.reinforce import Reinforce
 from autoplat.strategies.search.tpe import TPESearch
 
-__all__ = ["GridSearch", "RandomSearch", "RegularizedEvolution", "TPESearch"]
+__all__ = ["BOHB", "GridSearch", "RandomSearch", "RegularizedEvolution", "TPESearch"]
 
 
 @hookimpl
@@ -23,5 +24,6 @@ def register_strategies(register: Register) -> None:
         Reinforce,
         LocalSearch,
         Bananas,
+        BOHB,
     ):
         register(cls)

@@ -21,7 +21,10 @@ class TPESearch(Strategy):
     """Optuna's ``TPESampler`` on an in-memory study.
 
     Fixed dimensions are not shown to Optuna; they are merged into every proposal.
-    ``tell(params, None)`` marks the trial failed, which TPE ignores.
+    ``tell(params, None)`` marks the trial failed, which TPE ignores. Intermediate values
+    (``report``) are recorded on the Optuna trial, and a trial a scheduler stopped early
+    (``prune``) is told as pruned: TPE ranks pruned trials after the completed ones, by
+    the furthest step they reached, then by their value there.
     """
 
     name = "tpe"
@@ -44,6 +47,7 @@ class TPESearch(Strategy):
         self.study = optuna.create_study(direction=self.direction, sampler=sampler)
         self._distributions = self.space.to_optuna()
         self._pending: dict[ParamsKey, list[Trial]] = {}
+        self._last_step: dict[int, int] = {}  # Optuna trial number -> last reported step
 
     def ask(self) -> dict[str, Any]:
         """Ask Optuna for the next params; never runs out."""
@@ -55,18 +59,44 @@ class TPESearch(Strategy):
 
     def tell(self, params: dict[str, Any], value: float | None) -> None:
         """Complete the trial asked with ``params``, or record it when it was never asked."""
-        key = params_key(params)
-        pending = self._pending.get(key)
-        if not pending:
+        trial = self._pop(params)
+        if trial is None:
             self._add(params, value)
-            return
-        trial = pending.pop(0)
-        if not pending:
-            del self._pending[key]
-        if value is None:
+        elif value is None:
             self.study.tell(trial, state=TrialState.FAIL)
         else:
             self.study.tell(trial, value)
+
+    def report(self, params: dict[str, Any], step: int, value: float) -> None:
+        """Record an intermediate value on the running trial; a step seen before is skipped."""
+        # (a paused trial resumes without a checkpoint: it reports its first epochs again)
+        pending = self._pending.get(params_key(params))
+        if not pending:
+            return
+        trial = pending[0]
+        if step > self._last_step.get(trial.number, -1):
+            trial.report(value, step)
+            self._last_step[trial.number] = step
+
+    def prune(self, params: dict[str, Any]) -> None:
+        """Tell the trial as pruned: Optuna keeps its last intermediate value as its value."""
+        trial = self._pop(params)
+        if trial is None:
+            self._add(params, None)
+        else:
+            self.study.tell(trial, state=TrialState.PRUNED)
+
+    def _pop(self, params: dict[str, Any]) -> Trial | None:
+        """The oldest running trial asked with ``params`` (None when there is none)."""
+        key = params_key(params)
+        pending = self._pending.get(key)
+        if not pending:
+            return None
+        trial = pending.pop(0)
+        if not pending:
+            del self._pending[key]
+        self._last_step.pop(trial.number, None)
+        return trial
 
     def replay(self, history: Iterable[tuple[dict[str, Any], float | None]]) -> None:
         """Add past trials to the study without asking (the sampler's RNG does not advance)."""

@@ -1,0 +1,160 @@
+"""DARTS: differentiable architecture search, after Liu et al. 2019.
+
+"DARTS: Differentiable Architecture Search" (ICLR 2019). Each edge's output is the
+softmax(alpha)-weighted sum of all its candidate ops; network weights and the
+architecture weights alpha are trained alternately (the first-order approximation of the
+bilevel problem), and the derived cell takes the argmax op of each edge, "none"
+included, as the NAS-Bench-201 paper does for its DARTS baseline.
+
+Data: the weights train on ``splits.train`` and alpha on ``splits.val`` (as DARTS's
+search-time "validation" half); ``splits.test`` is never read. The NAS-Bench-201 paper
+(Dong & Yang 2020, Sec. 5) found DARTS collapsing to cells of skip connections on every
+dataset; nothing here prevents that. Each epoch's report carries ``skip_edges`` (how
+many edges' argmax is "skip_connect") and the derived cell's inherited accuracy, so a
+collapse shows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from autoplat.core.interfaces import Options as BaseOptions
+from autoplat.core.interfaces import Splits
+from autoplat.core.training import Report, TrialFailed, autocast, evaluate, select_device
+from autoplat.strategies.search.oneshot import OneShot
+from autoplat.strategies.search.oneshot.supernet import Bound, inherited_score
+
+
+def _shuffled_batches(
+    n: int, batch_size: int, generator: torch.Generator, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Index batches of ``range(n)`` without end, reshuffled on every pass."""
+    while True:
+        yield from torch.randperm(n, generator=generator).to(device).split(batch_size)
+
+
+def derive(
+    alphas: Mapping[str, torch.Tensor], candidates: Mapping[str, tuple[str, ...]]
+) -> dict[str, str]:
+    """The cell taking each edge's highest-alpha op (the first one on ties)."""
+    return {edge: candidates[edge][int(alpha.argmax())] for edge, alpha in alphas.items()}
+
+
+class DARTS(OneShot):
+    """First-order DARTS: alternate Adam steps on alpha (val) and SGD steps on weights (train).
+
+    Every step takes one validation batch for alpha, then one training batch for the
+    weights with alpha fixed; an epoch is one pass over the training split (validation
+    batches cycle). After every epoch ``report`` gets the training loss, the mixed
+    supernet's validation accuracy and loss, ``skip_edges``, and ``derived_val_accuracy``:
+    the argmax cell's validation accuracy with inherited weights and recalibrated
+    BatchNorm. ``search`` returns the single argmax cell.
+
+    After ``search``: ``supernet`` is the trained supernet and ``alphas`` maps each edge
+    to its final architecture weights (CPU), in the order of ``candidates[edge]``.
+    """
+
+    name = "darts"
+
+    class Options(BaseOptions):
+        epochs: int = Field(15, ge=1, description="supernet training epochs")
+        lr: float = Field(0.025, gt=0, description="SGD learning rate, decayed to 0 by a cosine")
+        momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+        weight_decay: float = Field(3e-4, ge=0, description="SGD weight decay")
+        grad_clip: float = Field(5.0, gt=0, description="max gradient norm of the weights")
+        arch_lr: float = Field(
+            3e-3, gt=0, description="Adam learning rate of alpha (DARTS: 3e-4 for 50 epochs)"
+        )
+        arch_weight_decay: float = Field(1e-3, ge=0, description="Adam weight decay of alpha")
+        batch_size: int = Field(64, ge=1, description="batch size of both steps")
+        channels: int | None = Field(
+            None, ge=1, description="supernet width; None: the space's channels (nb201: 16)"
+        )
+        calibration_batches: int = Field(
+            4, ge=1, description="training batches that re-estimate BatchNorm for the argmax cell"
+        )
+
+    options: Options
+
+    def search(self, splits: Splits, report: Report) -> list[dict[str, Any]]:
+        """Train weights and alpha alternately; return the argmax cell.
+
+        Raises:
+            TrialFailed: The training loss became NaN or infinite.
+        """
+        o = self.options
+        torch.manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        device = select_device()
+        supernet = self.build_supernet(splits.spec, o.channels).to(device)
+        x, y = (t.to(device) for t in splits.train)
+        xv, yv = (t.to(device) for t in splits.val)
+        calibration = x[
+            torch.randperm(len(x), generator=generator)[: o.calibration_batches * o.batch_size]
+        ]
+        alphas = {
+            edge: (1e-3 * torch.randn(len(ops), generator=generator)).to(device).requires_grad_()
+            for edge, ops in self.candidates.items()
+        }
+        optimizer = torch.optim.SGD(
+            supernet.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+        )
+        steps = o.epochs * math.ceil(len(x) / o.batch_size)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        arch_optimizer = torch.optim.Adam(
+            alphas.values(), lr=o.arch_lr, betas=(0.5, 0.999), weight_decay=o.arch_weight_decay
+        )
+        val_batches = _shuffled_batches(len(xv), o.batch_size, generator, device)
+        for epoch in range(1, o.epochs + 1):
+            supernet.train()
+            loss_sum = torch.zeros((), device=device)
+            for idx in torch.randperm(len(x), generator=generator).to(device).split(o.batch_size):
+                vidx = next(val_batches)
+                with autocast(device):
+                    logits = supernet(xv[vidx], {e: a.softmax(0) for e, a in alphas.items()})
+                arch_loss = F.cross_entropy(logits.float(), yv[vidx])
+                grads = torch.autograd.grad(arch_loss, list(alphas.values()))  # not the weights'
+                for alpha, grad in zip(alphas.values(), grads, strict=True):
+                    alpha.grad = grad
+                arch_optimizer.step()
+
+                weights = {e: a.detach().softmax(0) for e, a in alphas.items()}
+                with autocast(device):
+                    logits = supernet(x[idx], weights)
+                loss = F.cross_entropy(logits.float(), y[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(supernet.parameters(), o.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                loss_sum += loss.detach() * len(idx)
+            train_loss = loss_sum.item() / len(x)
+            if not math.isfinite(train_loss):
+                raise TrialFailed(
+                    f"darts: the supernet's loss became {train_loss} at epoch {epoch}"
+                )
+            weights = {e: a.detach().softmax(0) for e, a in alphas.items()}
+            val_accuracy, val_loss = evaluate(Bound(supernet, weights), xv, yv, device)
+            cell = derive(alphas, self.candidates)
+            derived_accuracy, _ = inherited_score(
+                supernet, cell, calibration, (xv, yv), o.batch_size
+            )
+            report(
+                epoch,
+                {
+                    "train_loss": train_loss,
+                    "val_accuracy": val_accuracy,
+                    "val_loss": val_loss,
+                    "derived_val_accuracy": derived_accuracy,
+                    "skip_edges": float(sum(op == "skip_connect" for op in cell.values())),
+                },
+            )
+        self.supernet = supernet
+        self.alphas = {edge: alpha.detach().cpu() for edge, alpha in alphas.items()}
+        return [self.to_params(derive(self.alphas, self.candidates))]

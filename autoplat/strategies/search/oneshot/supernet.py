@@ -1,0 +1,179 @@
+"""A weight-sharing NAS-Bench-201 supernet built from nb201.py's own blocks.
+
+Every edge of every cell holds one module per candidate op (``make_op``), so running a
+single path computes exactly what an ``NB201Net`` of that cell computes with the same
+weights, and ``inherit`` copies those weights into a standalone ``NB201Net`` built by
+the nb201 architecture. The same supernet also runs the DARTS mixture: each edge's
+output is the weighted sum of its ops' outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from autoplat.core.interfaces import DataSpec
+from autoplat.core.training import autocast, evaluate
+from autoplat.plugins.architectures.nb201 import (
+    NB201,
+    NB201Cell,
+    NB201Net,
+    ResidualReduction,
+    make_op,
+    num_reductions,
+)
+from autoplat.plugins.benchmarks.nb201 import EDGES
+
+Choice = str | torch.Tensor
+"""One edge's choice: an op name (a single path) or weights over its candidates (a mixture)."""
+
+
+class MixedEdge(nn.Module):
+    """One edge with a module per candidate op; runs one op or a weighted sum of all."""
+
+    def __init__(self, candidates: Sequence[str], channels: int) -> None:
+        super().__init__()
+        self.ops = nn.ModuleDict({op: make_op(op, channels) for op in candidates})
+
+    def forward(self, x: torch.Tensor, choice: Choice) -> torch.Tensor:
+        if isinstance(choice, str):
+            return self.ops[choice](x)
+        return sum(w * op(x) for w, op in zip(choice, self.ops.values(), strict=True))
+
+
+class SuperCell(nn.Module):
+    """An ``NB201Cell`` whose edges are ``MixedEdge``s; the same node sums, in the same order."""
+
+    def __init__(self, candidates: Mapping[str, Sequence[str]], channels: int) -> None:
+        super().__init__()
+        self.edges = nn.ModuleDict({e: MixedEdge(candidates[e], channels) for e in EDGES})
+
+    def forward(self, x: torch.Tensor, arch: Mapping[str, Choice]) -> torch.Tensor:
+        nodes = [x]
+        for node in (1, 2, 3):
+            edge = f"edge_{node}_0"
+            out = self.edges[edge](x, arch[edge])
+            for src in range(1, node):
+                edge = f"edge_{node}_{src}"
+                out = out + self.edges[edge](nodes[src], arch[edge])
+            nodes.append(out)
+        return nodes[3]
+
+
+class SuperNet(nn.Module):
+    """``NB201Net``'s layout (stem, stages, reductions, head) with ``SuperCell``s.
+
+    Args:
+        candidates: The candidate ops of each edge of ``EDGES``.
+        spec: The data: image ``input_shape`` (C, H, W) and ``num_classes``.
+        channels: Channels of the first stage (doubled by each reduction).
+        cells_per_stage: Cells per stage.
+    """
+
+    def __init__(
+        self,
+        candidates: Mapping[str, Sequence[str]],
+        spec: DataSpec,
+        channels: int,
+        cells_per_stage: int,
+    ) -> None:
+        super().__init__()
+        self.candidates = {edge: tuple(candidates[edge]) for edge in EDGES}
+        self.spec, self.channels, self.cells_per_stage = spec, channels, cells_per_stage
+        c_in, rows, cols = spec.input_shape
+        self.stem = nn.Sequential(
+            nn.Conv2d(c_in, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        )
+        layers: list[nn.Module] = []
+        width = channels
+        for stage in range(num_reductions(rows, cols) + 1):
+            if stage:
+                layers.append(ResidualReduction(width, 2 * width))
+                width *= 2
+            layers.extend(SuperCell(self.candidates, width) for _ in range(cells_per_stage))
+        self.cells = nn.ModuleList(layers)
+        self.last_act = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(width, spec.num_classes)
+
+    def forward(self, x: torch.Tensor, arch: Mapping[str, Choice]) -> torch.Tensor:
+        """Logits of the cell ``arch`` (op names: one path; weight vectors: a mixture)."""
+        x = self.stem(x)
+        for layer in self.cells:
+            x = layer(x, arch) if isinstance(layer, SuperCell) else layer(x)
+        x = self.last_act(x)
+        return self.head(self.pool(x).flatten(1))
+
+
+class Bound(nn.Module):
+    """A supernet with its ``arch`` fixed, so it maps a batch to logits like any model."""
+
+    def __init__(self, supernet: SuperNet, arch: Mapping[str, Choice]) -> None:
+        super().__init__()
+        self.supernet, self.arch = supernet, arch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.supernet(x, self.arch)
+
+
+def inherit(supernet: SuperNet, cell: Mapping[str, str]) -> NB201Net:
+    """A standalone ``NB201Net`` of ``cell`` holding copies of the supernet's path weights.
+
+    The network is built by the nb201 architecture with the supernet's ``channels`` and
+    ``cells_per_stage``, on the supernet's device; BatchNorm running statistics are copied
+    too, so in eval mode it computes what ``supernet(x, cell)`` computes.
+    """
+    params = {**cell, "channels": supernet.channels, "cells_per_stage": supernet.cells_per_stage}
+    net = NB201().build(params, supernet.spec).to(supernet.head.weight.device)
+    for name in ("stem", "last_act", "head"):
+        getattr(net, name).load_state_dict(getattr(supernet, name).state_dict())
+    for source, target in zip(supernet.cells, net.cells, strict=True):
+        if isinstance(target, NB201Cell):
+            for edge, op in target.edges.items():
+                op.load_state_dict(source.edges[edge].ops[cell[edge]].state_dict())
+        else:
+            target.load_state_dict(source.state_dict())
+    return net
+
+
+@torch.no_grad()
+def recalibrate_bn(net: nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    """Re-estimate every BatchNorm's running statistics as the exact average over ``x``.
+
+    SPOS does this before scoring a path: the supernet's statistics mix many paths.
+    Leaves ``net`` in train mode with its BatchNorm momentum unchanged.
+    """
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average over the batches below
+    net.train()
+    for start in range(0, len(x), batch_size):
+        with autocast(x.device):
+            net(x[start : start + batch_size])
+    for bn, momentum in zip(norms, momenta, strict=True):
+        bn.momentum = momentum
+
+
+def inherited_score(
+    supernet: SuperNet,
+    cell: Mapping[str, str],
+    calibration: torch.Tensor,
+    val: tuple[torch.Tensor, torch.Tensor],
+    batch_size: int,
+) -> tuple[float, float]:
+    """Validation accuracy and loss of ``cell`` with inherited weights and recalibrated BN.
+
+    Args:
+        supernet: The trained supernet.
+        cell: An op for each edge of ``EDGES``.
+        calibration: Training inputs (on the supernet's device) to recalibrate BN on.
+        val: Validation inputs and labels.
+        batch_size: Batch size of the recalibration.
+    """
+    net = inherit(supernet, cell)
+    recalibrate_bn(net, calibration, batch_size)
+    return evaluate(net, *val, calibration.device)

@@ -1,0 +1,407 @@
+"""The first-party acquisitions: the conformance contract and hand-checkable cases."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from autoplat.core.active_learning import Acquisition
+from autoplat.core.registry import get_registry
+from autoplat.strategies.acquisition import (
+    BADGE,
+    BALD,
+    BatchBALD,
+    ClusterMargin,
+    CoreSet,
+    Entropy,
+    KLDisagreement,
+    LeastConfidence,
+    Margin,
+    MeanStd,
+    RankedBatch,
+    TypiClust,
+    VariationRatios,
+    VoteEntropy,
+)
+from autoplat.strategies.acquisition.hybrid import GradientEmbeddings
+from autoplat.testing import AcquisitionContract
+
+NAMES = [
+    "random",
+    "least_confidence",
+    "margin",
+    "entropy",
+    "bald",
+    "variation_ratios",
+    "mean_std",
+    "batchbald",
+    "coreset",
+    "typiclust",
+    "badge",
+    "ranked_batch",
+    "cluster_margin",
+    "qbc_vote_entropy",
+    "qbc_kl",
+]
+WITH_LABELED = ["coreset", "typiclust", "ranked_batch"]
+
+
+def outputs_for(
+    needs: tuple[str, ...], pool: int, seed: int = 0, tied: bool = False, labeled: int = 6
+) -> dict[str, torch.Tensor]:
+    """Random model outputs of every kind; ``tied``: all pool rows equal."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = 1 if tied else pool
+    makers = {
+        "probs": lambda: torch.randn(rows, 5, generator=gen).softmax(-1),
+        "mc_probs": lambda: torch.randn(8, rows, 5, generator=gen).softmax(-1),
+        "committee_probs": lambda: torch.randn(4, rows, 5, generator=gen).softmax(-1),
+        "embeddings": lambda: torch.randn(rows, 16, generator=gen),
+        "labeled_embeddings": lambda: torch.randn(labeled, 16, generator=gen),
+    }
+    made = {need: makers[need]() for need in needs}
+    return {
+        need: t if need == "labeled_embeddings" else t.expand(*t.shape[:-2], pool, t.shape[-1])
+        for need, t in made.items()
+    }
+
+
+def pick(acquisition: Acquisition, outputs: dict[str, torch.Tensor], k: int, seed: int = 0):
+    return acquisition.select(outputs, k, torch.Generator().manual_seed(seed)).tolist()
+
+
+def test_every_acquisition_is_registered() -> None:
+    registry = get_registry()
+    assert set(NAMES) <= set(registry.names("acquisitions"))
+    assert all(registry.owners[("acquisitions", name)] == "acquisitions" for name in NAMES)
+    assert not [err for info, err in registry.errors() if info.name == "acquisitions"]
+
+
+class TestContract(AcquisitionContract):
+    @pytest.fixture(params=NAMES)
+    def acquisition(self, request: pytest.FixtureRequest) -> Acquisition:
+        return get_registry().get("acquisitions", request.param)
+
+    @pytest.fixture
+    def make_outputs(self, acquisition: Acquisition):
+        return lambda pool, seed=0, tied=False: outputs_for(acquisition.needs, pool, seed, tied)
+
+
+class TestContractNothingLabeled(AcquisitionContract):
+    """The first round: an empty labeled set (coreset and ranked_batch have cold starts)."""
+
+    @pytest.fixture(params=WITH_LABELED)
+    def acquisition(self, request: pytest.FixtureRequest) -> Acquisition:
+        return get_registry().get("acquisitions", request.param)
+
+    @pytest.fixture
+    def make_outputs(self, acquisition: Acquisition):
+        return lambda pool, seed=0, tied=False: outputs_for(
+            acquisition.needs, pool, seed, tied, labeled=0
+        )
+
+
+@pytest.mark.parametrize("name", WITH_LABELED)
+def test_labeled_embeddings_may_be_absent(name: str) -> None:
+    acquisition = get_registry().get("acquisitions", name)
+    outputs = outputs_for(acquisition.needs, 20, labeled=0)
+    without = {key: value for key, value in outputs.items() if key != "labeled_embeddings"}
+    assert pick(acquisition, without, 5) == pick(acquisition, outputs, 5)
+
+
+# -- uncertainty -------------------------------------------------------------------------
+PROBS = torch.tensor(
+    [
+        [0.50, 0.40, 0.10],  # gap 0.10
+        [0.90, 0.05, 0.05],  # gap 0.85, peaked
+        [0.34, 0.33, 0.33],  # gap 0.01, nearly uniform
+        [0.60, 0.10, 0.30],  # gap 0.30
+    ]
+)
+
+
+def test_margin_picks_the_smallest_gap_first() -> None:
+    assert torch.allclose(Margin().scores({"probs": PROBS}), -torch.tensor([0.1, 0.85, 0.01, 0.3]))
+    assert pick(Margin(), {"probs": PROBS}, 4) == [2, 0, 3, 1]
+
+
+def test_least_confidence() -> None:
+    scores = LeastConfidence().scores({"probs": PROBS})
+    assert torch.allclose(scores, torch.tensor([0.5, 0.1, 0.66, 0.4]))
+    assert pick(LeastConfidence(), {"probs": PROBS}, 2) == [2, 0]
+
+
+def test_entropy_of_uniform_beats_peaked() -> None:
+    probs = torch.tensor([[0.98, 0.01, 0.01], [1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0]])
+    scores = Entropy().scores({"probs": probs})
+    assert scores[1] == pytest.approx(math.log(3))
+    assert scores[2] == 0  # 0 log 0 = 0, no NaN
+    assert scores[1] > scores[0] > scores[2]
+    assert pick(Entropy(), {"probs": probs}, 1) == [1]
+
+
+def test_ties_are_broken_by_the_generator() -> None:
+    probs = torch.tensor([[0.5, 0.5]] * 6 + [[0.9, 0.1]] * 4)  # six exact ties at the top
+    picks = {tuple(pick(Margin(), {"probs": probs}, 3, seed)) for seed in range(10)}
+    assert len(picks) > 1, "different seeds must be able to break ties differently"
+    assert all(set(p) <= set(range(6)) for p in picks)  # ties among the best only
+    assert pick(Margin(), {"probs": probs}, 3, seed=5) == pick(Margin(), {"probs": probs}, 3, 5)
+
+
+# -- Bayesian --------------------------------------------------------------------------
+def test_bald_is_zero_when_all_samples_agree() -> None:
+    probs = torch.randn(7, 5, generator=torch.Generator().manual_seed(0)).softmax(-1)
+    agreeing = probs.expand(10, 7, 5)
+    assert torch.allclose(BALD().scores({"mc_probs": agreeing}), torch.zeros(7), atol=1e-6)
+
+
+def test_bald_prefers_disagreement_to_shared_uncertainty() -> None:
+    mc = torch.tensor(
+        [
+            [[1.0, 0.0], [0.5, 0.5]],  # sample 1: item 0 sure of class 0, item 1 unsure
+            [[0.0, 1.0], [0.5, 0.5]],  # sample 2: item 0 sure of class 1, item 1 unsure
+        ]
+    )
+    scores = BALD().scores({"mc_probs": mc})
+    assert scores.tolist() == pytest.approx([math.log(2), 0.0])
+
+
+def test_variation_ratios_and_mean_std() -> None:
+    mc = torch.tensor(  # 4 samples, 2 items, 2 classes
+        [
+            [[0.9, 0.1], [0.8, 0.2]],
+            [[0.8, 0.2], [0.2, 0.8]],
+            [[0.7, 0.3], [0.9, 0.1]],
+            [[0.4, 0.6], [0.1, 0.9]],
+        ]
+    )
+    assert VariationRatios().scores({"mc_probs": mc}).tolist() == pytest.approx([0.25, 0.5])
+    std0 = torch.tensor([0.9, 0.8, 0.7, 0.4]).std(correction=0).item()  # both classes: same std
+    std1 = torch.tensor([0.8, 0.2, 0.9, 0.1]).std(correction=0).item()
+    assert MeanStd().scores({"mc_probs": mc}).tolist() == pytest.approx([std0, std1])
+
+
+def mc_probs(samples: int, n: int, classes: int, seed: int, scale: float = 2.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(samples, n, classes, generator=gen, dtype=torch.float64)).softmax(
+        -1
+    )
+
+
+def brute_force_batchbald(mc: torch.Tensor, batch: list[int]) -> float:
+    """I[y_batch; w] by enumerating every joint label configuration."""
+    samples, _, classes = mc.shape
+    joint = 0.0
+    for labels in itertools.product(range(classes), repeat=len(batch)):
+        given_w = torch.ones(samples, dtype=mc.dtype)
+        for item, label in zip(batch, labels, strict=True):
+            given_w = given_w * mc[:, item, label]
+        p = given_w.mean()
+        joint -= float(p * p.log()) if p > 0 else 0.0
+    conditional = sum(float(torch.special.entr(mc[:, i]).sum(-1).mean()) for i in batch)
+    return joint - conditional
+
+
+def test_batchbald_of_one_item_is_bald() -> None:
+    mc = mc_probs(10, 40, 4, seed=1)
+    bald = BALD().scores({"mc_probs": mc})
+    picked, values = BatchBALD().greedy(mc, 1, torch.Generator().manual_seed(0))
+    assert picked.tolist() == [int(bald.argmax())]
+    assert float(values[0]) == pytest.approx(float(bald.max()))
+    assert pick(BatchBALD(), {"mc_probs": mc}, 1) == pick(BALD(), {"mc_probs": mc}, 1)
+
+
+def test_batchbald_exact_joint_entropies_match_enumeration() -> None:
+    mc = mc_probs(6, 25, 3, seed=2)
+    picked, values = BatchBALD().greedy(mc, 5, torch.Generator().manual_seed(0))
+    for i in range(5):
+        assert float(values[i]) == pytest.approx(
+            brute_force_batchbald(mc, picked[: i + 1].tolist())
+        )
+    # greedy: each pick maximizes the joint information of the batch so far
+    for i in range(1, 5):
+        best = max(
+            brute_force_batchbald(mc, [*picked[:i].tolist(), other])
+            for other in range(25)
+            if other not in picked[:i].tolist()
+        )
+        assert float(values[i]) == pytest.approx(best)
+
+
+def test_batchbald_sampled_joint_entropies_are_close() -> None:
+    mc = mc_probs(8, 30, 3, seed=3)
+    exact_picks, exact = BatchBALD(num_configs=3**7).greedy(mc, 7, torch.Generator())
+    # 3 ** 4 = 81 > 64 configurations: sampled from the 5th pick on, 64 * 8 samples
+    sampled = BatchBALD(num_configs=512)
+    picks, values = sampled.greedy(mc, 7, torch.Generator().manual_seed(0))
+    assert picks[:4].tolist() == exact_picks[:4].tolist()
+    truth = [brute_force_batchbald(mc, picks[: i + 1].tolist()) for i in range(7)]
+    assert values.tolist() == pytest.approx(truth, abs=0.05)
+    assert exact.tolist() == pytest.approx(
+        [brute_force_batchbald(mc, exact_picks[: i + 1].tolist()) for i in range(7)]
+    )
+
+
+def test_batchbald_avoids_redundant_copies_that_bald_takes() -> None:
+    mc = mc_probs(10, 12, 3, seed=4)
+    top = int(BALD().scores({"mc_probs": mc}).argmax())
+    copies = torch.cat([mc, mc[:, [top] * 3]], dim=1)  # items 12, 13, 14 copy the top item
+    assert set(pick(BALD(), {"mc_probs": copies}, 4)) == {top, 12, 13, 14}
+    batch = pick(BatchBALD(), {"mc_probs": copies}, 4)
+    assert len({top, 12, 13, 14} & set(batch)) == 1
+
+
+# -- diversity ---------------------------------------------------------------------------
+def blobs(sizes: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Well-separated Gaussian blobs in 8-d; returns the points and their blob ids."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = 100 * torch.eye(8)[: len(sizes)]
+    points = torch.cat(
+        [centers[i] + torch.randn(size, 8, generator=gen) for i, size in enumerate(sizes)]
+    )
+    ids = torch.cat([torch.full((size,), i) for i, size in enumerate(sizes)])
+    return points, ids
+
+
+def test_coreset_picks_the_farthest_point_first() -> None:
+    labeled = torch.zeros(1, 2)
+    pool = torch.tensor([[1.0, 0.0], [5.0, 0.0], [0.0, 3.0], [4.5, 0.5], [-2.0, 0.0]])
+    outputs = {"embeddings": pool, "labeled_embeddings": labeled}
+    # farthest from the origin: (5, 0); then from {origin, (5, 0)}: (0, 3) at 3; then -2.
+    assert pick(CoreSet(), outputs, 3) == [1, 2, 4]
+
+
+def test_coreset_without_labels_starts_anywhere_then_goes_far() -> None:
+    pool = torch.tensor([[0.0], [1.0], [10.0], [4.0]])
+    firsts = set()
+    for seed in range(12):
+        picked = pick(CoreSet(), {"embeddings": pool}, 2, seed)
+        firsts.add(picked[0])
+        farthest = max(range(4), key=lambda i: abs(pool[i, 0] - pool[picked[0], 0]))
+        assert picked[1] == farthest
+    assert len(firsts) > 1
+
+
+def farthest_first(pool: torch.Tensor, labeled: torch.Tensor, k: int) -> list[int]:
+    """Greedy k-center the slow way: all distances, every step."""
+    nearest = torch.cdist(pool, labeled).min(1).values
+    picked: list[int] = []
+    for _ in range(k):
+        picked.append(int(nearest.argmax()))
+        nearest = torch.minimum(nearest, torch.cdist(pool, pool[picked[-1:]]).squeeze(1))
+        nearest[picked] = -1
+    return picked
+
+
+@pytest.mark.parametrize("spread", [1.0, 30.0])
+def test_coreset_equals_brute_force_farthest_first(spread: float) -> None:
+    # spread 1: separated blobs, most groups of points are skipped (triangle inequality);
+    # spread 30: one cloud, every point is updated every step
+    points, _ = blobs([60, 50, 40, 30], seed=1)
+    points = points + (spread - 1) * torch.randn(
+        points.shape, generator=torch.Generator().manual_seed(2)
+    )
+    points = points.double()
+    pool, labeled = points[8:], points[:8]
+    outputs = {"embeddings": pool, "labeled_embeddings": labeled}
+    assert pick(CoreSet(), outputs, 40) == farthest_first(pool, labeled, 40)
+
+
+def test_typiclust_picks_typical_points_of_uncovered_clusters() -> None:
+    points, ids = blobs([40, 35, 30, 25, 20, 15])
+    labeled = torch.stack([points[ids == 0][0], points[ids == 3][0]])
+    outputs = {"embeddings": points, "labeled_embeddings": labeled}
+    picked = torch.tensor(pick(TypiClust(neighbors=5), outputs, 4))
+    assert ids[picked].tolist() == [1, 2, 4, 5]  # uncovered clusters, largest first
+    for item in picked.tolist():  # the most typical member: the densest spot of its blob
+        blob = (ids == ids[item]).nonzero().squeeze(1)
+        distances = torch.cdist(points[blob], points[blob])
+        mean_knn = distances.topk(6, largest=False).values.sum(1) / 5
+        assert blob[mean_knn.argmin()] == item
+
+
+# -- hybrid -----------------------------------------------------------------------------
+def test_badge_implicit_distances_equal_explicit_ones() -> None:
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.randn(30, 4, generator=gen, dtype=torch.float64).softmax(-1)
+    h = torch.randn(30, 6, generator=gen, dtype=torch.float64)
+    onehot = torch.nn.functional.one_hot(probs.argmax(1), 4).double()
+    explicit = ((probs - onehot)[:, :, None] * h[:, None, :]).reshape(30, -1)  # N x C*D
+    grads = GradientEmbeddings(probs, h)
+    assert torch.allclose(grads.sq_norms, explicit.square().sum(1))
+    for j in (0, 7, 29):
+        want = torch.cdist(explicit, explicit[j : j + 1]).squeeze(1).square()
+        assert torch.allclose(grads.sq_distances(j), want, atol=1e-10)
+
+
+def test_badge_starts_with_the_largest_gradient_and_spreads() -> None:
+    gen = torch.Generator().manual_seed(1)
+    probs = torch.randn(40, 3, generator=gen).softmax(-1)
+    h = torch.randn(40, 5, generator=gen)
+    outputs = {"probs": probs, "embeddings": h}
+    first = int(GradientEmbeddings(probs, h).sq_norms.argmax())
+    batches = [pick(BADGE(), outputs, 10, seed) for seed in range(5)]
+    assert all(batch[0] == first for batch in batches)
+    assert len({tuple(batch) for batch in batches}) > 1  # D^2 draws follow the generator
+    # a copy of a picked item has D^2 = 0: never drawn while others are left
+    duplicated = {
+        "probs": torch.cat([probs, probs[[first]]]),
+        "embeddings": torch.cat([h, h[[first]]]),
+    }
+    assert all(
+        len({first, 40} & set(pick(BADGE(), duplicated, 20, seed))) == 1 for seed in range(5)
+    )
+
+
+def test_ranked_batch_weighs_distance_by_alpha() -> None:
+    pool = torch.tensor([[0.1], [0.2], [9.0], [9.1]])
+    probs = torch.tensor([[0.99, 0.01], [0.5, 0.5], [0.99, 0.01], [0.99, 0.01]])
+
+    def outputs(labeled: int) -> dict[str, torch.Tensor]:
+        return {"probs": probs, "embeddings": pool, "labeled_embeddings": torch.zeros(labeled, 1)}
+
+    # 1 labeled, alpha = 4/5: item 3 scores 0.8 (1 - 1/10.1) + 0.2 * 0.01 = 0.723, item 1
+    # 0.8 (1 - 1/1.2) + 0.2 * 0.5 = 0.233; then alpha = 3/5 and item 1 (0.2 from the
+    # origin, unsure) beats items 0 and 2 (0.1 from the origin or from item 3, sure).
+    assert pick(RankedBatch(), outputs(1), 2) == [3, 1]
+    # 16 labeled, alpha = 4/20: item 1 scores 0.2 (1 - 1/1.2) + 0.8 * 0.5 = 0.433 > 0.188
+    assert pick(RankedBatch(), outputs(16), 1) == [1]
+
+
+def test_cluster_margin_spreads_over_clusters_among_low_margins() -> None:
+    points, ids = blobs([12, 8, 5])
+    order = torch.randperm(len(points), generator=torch.Generator().manual_seed(0))
+    margins = torch.linspace(0.0, 0.5, len(points))[order]
+    probs = torch.stack([(1 + margins) / 2, (1 - margins) / 2], 1)
+    outputs = {"probs": probs, "embeddings": points}
+    for seed in range(3):  # every item a candidate: one per blob, the smallest blob first
+        picked = pick(ClusterMargin(candidates=9), outputs, 3, seed)
+        assert ids[picked].tolist() == [2, 1, 0]
+    few = pick(ClusterMargin(candidates=2), outputs, 3)  # only the 6 smallest margins
+    assert set(few) <= set(torch.argsort(margins)[:6].tolist())
+
+
+# -- committee -------------------------------------------------------------------------
+def test_vote_entropy_counts_votes() -> None:
+    committee = torch.tensor(  # 4 members, 2 items, 2 classes
+        [
+            [[0.9, 0.1], [0.6, 0.4]],
+            [[0.2, 0.8], [0.7, 0.3]],
+            [[0.6, 0.4], [0.8, 0.2]],
+            [[0.3, 0.7], [0.9, 0.1]],
+        ]
+    )
+    scores = VoteEntropy().scores({"committee_probs": committee})
+    assert scores.tolist() == pytest.approx([math.log(2), 0.0])  # 2-2 split; unanimous
+
+
+def test_kl_disagreement() -> None:
+    same = torch.tensor([[0.7, 0.3]]).expand(3, 1, 2)
+    assert KLDisagreement().scores({"committee_probs": same}).tolist() == pytest.approx([0.0])
+    split = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # consensus (0.5, 0.5): KL = log 2 each
+    assert KLDisagreement().scores({"committee_probs": split}).tolist() == pytest.approx(
+        [math.log(2)]
+    )
