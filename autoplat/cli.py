@@ -38,7 +38,7 @@ def _storage(args: argparse.Namespace, default: str | None = None) -> str:
 
 def _varying_keys(params: list[dict[str, Any]]) -> list[str]:
     """Keys whose value differs between trials (all keys when there is one trial)."""
-    keys = list(params[0]) if params else []
+    keys = list(dict.fromkeys(k for p in params for k in p))
     if len(params) < 2:
         return keys
     return [k for k in keys if len({json.dumps(p.get(k)) for p in params}) > 1]
@@ -60,7 +60,7 @@ def leaderboard(summary: dict[str, Any], top: int | None = None) -> Table:
         table.add_row(
             str(rank),
             str(t["number"]),
-            _params_text({k: t["params"][k] for k in varying}),
+            _params_text({k: t["params"][k] for k in varying if k in t["params"]}),
             f"{t['value']:.4f}",
             f"{test:.4f}" if test is not None else "",
             duration,
@@ -87,6 +87,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from autoplat.core.config import load_config
+    from autoplat.core.interfaces import OneShotStrategy
     from autoplat.core.registry import get_registry
     from autoplat.core.study import run_study
 
@@ -110,7 +111,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         TextColumn("{task.fields[status]}"),
         console=err,
     ) as progress:
-        task = progress.add_task(cfg.study.name, total=cfg.study.trials, status="starting Ray")
+        one_shot = issubclass(resolved.strategy_cls, OneShotStrategy)  # 1 + derived trials
+        total = None if one_shot else cfg.study.trials
+        task = progress.add_task(cfg.study.name, total=total, status="starting Ray")
 
         def on_event(kind: str, data: dict[str, Any]) -> None:
             if kind == "start":

@@ -17,7 +17,14 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autoplat.core.errors import AutoplatError, ConfigError
-from autoplat.core.interfaces import Architecture, Benchmark, Dataset, Options, Strategy
+from autoplat.core.interfaces import (
+    Architecture,
+    Benchmark,
+    Dataset,
+    OneShotStrategy,
+    Options,
+    Strategy,
+)
 from autoplat.core.registry import Registry
 from autoplat.core.space import SearchSpace, SpaceError
 
@@ -108,7 +115,7 @@ class Resolved:
     path: Path
     config: Config
     raw: dict[str, Any]
-    strategy_cls: type[Strategy]
+    strategy_cls: type[Strategy] | type[OneShotStrategy]
     strategy_options: Options
     space: SearchSpace
     architecture: Architecture | None = None
@@ -121,7 +128,7 @@ class Resolved:
     def direction(self) -> str:
         return self.config.study.direction or METRICS[self.config.study.metric]
 
-    def make_strategy(self) -> Strategy:
+    def make_strategy(self) -> Strategy | OneShotStrategy:
         return self.strategy_cls(
             self.space, self.direction, self.config.study.seed, self.strategy_options
         )
@@ -241,6 +248,12 @@ def load_config(path: str | Path, registry: Registry) -> Resolved:
             f"unknown metric '{config.study.metric}'; {hint}Available: {', '.join(METRICS)}",
         )
     if config.benchmark is not None:
+        if issubclass(strategy_cls, OneShotStrategy):
+            raise source.error(
+                ("strategy", "name"),
+                f"'{strategy_cls.name}' trains a supernet, which a lookup table cannot; use "
+                "[architecture] and [dataset], or an ask/tell strategy such as 'evolution'",
+            )
         parts = _resolve_benchmark(config, config.benchmark, source, lookup)
     else:
         parts = _resolve_model(config, source, lookup)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -164,3 +164,42 @@ class Strategy(ABC):
     def better(self, a: float, b: float) -> bool:
         """Whether value ``a`` beats ``b`` in this direction."""
         return a > b if self.direction == "maximize" else a < b
+
+
+class OneShotStrategy(ABC):
+    """A one-shot strategy: trains a weight-sharing supernet inside one trial.
+
+    Constructed like a ``Strategy`` (space, direction, seed, options). ``search`` returns
+    the architectures it derives; the study then trains each one from scratch as an
+    ordinary trial. Registered through ``register_strategies`` like ask/tell strategies.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[Options]] = Options
+    default_scheduler: ClassVar[str] = "fifo"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        direction: Direction = "maximize",
+        seed: int = 0,
+        options: Options | None = None,
+    ) -> None:
+        self.space = space
+        self.direction = direction
+        self.seed = seed
+        self.options = options if options is not None else self.Options()
+
+    @abstractmethod
+    def search(
+        self, splits: Splits, report: Callable[[int, dict[str, float]], None]
+    ) -> list[dict[str, Any]]:
+        """Train the supernet on ``splits.train``, select on ``splits.val`` (never ``test``).
+
+        Args:
+            splits: The dataset's splits.
+            report: Called as ``report(epoch, metrics)`` after every supernet epoch.
+
+        Returns:
+            Distinct derived architectures as full params of the space, best first.
+        """

@@ -17,7 +17,8 @@ from typing import Any
 
 from autoplat.core.config import Resolved
 from autoplat.core.errors import AutoplatError, StoreError
-from autoplat.core.interfaces import Strategy
+from autoplat.core.interfaces import OneShotStrategy, Strategy
+from autoplat.core.space import SearchSpace, params_key
 from autoplat.core.store import Store, Study, StudyState, TrialState
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,65 @@ def run_benchmark_trial(config: dict[str, Any], job: BenchmarkJob) -> None:
     metrics = benchmark.evaluate(params, options, trial_seed(job.seed, params))
     node = ray.get_runtime_context().get_node_id()
     tune.report({**metrics, "finished": 1, "epoch": 1, "node": node})
+
+
+SUPERNET_PREFIX = "supernet_"  # a one-shot trial's metrics: stored, never the study's value
+
+
+@dataclass(frozen=True)
+class OneShotJob:
+    """What a worker needs to train a one-shot strategy's supernet."""
+
+    data: Job  # the dataset, its options, the seed and the threads
+    strategy: str
+    options: str  # JSON
+    space: SearchSpace
+    direction: str
+
+
+def run_one_shot_trial(config: dict[str, Any], job: OneShotJob) -> None:
+    """The Ray Tune trainable that trains a supernet and reports the derived architectures.
+
+    Every supernet epoch is reported with its metrics prefixed ``supernet_`` (so the
+    supernet is never ranked against real trials); the last report adds ``derived``.
+    """
+    import torch
+    from ray import tune
+
+    from autoplat.core.registry import get_registry
+
+    torch.set_num_threads(job.data.threads)
+    splits = _load_splits(job.data.dataset, job.data.dataset_options, job.data.seed)
+    cls = get_registry().get("strategies", job.strategy)
+    strategy = cls(
+        job.space, job.direction, job.data.seed, cls.Options.model_validate_json(job.options)
+    )
+    held: list[dict[str, Any]] = []  # the last epoch's report waits for the derived cells
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        if held:
+            tune.report(held.pop())
+        held.append({f"{SUPERNET_PREFIX}{k}": v for k, v in metrics.items()} | {"epoch": epoch})
+
+    derived = strategy.search(splits, report)
+    last = held.pop() if held else {"epoch": 0}
+    tune.report({**last, "derived": json.dumps(derived), "finished": 1})
+
+
+class FixedParams(Strategy):
+    """Proposes a given list of params in order, then stops (a one-shot study's 2nd phase)."""
+
+    name = "fixed"
+
+    def __init__(self, space: SearchSpace, params: list[dict[str, Any]], done: set) -> None:
+        super().__init__(space)
+        self.todo = [p for p in params if params_key(p) not in done]
+
+    def ask(self) -> dict[str, Any] | None:
+        return self.todo.pop(0) if self.todo else None
+
+    def tell(self, params: dict[str, Any], value: float | None) -> None:
+        """Nothing to learn."""
 
 
 def _error_text(trial: Any) -> str:
@@ -401,7 +461,9 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
             values = {
                 k: float(v)
                 for k, v in result.items()
-                if isinstance(v, NUMERIC) and not isinstance(v, bool) and k in _REPORTED
+                if isinstance(v, NUMERIC)
+                and not isinstance(v, bool)
+                and (k in _REPORTED or k.startswith(SUPERNET_PREFIX))
             }
             store.add_metrics(trial_id, step, values)
             node = result.get("node")
@@ -418,6 +480,8 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
             value = last.get(metric)
             state = TrialState.COMPLETE if finished else TrialState.PRUNED
             store.finish_trial(self.ids[trial.trial_id], state, value=value)
+            if finished and last.get("derived"):
+                store.set_trial_attrs(self.ids[trial.trial_id], derived=json.loads(last["derived"]))
             if finished and last.get("checkpoint"):
                 record_checkpoint(
                     store,
@@ -549,7 +613,6 @@ def run_study(
     trainable: Callable[..., None] | None = None,
 ) -> int:
     """Run (or resume) the search of a resolved config; returns the study id."""
-    from ray import tune
 
     on_event = on_event or (lambda kind, data: None)
     cfg = resolved.config
@@ -558,7 +621,29 @@ def run_study(
     study_id, done = open_study(store, resolved, existing)
     remaining = cfg.study.trials - len(done)
     strategy = resolved.make_strategy()
-    if done:
+    if isinstance(strategy, OneShotStrategy):
+        supernet = next((t for t in done if "derived" in t.attrs_dict), None)
+        if supernet is None:
+            fn, job = _trainable(resolved, store.url, None)
+            one_shot = OneShotJob(
+                job,
+                strategy.name,
+                strategy.options.model_dump_json(),
+                strategy.space,
+                resolved.direction,
+            )
+            _fit(resolved, store, study_id, on_event, run_one_shot_trial, one_shot, 1, None)
+            supernet = next((t for t in store.trials(study_id) if "derived" in t.attrs_dict), None)
+            if supernet is None:  # it failed or was interrupted: the store says which
+                if store.get_study(cfg.study.name).state == StudyState.RUNNING:
+                    store.set_study_state(study_id, StudyState.FINISHED)
+                    _study_end_hook(store, study_id)
+                return study_id
+        derived = supernet.attrs_dict["derived"]
+        trained = {params_key(t.params_dict) for t in done if t.state == TrialState.COMPLETE}
+        strategy = FixedParams(resolved.space, derived, trained)
+        remaining = len(strategy.todo)
+    elif done:
         strategy.replay(
             (t.params_dict, t.value if t.state == TrialState.COMPLETE else None) for t in done
         )
@@ -566,6 +651,25 @@ def run_study(
         store.set_study_state(study_id, StudyState.FINISHED)
         return study_id
 
+    fn, job = _trainable(resolved, store.url, trainable)
+    _fit(resolved, store, study_id, on_event, fn, job, remaining, strategy)
+    return study_id
+
+
+def _fit(
+    resolved: Resolved,
+    store: Store,
+    study_id: int,
+    on_event: Progress,
+    fn: Callable[..., None],
+    job: Any,
+    num_samples: int,
+    strategy: Strategy | None,
+) -> None:
+    """Run ``num_samples`` trials of ``fn`` (proposed by ``strategy``) and store them."""
+    from ray import tune
+
+    cfg = resolved.config
     res = cfg.resources
     # A benchmark trial is a lookup of milliseconds: one at a time is as fast, and keeps a
     # seeded search reproducible (each tell comes before the next ask).
@@ -574,15 +678,15 @@ def run_study(
         if resolved.benchmark is not None
         else _default_concurrency(res.cpus_per_trial, res.gpus_per_trial)
     )
-    fn, job = _trainable(resolved, store.url, trainable)
     fn = tune.with_parameters(fn, job=job)
     fn = tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     tuner = tune.Tuner(
         fn,
+        param_space=None if strategy else {"one_shot": cfg.strategy.name},
         tune_config=tune.TuneConfig(
-            search_alg=strategy_searcher(strategy, cfg.study.metric),
-            scheduler=make_scheduler(resolved),
-            num_samples=remaining,
+            search_alg=strategy_searcher(strategy, cfg.study.metric) if strategy else None,
+            scheduler=make_scheduler(resolved) if strategy else None,
+            num_samples=num_samples,
             max_concurrent_trials=concurrency,
             reuse_actors=True,
         ),
@@ -604,9 +708,9 @@ def run_study(
     finally:
         if store.interrupt_running(study_id):
             state = StudyState.INTERRUPTED
-        store.set_study_state(study_id, state)
-        _study_end_hook(store, study_id)
-    return study_id
+        if strategy is not None or state == StudyState.INTERRUPTED:
+            store.set_study_state(study_id, state)
+            _study_end_hook(store, study_id)
 
 
 def _study_end_hook(store: Store, study_id: int) -> None:

@@ -11,12 +11,12 @@ and keeps the argmax.
 from __future__ import annotations
 
 import random
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from abc import abstractmethod
+from typing import Any
 
 from autoplat.core.errors import ConfigError
 from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.core.interfaces import DataSpec, Direction, Options, Splits
+from autoplat.core.interfaces import DataSpec, Direction, OneShotStrategy, Options, Splits
 from autoplat.core.space import Categorical, Fixed, SearchSpace
 from autoplat.core.training import Report
 from autoplat.plugins.architectures.nb201 import NB201
@@ -24,7 +24,7 @@ from autoplat.plugins.benchmarks.nb201 import EDGES, OPS
 from autoplat.strategies.search.oneshot.supernet import SuperNet
 
 
-class OneShot(ABC):
+class OneShot(OneShotStrategy):
     """A one-shot strategy over a space of NAS-Bench-201 cells.
 
     The space must hold the 6 edges of ``EDGES``, each a list of ops from ``OPS`` (any
@@ -44,9 +44,6 @@ class OneShot(ABC):
         ConfigError: The space is not a space of NAS-Bench-201 cells.
     """
 
-    name: ClassVar[str]
-    Options: ClassVar[type[Options]]
-
     def __init__(
         self,
         space: SearchSpace,
@@ -54,10 +51,7 @@ class OneShot(ABC):
         seed: int = 0,
         options: Options | None = None,
     ) -> None:
-        self.space = space
-        self.direction = direction
-        self.seed = seed
-        self.options = options if options is not None else self.Options()
+        super().__init__(space, direction, seed, options)
         self.candidates = self._candidates()
 
     def _candidates(self) -> dict[str, tuple[str, ...]]:
