@@ -35,9 +35,9 @@ from autoplat.core.registry import get_registry  # noqa: E402
 from autoplat.core.store import Store  # noqa: E402
 
 DATASETS = {
-    # name: (batch, budget, label counts to print)
-    "digits": (10, 200, (50, 100, 200)),
-    "mnist5k": (50, 520, (120, 320, 520)),
+    # name: (batch, budget, label counts to print, training epochs, training batch size)
+    "digits": (10, 200, (50, 100, 200), 100, 16),
+    "mnist5k": (50, 520, (120, 320, 520), 40, 32),
 }
 CONFIG = """
 [study]
@@ -51,9 +51,9 @@ depth = 1
 dropout = 0.2
 
 [training]
-epochs = 100
+epochs = {epochs}
 lr = 0.01
-batch_size = 16
+batch_size = {train_batch}
 weight_decay = 0.001
 
 [dataset]
@@ -106,7 +106,7 @@ def logistic_reference(
 def run_dataset(
     dataset: str, seeds: int, acquisitions: list[str], budget: int | None, folder: Path
 ):
-    batch, full_budget, _ = DATASETS[dataset]
+    batch, full_budget, _, epochs, train_batch = DATASETS[dataset]
     budget = budget or full_budget
     path = folder / f"{dataset}.toml"
     path.write_text(
@@ -118,6 +118,8 @@ def run_dataset(
                 acquisitions=json.dumps(acquisitions),
                 batch=batch,
                 budget=budget,
+                epochs=epochs,
+                train_batch=train_batch,
             )
         )
     )
