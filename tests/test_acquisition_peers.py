@@ -178,13 +178,14 @@ def pick_batchbald(mc: torch.Tensor, k: int) -> list[int]:
 
 def test_skactiveml_batchbald_sampled(skal) -> None:
     mc = mc_dropout_probs(10, 80, 4, seed=5)
-    # 4^5 > 1000: both sample configurations from the 6th pick on; estimates agree roughly
-    utilities = skal.batch_bald(mc.numpy().copy(), 8, n_MC_samples=1000, random_state=0)
+    # 4^7 > 4096: both sample configurations from the 8th pick on (differently seeded)
+    utilities = skal.batch_bald(mc.numpy().copy(), 9, n_MC_samples=4096, random_state=0)
     theirs = np.nanargmax(utilities, axis=1)
-    picked, values = BatchBALD(num_configs=1000).greedy(mc, 8, generator())
-    assert picked[:5].tolist() == theirs[:5].tolist()
-    np.testing.assert_allclose(values[:5].numpy(), utilities[np.arange(5), theirs[:5]], atol=1e-6)
-    np.testing.assert_allclose(values.numpy(), utilities[np.arange(8), theirs], atol=0.05)
+    picked, values = BatchBALD(num_configs=4096).greedy(mc, 9, generator())
+    assert picked.tolist() == theirs.tolist()
+    at_picks = utilities[np.arange(9), theirs]
+    np.testing.assert_allclose(values[:7].numpy(), at_picks[:7], atol=1e-6)  # exact
+    np.testing.assert_allclose(values[7:].numpy(), at_picks[7:], atol=0.1)  # two estimates
 
 
 def test_skactiveml_coreset(skal) -> None:

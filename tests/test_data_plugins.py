@@ -4,6 +4,7 @@ preprocessing, every user error, and an MLP learning from them."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from autoplat.plugins.datasets.image_folder import (
     ImageFolderOptions,
     min_per_class,
 )
-from autoplat.testing import DatasetContract
+from autoplat.testing import DatasetContract, run_platform
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -441,3 +442,29 @@ def test_config_pairs_mlp_with_csv_and_refuses_vit(tmp_path: Path, table: Path) 
         ConfigError, match=r"dataset 'csv' \(tabular.*cannot feed architecture 'vit'"
     ):
         load_config(config, get_registry())
+
+
+def test_csv_model_exports_and_predicts_raw_rows_by_class_name(
+    tmp_path: Path, table: Path, ray_address
+) -> None:
+    config = tmp_path / "flowers.toml"
+    config.write_text(
+        '[study]\nname = "flowers"\ntrials = 1\n[architecture]\nname = "mlp"\n'
+        f'[dataset]\nname = "csv"\npath = "{table}"\n'
+        '[space]\nhidden = 64\ndepth = 1\ndropout = 0.0\nactivation = "relu"\nlr = 0.01\n'
+        "weight_decay = 0.0\nbatch_size = 32\nepochs = 30\n"
+    )
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    result = run_platform("search", str(config), "--storage", url, "--address", ray_address)
+    assert result.returncode == 0, result.stderr
+    model = tmp_path / "flowers.onnx"
+    assert run_platform("export", "flowers", "--storage", url, "--out", str(model)).returncode == 0
+    raw = tmp_path / "raw.csv"  # unscaled features, a header and the label column (text)
+    rows = blob_rows(per_class=20, seed=5)
+    write_csv(raw, rows)
+    predicted = run_platform("predict", str(model), str(raw), "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    labels = [p["label"] for p in json.loads(predicted.stdout)]
+    truth = [row[-1] for row in rows]
+    assert set(labels) <= set(CLASS_NAMES)
+    assert sum(a == b for a, b in zip(labels, truth, strict=True)) / len(truth) > 0.85

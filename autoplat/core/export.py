@@ -3,6 +3,7 @@ inference on images, arrays and tables of features."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autoplat.core.errors import AutoplatError
+from autoplat.core.interfaces import DataSpec
 from autoplat.core.store import Store, Study, Trial, TrialState
 
 if TYPE_CHECKING:
@@ -48,9 +50,7 @@ class TrialModel:
     architecture: str
     dataset: str
     model: torch.nn.Module
-    input_shape: tuple[int, ...]
-    modality: str
-    num_classes: int
+    spec: DataSpec
     test_inputs: torch.Tensor
     checkpoint: Path
     metrics: dict[str, float]
@@ -159,20 +159,26 @@ def load_trial_model(store: Store, study_name: str, number: int | None = None) -
         architecture=arch_name,
         dataset=dataset_name,
         model=model.eval(),
-        input_shape=tuple(splits.spec.input_shape),
-        modality=splits.spec.modality,
-        num_classes=splits.spec.num_classes,
+        spec=splits.spec,
         test_inputs=splits.test[0],
         checkpoint=path,
         metrics=store.final_metrics(trial.id),
     )
 
 
-def preprocessing(modality: str, input_shape: Sequence[int]) -> dict[str, Any]:
+def preprocessing(spec: DataSpec) -> dict[str, Any]:
     """How raw inputs become model inputs, as stored in the model and used by predict."""
-    if modality != "image":
-        return {"modality": modality, "input": "float32 arrays shaped like input_shape"}
-    channels, rows, cols = input_shape
+    if spec.modality != "image":
+        prep: dict[str, Any] = {
+            "modality": spec.modality,
+            "input": "float32 arrays shaped like input_shape",
+        }
+        if spec.input_scaling is not None:
+            mean, std = spec.input_scaling
+            prep |= {"standardize": {"mean": list(mean), "std": list(std)}}
+            prep["input"] = "raw feature values; predict standardizes them: (x - mean) / std"
+        return prep
+    channels, rows, cols = spec.input_shape
     return {
         "modality": "image",
         "layout": "NCHW",
@@ -256,9 +262,11 @@ def export_trial(
         "value": repr(trial.value),
         "direction": study.direction,
         "metrics": json.dumps(tm.metrics, sort_keys=True),
-        "input_shape": json.dumps(list(tm.input_shape)),
-        "preprocessing": json.dumps(preprocessing(tm.modality, tm.input_shape)),
-        "labels": json.dumps([str(i) for i in range(tm.num_classes)]),
+        "input_shape": json.dumps(list(tm.spec.input_shape)),
+        "preprocessing": json.dumps(preprocessing(tm.spec)),
+        "labels": json.dumps(
+            list(tm.spec.label_names) or [str(i) for i in range(tm.spec.num_classes)]
+        ),
         "output": "logits (softmax gives class probabilities)",
         "parity_max_abs_diff": f"{diff:.3g}",
     }
@@ -356,7 +364,7 @@ def model_info(session: ort.InferenceSession) -> ModelInfo:
     labels = json.loads(meta["labels"]) if "labels" in meta else [str(i) for i in range(classes)]
     prep = json.loads(meta["preprocessing"]) if "preprocessing" in meta else {}
     if not prep and len(shape) == 3:
-        prep = preprocessing("image", shape)
+        prep = preprocessing(DataSpec("classification", "image", shape))
     return ModelInfo(shape, labels, prep, meta)
 
 
@@ -395,7 +403,13 @@ def load_inputs(
         arrays.append(batch)
     if not arrays:
         raise PredictError("no inputs given")
-    return names, np.concatenate(arrays).astype(np.float32)
+    x = np.concatenate(arrays).astype(np.float32)
+    scaling = info.preprocessing.get("standardize")
+    if scaling is not None:
+        shape = (1, *info.input_shape)
+        mean = np.asarray(scaling["mean"], dtype=np.float32).reshape(shape)
+        x = (x - mean) / np.asarray(scaling["std"], dtype=np.float32).reshape(shape)
+    return names, x
 
 
 def _image(path: Path, info: ModelInfo, invert: bool) -> np.ndarray:
@@ -420,15 +434,26 @@ def _image(path: Path, info: ModelInfo, invert: bool) -> np.ndarray:
 
 
 def _table(path: Path) -> np.ndarray:
-    import pandas as pd
+    """The numeric columns of a CSV (a header row is skipped) or Parquet file."""
+    if path.suffix.lower() != ".csv":
+        try:
+            import pandas as pd
+        except ImportError:
+            raise PredictError(f"input {path}: Parquet needs pandas: pip install pandas") from None
+        return pd.read_parquet(path).select_dtypes("number").to_numpy(np.float32)
+    rows = [row for row in csv.reader(path.read_text().splitlines()) if row]
+    if rows and not all(_is_number(v) for v in rows[0]):
+        rows = rows[1:]  # a header row
+    numeric = [j for j in range(len(rows[0]) if rows else 0) if all(_is_number(r[j]) for r in rows)]
+    return np.array([[float(r[j]) for j in numeric] for r in rows], dtype=np.float32)
 
-    if path.suffix.lower() == ".csv":
-        frame = pd.read_csv(path, header=None)
-        if pd.to_numeric(frame.iloc[0], errors="coerce").isna().any():  # a header row
-            frame = pd.read_csv(path)
-    else:
-        frame = pd.read_parquet(path)
-    return frame.select_dtypes("number").to_numpy(np.float32)
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _stack(array: np.ndarray, shape: tuple[int, ...], path: Path) -> np.ndarray:

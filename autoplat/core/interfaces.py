@@ -33,6 +33,8 @@ class DataSpec:
     input_shape: tuple[int, ...]  # one example, e.g. (1, 8, 8) for C, H, W
     num_classes: int = 0
     label_names: tuple[str, ...] = ()  # class names by index; empty: "0".."num_classes-1"
+    # per-feature (mean, std) the dataset standardized raw inputs with; predict reapplies it
+    input_scaling: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 @dataclass

@@ -11,6 +11,7 @@ error, as is any cell that is not a finite number.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 from pathlib import Path
 from typing import ClassVar
@@ -190,6 +191,7 @@ class CsvTable(Dataset):
         def scaled(part: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
             return (part[0] - mean) / std, part[1]
 
+        spec = dataclasses.replace(spec, input_scaling=(tuple(mean.tolist()), tuple(std.tolist())))
         return Splits(scaled(splits.train), scaled(splits.val), scaled(splits.test), spec)
 
 

@@ -68,9 +68,9 @@ def top_k(scores: torch.Tensor, k: int, rng: torch.Generator) -> torch.Tensor:
     return order[ranked[:k]]
 
 
-def entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Shannon entropy in nats, ``-sum p log p`` over ``dim`` (0 log 0 = 0)."""
-    return torch.special.entr(probs).sum(dim)
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats, ``-sum p log p`` over the last dimension (0 log 0 = 0)."""
+    return torch.special.entr(probs).sum(-1)
 
 
 def labeled_embeddings(outputs: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
