@@ -83,9 +83,21 @@ def _print_study(store: Store, study: Study, top: int | None) -> None:
         out.print(f"best metrics: {metrics}")
 
 
-def cmd_search(args: argparse.Namespace) -> int:
+def _progress():
+    """The progress bar of a study on stderr: done/total, elapsed time, a status line."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err,
+    )
+
+
+def cmd_search(args: argparse.Namespace) -> int:
     from autoplat.core.config import load_config
     from autoplat.core.interfaces import OneShotStrategy
     from autoplat.core.registry import get_registry
@@ -103,14 +115,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     metric = cfg.study.metric
     best: list[float] = []
 
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=err,
-    ) as progress:
+    with _progress() as progress:
         one_shot = issubclass(resolved.strategy_cls, OneShotStrategy)  # 1 + derived trials
         total = None if one_shot else cfg.study.trials
         task = progress.add_task(cfg.study.name, total=total, status="starting Ray")
@@ -161,8 +166,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_al(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from autoplat.core.al_study import learning_curves, load_al_config, run_al
     from autoplat.core.registry import get_registry
 
@@ -173,14 +176,7 @@ def cmd_al(args: argparse.Namespace) -> int:
     store = Store(_storage(args, cfg.study.storage))
     experiments = len(resolved.acquisitions) * len(cfg.study.seed_list())
     failures: list[str] = []
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=err,
-    ) as progress:
+    with _progress() as progress:
         task = progress.add_task(cfg.study.name, total=experiments, status="starting Ray")
 
         def on_event(kind: str, data: dict[str, Any]) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,8 +28,8 @@ from autoplat.core.config import (
     ResourcesSection,
     Section,
     _plugin_options,
-    _Source,
     _validation_message,
+    read_config,
 )
 from autoplat.core.errors import AutoplatError, ConfigError, StoreError
 from autoplat.core.interfaces import Architecture, Dataset, Options
@@ -138,17 +136,7 @@ class ResolvedAL:
 def load_al_config(path: str | Path, registry: Registry) -> ResolvedAL:
     """Read and validate a `platform al` config; ConfigError says file:line: key."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file '{path}' not found; check the path") from None
-    except (IsADirectoryError, UnicodeDecodeError, PermissionError) as exc:
-        raise ConfigError(f"cannot read config file '{path}': {exc}") from None
-    source = _Source(path, text)
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    raw, source = read_config(path)
     try:
         config = ALConfig.model_validate(raw)
     except ValidationError as exc:
@@ -390,7 +378,7 @@ def run_al(
     """Run (or resume) every (acquisition, seed) experiment of a config; returns the study id."""
     from ray import tune
 
-    from autoplat.core.study import _default_concurrency, ensure_ray
+    from autoplat.core.study import _default_concurrency, ensure_ray, fit, run_config
 
     on_event = on_event or (lambda kind, data: None)
     cfg = resolved.config
@@ -474,25 +462,9 @@ def run_al(
             or _default_concurrency(res.cpus_per_trial, res.gpus_per_trial),
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(
-            name=f"{cfg.study.name}-{int(time.time())}",
-            storage_path=str(Path("runs/ray").resolve()),
-            callbacks=[_callback(store, study_id, on_event)],
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            verbose=0,
-            log_to_file=False,
-        ),
+        run_config=run_config(cfg.study.name, _callback(store, study_id, on_event)),
     )
-    state = StudyState.FINISHED
-    try:
-        tuner.fit()
-    except KeyboardInterrupt:
-        state = StudyState.INTERRUPTED
-        raise
-    finally:
-        if store.interrupt_running(study_id):
-            state = StudyState.INTERRUPTED
-        store.set_study_state(study_id, state)
+    fit(tuner, store, study_id)
     return study_id
 
 

@@ -213,20 +213,24 @@ def _plugin_options(
         raise _validation_message(exc, options_cls, source, (section,)) from None
 
 
-def load_config(path: str | Path, registry: Registry) -> Resolved:
-    """Read, validate and resolve a config file; raises ConfigError with file:line: key."""
-    path = Path(path)
+def read_config(path: Path) -> tuple[dict[str, Any], _Source]:
+    """A config file's TOML and its source (for errors); ConfigError when unreadable."""
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' not found; check the path") from None
     except (IsADirectoryError, UnicodeDecodeError, PermissionError) as exc:
         raise ConfigError(f"cannot read config file '{path}': {exc}") from None
-    source = _Source(path, text)
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text), _Source(path, text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_config(path: str | Path, registry: Registry) -> Resolved:
+    """Read, validate and resolve a config file; raises ConfigError with file:line: key."""
+    path = Path(path)
+    raw, source = read_config(path)
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:

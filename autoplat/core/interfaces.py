@@ -112,14 +112,9 @@ class Benchmark(ABC):
         """
 
 
-class Strategy(ABC):
-    """A search strategy with an ask/tell interface.
-
-    Constructed with the space, the direction and a seed: the same seed and the same
-    tells give the same proposals. ``tell(params, None)`` means the trial failed; a trial
-    a scheduler stopped early reaches ``prune`` (by default the same as a failure), and
-    every intermediate value of a running trial reaches ``report``.
-    """
+class SearchStrategy(ABC):
+    """What every search strategy shares: built from the space, the direction, a seed and
+    its options, then ``setup`` builds its own state."""
 
     name: ClassVar[str]
     Options: ClassVar[type[Options]] = Options
@@ -141,6 +136,16 @@ class Strategy(ABC):
 
     def setup(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Build the strategy's own state (called at the end of ``__init__``)."""
+
+
+class Strategy(SearchStrategy):
+    """A search strategy with an ask/tell interface.
+
+    Constructed with the space, the direction and a seed: the same seed and the same
+    tells give the same proposals. ``tell(params, None)`` means the trial failed; a trial
+    a scheduler stopped early reaches ``prune`` (by default the same as a failure), and
+    every intermediate value of a running trial reaches ``report``.
+    """
 
     @abstractmethod
     def ask(self) -> dict[str, Any] | None:
@@ -168,29 +173,13 @@ class Strategy(ABC):
         return a > b if self.direction == "maximize" else a < b
 
 
-class OneShotStrategy(ABC):
+class OneShotStrategy(SearchStrategy):
     """A one-shot strategy: trains a weight-sharing supernet inside one trial.
 
-    Constructed like a ``Strategy`` (space, direction, seed, options). ``search`` returns
-    the architectures it derives; the study then trains each one from scratch as an
-    ordinary trial. Registered through ``register_strategies`` like ask/tell strategies.
+    Constructed like a ``Strategy``. ``search`` returns the architectures it derives; the
+    study then trains each one from scratch as an ordinary trial. Registered through
+    ``register_strategies`` like ask/tell strategies.
     """
-
-    name: ClassVar[str]
-    Options: ClassVar[type[Options]] = Options
-    default_scheduler: ClassVar[str] = "fifo"
-
-    def __init__(
-        self,
-        space: SearchSpace,
-        direction: Direction = "maximize",
-        seed: int = 0,
-        options: Options | None = None,
-    ) -> None:
-        self.space = space
-        self.direction = direction
-        self.seed = seed
-        self.options = options if options is not None else self.Options()
 
     @abstractmethod
     def search(

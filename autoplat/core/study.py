@@ -690,15 +690,32 @@ def _fit(
             max_concurrent_trials=concurrency,
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(
-            name=f"{cfg.study.name}-{int(time.time())}",
-            storage_path=str(Path("runs/ray").resolve()),
-            callbacks=[_store_callback(store, study_id, resolved, on_event)],
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            verbose=0,
-            log_to_file=False,
-        ),
+        run_config=run_config(cfg.study.name, _store_callback(store, study_id, resolved, on_event)),
     )
+    # the supernet phase of a one-shot study is not its end (unless it was interrupted)
+    fit(tuner, store, study_id, ends_study=strategy is not None)
+
+
+def run_config(study_name: str, callback: Any) -> Any:
+    """Tune's RunConfig for a study: our callback stores everything, Ray keeps no files."""
+    from ray import tune
+
+    return tune.RunConfig(
+        name=f"{study_name}-{int(time.time())}",
+        storage_path=str(Path("runs/ray").resolve()),
+        callbacks=[callback],
+        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+        verbose=0,
+        log_to_file=False,
+    )
+
+
+def fit(tuner: Any, store: Store, study_id: int, ends_study: bool = True) -> None:
+    """Run the trials; mark trials left running and the study interrupted on Ctrl-C.
+
+    With ``ends_study`` the study is then finished (or interrupted) and ``on_study_end``
+    runs; without, only an interruption is recorded.
+    """
     state = StudyState.FINISHED
     try:
         tuner.fit()
@@ -708,7 +725,7 @@ def _fit(
     finally:
         if store.interrupt_running(study_id):
             state = StudyState.INTERRUPTED
-        if strategy is not None or state == StudyState.INTERRUPTED:
+        if ends_study or state == StudyState.INTERRUPTED:
             store.set_study_state(study_id, state)
             _study_end_hook(store, study_id)
 

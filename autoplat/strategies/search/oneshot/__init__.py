@@ -14,11 +14,13 @@ import random
 from abc import abstractmethod
 from typing import Any
 
+import torch
+
 from autoplat.core.errors import ConfigError
 from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.core.interfaces import DataSpec, Direction, OneShotStrategy, Options, Splits
-from autoplat.core.space import Categorical, Fixed, SearchSpace
-from autoplat.core.training import Report
+from autoplat.core.interfaces import DataSpec, OneShotStrategy, Splits
+from autoplat.core.space import Categorical, Fixed
+from autoplat.core.training import Report, select_device
 from autoplat.plugins.architectures.nb201 import NB201
 from autoplat.plugins.benchmarks.nb201 import EDGES, OPS
 from autoplat.strategies.search.oneshot.supernet import SuperNet
@@ -44,14 +46,7 @@ class OneShot(OneShotStrategy):
         ConfigError: The space is not a space of NAS-Bench-201 cells.
     """
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        direction: Direction = "maximize",
-        seed: int = 0,
-        options: Options | None = None,
-    ) -> None:
-        super().__init__(space, direction, seed, options)
+    def setup(self) -> None:
         self.candidates = self._candidates()
 
     def _candidates(self) -> dict[str, tuple[str, ...]]:
@@ -95,6 +90,23 @@ class OneShot(OneShotStrategy):
         fixed = {**NB201.defaults, **self.space.fixed()}
         width = int(fixed["channels"]) if channels is None else channels
         return SuperNet(self.candidates, spec, width, int(fixed["cells_per_stage"]))
+
+    def prepare(self, splits: Splits) -> tuple[Any, ...]:
+        """Seed torch, build the supernet on the device and move the data there.
+
+        Returns:
+            The device, a seeded generator, the supernet, the train and val tensors, and
+            ``calibration_batches`` x ``batch_size`` train inputs for BatchNorm.
+        """
+        o = self.options
+        torch.manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        device = select_device()
+        supernet = self.build_supernet(splits.spec, o.channels).to(device)
+        x, y = (t.to(device) for t in splits.train)
+        val = (splits.val[0].to(device), splits.val[1].to(device))
+        picked = torch.randperm(len(x), generator=generator)[: o.calibration_batches * o.batch_size]
+        return device, generator, supernet, (x, y), val, x[picked]
 
     def random_cell(self, rng: random.Random) -> dict[str, str]:
         """A cell with each edge's op drawn uniformly from its candidates."""

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from autoplat.core.interfaces import Options as BaseOptions
 from autoplat.core.interfaces import Splits
-from autoplat.core.training import Report, TrialFailed, autocast, evaluate, select_device
+from autoplat.core.training import Report, TrialFailed, autocast, evaluate
 from autoplat.strategies.search.oneshot import OneShot
 from autoplat.strategies.search.oneshot.supernet import Bound, inherited_score
 
@@ -89,15 +89,7 @@ class DARTS(OneShot):
             TrialFailed: The training loss became NaN or infinite.
         """
         o = self.options
-        torch.manual_seed(self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
-        device = select_device()
-        supernet = self.build_supernet(splits.spec, o.channels).to(device)
-        x, y = (t.to(device) for t in splits.train)
-        xv, yv = (t.to(device) for t in splits.val)
-        calibration = x[
-            torch.randperm(len(x), generator=generator)[: o.calibration_batches * o.batch_size]
-        ]
+        device, generator, supernet, (x, y), (xv, yv), calibration = self.prepare(splits)
         alphas = {
             edge: (1e-3 * torch.randn(len(ops), generator=generator)).to(device).requires_grad_()
             for edge, ops in self.candidates.items()

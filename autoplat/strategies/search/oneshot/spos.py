@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 from autoplat.core.interfaces import Options as BaseOptions
 from autoplat.core.interfaces import Splits
 from autoplat.core.space import Categorical, Fixed, ParamsKey, SearchSpace, params_key
-from autoplat.core.training import Report, TrialFailed, autocast, select_device
+from autoplat.core.training import Report, TrialFailed, autocast
 from autoplat.strategies.search.evolution import RegularizedEvolution
 from autoplat.strategies.search.oneshot import OneShot
 from autoplat.strategies.search.oneshot.supernet import SuperNet, inherited_score
@@ -82,16 +82,8 @@ class SPOS(OneShot):
             TrialFailed: The training loss became NaN or infinite.
         """
         o = self.options
-        torch.manual_seed(self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
+        device, generator, supernet, (x, y), val, calibration = self.prepare(splits)
         rng = random.Random(self.seed)
-        device = select_device()
-        supernet = self.build_supernet(splits.spec, o.channels).to(device)
-        x, y = (t.to(device) for t in splits.train)
-        val = (splits.val[0].to(device), splits.val[1].to(device))
-        calibration = x[
-            torch.randperm(len(x), generator=generator)[: o.calibration_batches * o.batch_size]
-        ]
         probes = [self.random_cell(rng) for _ in range(o.eval_cells)]
 
         optimizer = torch.optim.SGD(
