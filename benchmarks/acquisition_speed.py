@@ -25,7 +25,7 @@ call of the function they call once per pick: ``_badge._d_2``,
 such algorithm compares both libraries measured at the same number of picks. Timings are
 the best of ``--repeats`` runs (peers' extrapolated ones: one run). Usage::
 
-    python benchmarks/acquisition_speed.py            # full: about 10 minutes on 2 CPUs
+    python benchmarks/acquisition_speed.py            # full: 10-15 minutes on 2 CPUs
     python benchmarks/acquisition_speed.py --quick    # small pool: under a minute
     python benchmarks/acquisition_speed.py --json acquisition_speed.json
 
@@ -57,7 +57,7 @@ TARGET = 10.0  # speed-up over scikit-activeml wanted
 
 @dataclass(frozen=True)
 class Setting:
-    """Sizes of one benchmark run."""
+    """Sizes of one benchmark run (``bb_``: the BatchBALD rows; ``peer_picks``: see above)."""
 
     pool: int
     dim: int
@@ -73,7 +73,7 @@ class Setting:
 
 
 FULL = Setting(50_000, 512, 10, 1_000, 1_000, 20, 5_000, 20, 100, 10_000, 12)
-QUICK = Setting(5_000, 128, 10, 100, 100, 10, 1_000, 20, 20, 1_000, 8)
+QUICK = Setting(5_000, 128, 10, 100, 100, 10, 500, 20, 10, 10_000, 6)
 
 
 def make_data(s: Setting, seed: int = 0) -> dict[str, np.ndarray]:
@@ -116,6 +116,7 @@ def agreement(ours: list[int], theirs: list[int]) -> str:
 
 
 def ours(name: str, outputs: dict[str, torch.Tensor], k: int, **options: Any) -> list[int]:
+    """``k`` picks of autoplat's acquisition ``name``, seed 0."""
     from autoplat.strategies.acquisition import BADGE, BatchBALD, CoreSet
 
     acquisition = {"coreset": CoreSet, "badge": BADGE, "batchbald": BatchBALD}[name](**options)
@@ -123,6 +124,7 @@ def ours(name: str, outputs: dict[str, torch.Tensor], k: int, **options: Any) ->
 
 
 def peer_badge(data: dict[str, np.ndarray], k: int) -> list[int]:
+    """``k`` picks of scikit-activeml's Badge on the pool."""
     from skactiveml.base import SkactivemlClassifier
     from skactiveml.pool import Badge
 
@@ -148,6 +150,7 @@ def peer_badge(data: dict[str, np.ndarray], k: int) -> list[int]:
 
 
 def peer_coreset(data: dict[str, np.ndarray], k: int) -> list[int]:
+    """``k`` picks of scikit-activeml's CoreSet: the pool unlabeled, the labeled set labeled."""
     from skactiveml.pool import CoreSet
 
     x = np.concatenate([data["embeddings"], data["labeled"]])
@@ -156,6 +159,7 @@ def peer_coreset(data: dict[str, np.ndarray], k: int) -> list[int]:
 
 
 def peer_batchbald(data: dict[str, np.ndarray], k: int, configs: int) -> list[int]:
+    """``k`` picks of scikit-activeml's batch_bald with ``configs`` MC configurations."""
     from skactiveml.pool import batch_bald
 
     utilities = batch_bald(data["mc"].copy(), k, n_MC_samples=configs, random_state=0)
@@ -165,6 +169,7 @@ def peer_batchbald(data: dict[str, np.ndarray], k: int, configs: int) -> list[in
 def row(
     name: str, what: str, ours_s: float, peer_s: float, peer_how: str, selections: str
 ) -> dict[str, Any]:
+    """One table row; the speed-up is the peer's time over ours."""
     ratio = peer_s / ours_s
     return {
         "acquisition": name,
@@ -218,6 +223,7 @@ def extrapolated(
 
 
 def benchmark(s: Setting, repeats: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every row, in the order of the module docstring."""
     data = make_data(s)
     pool = {
         "embeddings": torch.from_numpy(data["embeddings"]),
@@ -285,6 +291,7 @@ def benchmark(s: Setting, repeats: int, log: Callable[[str], None]) -> list[dict
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
+    """The rows as a Markdown table."""
     columns = [
         "acquisition",
         "setting",
@@ -305,14 +312,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small pool, under a minute")
-    parser.add_argument("--repeats", type=int, help="runs per timing, best shown (1; quick 3)")
+    parser.add_argument("--repeats", type=int, help="runs per timing, best shown (1; quick 2)")
     parser.add_argument(
         "--threads", type=int, help="threads for torch and the peers' BLAS/OpenMP (default: own)"
     )
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     args = parser.parse_args(argv)
     setting = QUICK if args.quick else FULL
-    repeats = args.repeats or (3 if args.quick else 1)
+    repeats = args.repeats or (2 if args.quick else 1)
     if args.threads:
         from threadpoolctl import threadpool_limits
 

@@ -16,6 +16,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 .venv/bin/pip install -q -e ".[dev]"
+# baal, a peer of the acquisition tests: its requirements pull in jupyter; the heuristics
+# the tests use need only structlog and torchmetrics (in the dev extras).
+.venv/bin/pip install -q --no-deps "baal==2.1.0"
 # The plugin template, as a third-party package (make test runs its tests and a search with
 # it). Its dependencies are autoplat's, so nothing more is fetched and no isolated build runs.
 .venv/bin/pip install -q "setuptools>=68"

@@ -103,6 +103,18 @@ class TestContractNothingLabeled(AcquisitionContract):
         )
 
 
+@pytest.mark.parametrize("name", ["coreset", "ranked_batch", "badge"])
+def test_greedy_loops_restore_the_thread_count(name: str) -> None:
+    acquisition = get_registry().get("acquisitions", name)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        pick(acquisition, outputs_for(acquisition.needs, 30), 5)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("name", WITH_LABELED)
 def test_labeled_embeddings_may_be_absent(name: str) -> None:
     acquisition = get_registry().get("acquisitions", name)

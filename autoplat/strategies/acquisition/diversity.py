@@ -15,6 +15,7 @@ from autoplat.strategies.acquisition.base import (
     NearestCenters,
     PermutedAcquisition,
     labeled_embeddings,
+    one_thread,
     permutation,
     seed,
 )
@@ -38,9 +39,10 @@ class CoreSet(PermutedAcquisition):
         x = outputs["embeddings"]
         centers = NearestCenters(x, labeled_embeddings(outputs, x), k)
         picked = torch.empty(k, dtype=torch.int64, device=x.device)
-        for i in range(k):
-            picked[i] = best = centers.nearest.argmax()
-            centers.add(best)
+        with one_thread():
+            for i in range(k):
+                picked[i] = best = centers.nearest.argmax()
+                centers.add(best)
         return picked
 
 

@@ -12,6 +12,7 @@ from autoplat.strategies.acquisition.base import (
     PermutedAcquisition,
     categorical,
     labeled_embeddings,
+    one_thread,
     permutation,
 )
 
@@ -61,14 +62,15 @@ class BADGE(PermutedAcquisition):
         taken = torch.zeros(len(nearest), dtype=torch.bool, device=nearest.device)
         picked = torch.empty(k, dtype=torch.int64, device=nearest.device)
         best = grads.sq_norms.argmax()
-        for i in range(k):
-            picked[i] = best
-            taken[best] = True
-            torch.minimum(nearest, grads.sq_distances(best), out=nearest)
-            nearest[best] = 0
-            if i + 1 < k:
-                weights = nearest if nearest.sum() > 0 else (~taken).to(nearest)
-                best = categorical(weights[None], rng)[0, 0]
+        with one_thread():
+            for i in range(k):
+                picked[i] = best
+                taken[best] = True
+                torch.minimum(nearest, grads.sq_distances(best), out=nearest)
+                nearest[best] = 0
+                if i + 1 < k:
+                    weights = nearest if nearest.sum() > 0 else (~taken).to(nearest)
+                    best = categorical(weights[None], rng)[0, 0]
         return picked
 
 
@@ -97,17 +99,20 @@ class RankedBatch(PermutedAcquisition):
         centers = NearestCenters(x, labeled, k)
         taken = torch.zeros(n, dtype=torch.bool, device=x.device)
         picked = torch.empty(k, dtype=torch.int64, device=x.device)
-        for i in range(k):
-            if len(labeled) == 0 and i == 0:
-                best = self.most_central(x)
-            else:
+        start = 0
+        if len(labeled) == 0:  # cold start
+            picked[0] = best = self.most_central(x)
+            taken[best] = True
+            centers.add(best)
+            start = 1
+        with one_thread():
+            for i in range(start, k):
                 alpha = (n - i) / total
                 similarity = 1 / (1 + centers.nearest.sqrt())
                 score = alpha * (1 - similarity) + (1 - alpha) * uncertainty
-                best = score.masked_fill_(taken, -math.inf).argmax()
-            picked[i] = best
-            taken[best] = True
-            centers.add(best)
+                picked[i] = best = score.masked_fill_(taken, -math.inf).argmax()
+                taken[best] = True
+                centers.add(best)
         return picked
 
     @staticmethod
