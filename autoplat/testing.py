@@ -224,11 +224,13 @@ def fake_outputs(
         "logits": lambda: torch.randn(rows, classes, generator=gen),
         "mc_probs": lambda: torch.randn(8, rows, classes, generator=gen).softmax(-1),
         "embeddings": lambda: torch.randn(rows, 16, generator=gen),
+        "committee_probs": lambda: torch.randn(3, rows, classes, generator=gen).softmax(-1),
     }
-    unknown = [need for need in needs if need not in makers]
+    fixed = {"labeled_embeddings": lambda: torch.randn(10, 16, generator=gen)}  # not per row
+    unknown = [need for need in needs if need not in makers and need not in fixed]
     if unknown:
         pytest.fail(f"no fake outputs for {unknown}: override the 'outputs' fixture")
-    return {need: expand(makers[need]()) for need in needs}
+    return {need: fixed[need]() if need in fixed else expand(makers[need]()) for need in needs}
 
 
 class AcquisitionContract:
