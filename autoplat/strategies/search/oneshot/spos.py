@@ -14,13 +14,12 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from typing import Any, Self
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from autoplat.core.interfaces import Options as BaseOptions
 from autoplat.core.interfaces import Splits
 from autoplat.core.space import Categorical, Fixed, ParamsKey, SearchSpace, params_key
 from autoplat.core.training import Report, TrialFailed, autocast
@@ -45,7 +44,7 @@ class SPOS(OneShot):
 
     name = "spos"
 
-    class Options(BaseOptions):
+    class Options(RegularizedEvolution.Options):  # population, sample_size and their check
         epochs: int = Field(30, ge=1, description="supernet training epochs")
         lr: float = Field(0.1, gt=0, description="SGD learning rate, decayed to 0 by a cosine")
         momentum: float = Field(0.9, ge=0, lt=1, description="SGD (Nesterov) momentum")
@@ -64,14 +63,6 @@ class SPOS(OneShot):
         sample_size: int = Field(4, ge=1, description="cells drawn per evolution tournament")
         cycles: int = Field(48, ge=0, description="mutated proposals after the population")
         top_k: int = Field(1, ge=1, description="how many distinct cells to return")
-
-        @model_validator(mode="after")
-        def _sample_fits_population(self) -> Self:
-            if self.sample_size > self.population:
-                raise ValueError(
-                    f"sample_size ({self.sample_size}) cannot exceed population ({self.population})"
-                )
-            return self
 
     options: Options
 
