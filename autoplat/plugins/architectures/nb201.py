@@ -11,6 +11,7 @@ BN-ReLU, global average pooling and a linear head. Images as small as 8x8 get 2 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -97,6 +98,30 @@ def num_reductions(rows: int, cols: int) -> int:
     return count
 
 
+def build_stages(
+    input_shape: tuple[int, ...],
+    channels: int,
+    cells_per_stage: int,
+    make_cell: Callable[[int], nn.Module],
+) -> tuple[nn.Module, list[nn.Module], int]:
+    """The conv stem, the cells of every stage joined by reductions, and the last width.
+
+    ``make_cell(width)`` builds one cell; the supernet passes its weight-sharing cell.
+    """
+    c_in, rows, cols = input_shape
+    stem = nn.Sequential(
+        nn.Conv2d(c_in, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+    )
+    layers: list[nn.Module] = []
+    width = channels
+    for stage in range(num_reductions(rows, cols) + 1):
+        if stage:
+            layers.append(ResidualReduction(width, 2 * width))
+            width *= 2
+        layers.extend(make_cell(width) for _ in range(cells_per_stage))
+    return stem, layers, width
+
+
 class NB201Net(nn.Module):
     """Stem, stages of ``cells_per_stage`` cells joined by reductions, pooling and a head."""
 
@@ -109,17 +134,9 @@ class NB201Net(nn.Module):
         cells_per_stage: int,
     ) -> None:
         super().__init__()
-        c_in, rows, cols = input_shape
-        self.stem = nn.Sequential(
-            nn.Conv2d(c_in, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        self.stem, layers, width = build_stages(
+            input_shape, channels, cells_per_stage, lambda w: NB201Cell(ops, w)
         )
-        layers: list[nn.Module] = []
-        width = channels
-        for stage in range(num_reductions(rows, cols) + 1):
-            if stage:
-                layers.append(ResidualReduction(width, 2 * width))
-                width *= 2
-            layers.extend(NB201Cell(ops, width) for _ in range(cells_per_stage))
         self.cells = nn.Sequential(*layers)
         self.last_act = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU())
         self.pool = nn.AdaptiveAvgPool2d(1)

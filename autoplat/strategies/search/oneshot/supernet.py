@@ -20,9 +20,8 @@ from autoplat.plugins.architectures.nb201 import (
     NB201,
     NB201Cell,
     NB201Net,
-    ResidualReduction,
+    build_stages,
     make_op,
-    num_reductions,
 )
 from autoplat.plugins.benchmarks.nb201 import EDGES
 
@@ -82,17 +81,9 @@ class SuperNet(nn.Module):
         super().__init__()
         self.candidates = {edge: tuple(candidates[edge]) for edge in EDGES}
         self.spec, self.channels, self.cells_per_stage = spec, channels, cells_per_stage
-        c_in, rows, cols = spec.input_shape
-        self.stem = nn.Sequential(
-            nn.Conv2d(c_in, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        self.stem, layers, width = build_stages(
+            spec.input_shape, channels, cells_per_stage, lambda w: SuperCell(self.candidates, w)
         )
-        layers: list[nn.Module] = []
-        width = channels
-        for stage in range(num_reductions(rows, cols) + 1):
-            if stage:
-                layers.append(ResidualReduction(width, 2 * width))
-                width *= 2
-            layers.extend(SuperCell(self.candidates, width) for _ in range(cells_per_stage))
         self.cells = nn.ModuleList(layers)
         self.last_act = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU())
         self.pool = nn.AdaptiveAvgPool2d(1)
