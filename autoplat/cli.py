@@ -45,17 +45,19 @@ def _varying_keys(params: list[dict[str, Any]]) -> list[str]:
 
 
 def leaderboard(summary: dict[str, Any], top: int | None = None) -> Table:
-    """Completed trials ranked by value; the best also shows its test accuracy."""
+    """Completed trials ranked by value; the best also shows the metric on the test split."""
     study = summary["study"]
     metric = study["metric"]
     done = [t for t in summary["trials"] if t["state"] == "complete" and t["value"] is not None]
     done.sort(key=lambda t: t["value"], reverse=study["direction"] == "maximize")
     varying = _varying_keys([t["params"] for t in summary["trials"]])
     table = Table(title=f"study '{study['name']}' · {metric} ({study['direction']})")
-    for column in ("rank", "trial", "params", metric, "test acc", "duration"):
+    test_metric = "test_" + metric.removeprefix("val_")
+    test_column = "test acc" if test_metric == "test_accuracy" else test_metric
+    for column in ("rank", "trial", "params", metric, test_column, "duration"):
         table.add_column(column, overflow="fold")
     for rank, t in enumerate(done[:top] if top else done, 1):
-        test = t["metrics"].get("test_accuracy") if rank == 1 else None
+        test = t["metrics"].get(test_metric) if rank == 1 else None
         duration = f"{t['duration_s']:.1f}s" if t["duration_s"] is not None else ""
         table.add_row(
             str(rank),
@@ -227,6 +229,88 @@ def cmd_al(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curate(args: argparse.Namespace) -> int:
+    from autoplat.core.curation import load_curate_config, run_curation
+    from autoplat.core.registry import get_registry
+
+    registry = get_registry()
+    _warn_plugin_errors(registry)
+    resolved = load_curate_config(args.config, registry)
+    store = Store(_storage(args, resolved.config.study.storage))
+    names = ", ".join(cls.name for cls, _ in resolved.scorers)
+    progress = _progress()  # shown from the first chunk on, so setup errors print alone
+    task = progress.add_task(resolved.config.study.name, total=None, status="")
+
+    def on_progress(phase: str, done: int, total: int) -> None:
+        progress.start()
+        status = {"fit": "first pass (counts, fits)", "score": f"scoring: {names}"}[phase]
+        progress.update(task, completed=done, total=total, status=status)
+
+    try:
+        run_curation(resolved, store, resume=args.resume, progress=on_progress)
+    except KeyboardInterrupt:
+        progress.stop()
+        err.print(
+            "interrupted: finished chunks are kept. Continue with: "
+            f"platform curate {args.config} --resume"
+            + (f" --storage {args.storage}" if args.storage else "")
+        )
+        return 130
+    finally:
+        progress.stop()
+    study = store.get_study(resolved.config.study.name)
+    _print_curate_study(store, study)
+    out.print(
+        f"results stored in {store.url} (study '{study.name}'); "
+        f"view again with: platform show {study.name}"
+    )
+    return 0
+
+
+def curate_table(summary: dict[str, Any], artifacts: dict[str, str]) -> Table:
+    """Records kept by each scorer and in all, with each scorer's headline numbers."""
+    table = Table(
+        title=f"curation '{summary['study']['name']}' ({summary['study']['state']})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for column in ("scorer", "kept", "of", "kept %", "summary"):
+        table.add_column(column, overflow="fold")
+    totals = None
+    for t in summary["trials"]:
+        records = t["metrics"].get("records", 0)
+        kept = t["metrics"].get("kept", 0)
+        attrs = t.get("attrs") or {}
+        totals = attrs.get("run", totals)
+        headline = {
+            k: v
+            for k, v in (attrs.get("summary") or {}).items()
+            if isinstance(v, int | float | str)
+        }
+        table.add_row(
+            t["params"].get("scorer", "?"),
+            f"{kept:.0f}",
+            f"{records:.0f}",
+            f"{100 * kept / records:.1f}" if records else "",
+            _params_text(dict(list(headline.items())[:6])),
+        )
+    if totals:
+        n, kept = totals["records"], totals["kept"]
+        table.add_row("all", str(kept), str(n), f"{100 * kept / n:.1f}" if n else "", "")
+    if artifacts:
+        table.caption = " · ".join(f"{k}: {v}" for k, v in artifacts.items())
+    return table
+
+
+def _print_curate_study(store: Store, study: Study) -> None:
+    summary = store.summary(study)
+    artifacts = {a.kind: a.path for a in store.artifacts(study.id)}
+    out.print(curate_table(summary, artifacts))
+    for t in summary["trials"]:
+        if t["state"] == "fail":
+            out.print(f"{t['params'].get('scorer')} failed: {t['error']}")
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     store = Store(_storage(args), create=False)
     summaries = [
@@ -272,6 +356,14 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(json.dumps({"study": store.summary(study)["study"], "curves": curves}, indent=2))
         else:
             _print_al_study(store, study, curves)
+        return 0
+    if study.kind == "curate":
+        if args.json:
+            summary = store.summary(study)
+            summary["artifacts"] = {a.kind: a.path for a in store.artifacts(study.id)}
+            print(json.dumps(summary, indent=2))
+        else:
+            _print_curate_study(store, study)
         return 0
     if args.json:
         print(json.dumps(store.summary(study), indent=2))
@@ -422,6 +514,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join the Ray cluster at this address (or RAY_ADDRESS)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
     p.set_defaults(func=cmd_al)
+
+    p = sub.add_parser("curate", help="score and filter record files with data-quality scorers")
+    p.add_argument("config", help="path to a curation config TOML file")
+    p.add_argument("--storage", help=storage_help + "; overrides [study].storage")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.set_defaults(func=cmd_curate)
 
     p = sub.add_parser("runs", help="list studies in the store")
     p.add_argument("--storage", help=storage_help)

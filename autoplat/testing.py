@@ -19,7 +19,6 @@ to the process registry for the length of a ``with`` block.
 from __future__ import annotations
 
 import io
-import itertools
 import math
 import os
 import subprocess
@@ -31,12 +30,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
 from autoplat.core.active_learning import Acquisition
-from autoplat.core.curation import Scorer
+from autoplat.core.curation import Chunk, CurationContext, Scorer, bare_context, run_scorer
 from autoplat.core.interfaces import Architecture, Dataset, DataSpec, Options, Splits, Strategy
 from autoplat.core.registry import PluginInfo, Registry, get_registry
 from autoplat.core.space import Categorical, FloatRange, IntRange, SearchSpace
@@ -311,51 +311,70 @@ TEXTS = [
 ]
 
 
-STREAM_LIMIT = 10_000  # records a scorer may read ahead (e.g. to fill a batch)
+def chunked(records: list[str], size: int, start: int = 0) -> list[Chunk]:
+    """Text records as chunks of ``size`` with global ids from ``start``."""
+    return [
+        Chunk(ids=np.arange(start + i, start + i + len(part)), text=part)
+        for i in range(0, len(records), size)
+        for part in [records[i : i + size]]
+    ]
 
 
 class ScorerContract:
-    """The contract of a ``Scorer``: streaming equals batch, chunking does not matter.
+    """The contract of a ``Scorer``: one value per record, chunking does not matter,
+    the same seed gives the same columns.
 
-    Override ``scorer``; override ``records`` when it reads other fields than ``text``.
+    Override ``make_scorer`` (a factory: a fresh instance per call); override ``texts``
+    when the scorer needs other records, and ``context`` when it needs an embedder (its
+    ``embed`` fills each chunk's embeddings).
     """
 
     @pytest.fixture
-    def scorer(self) -> Scorer:
-        pytest.fail("override the 'scorer' fixture with an instance of your Scorer")
+    def make_scorer(self) -> Callable[[], Scorer]:
+        pytest.fail("override the 'make_scorer' fixture: a callable returning a new Scorer")
 
     @pytest.fixture
-    def records(self) -> list[dict[str, Any]]:
-        return [{"id": i, "text": TEXTS[i % len(TEXTS)] * (1 + i // 8)} for i in range(40)]
+    def texts(self) -> list[str]:
+        return [TEXTS[i % len(TEXTS)] * (1 + i // 8) for i in range(40)]
 
-    def test_name(self, scorer: Scorer) -> None:
+    @pytest.fixture
+    def context(self, tmp_path: Path) -> CurationContext:
+        return bare_context(tmp_path)
+
+    def test_name(self, make_scorer: Callable[[], Scorer]) -> None:
+        scorer = make_scorer()
         assert isinstance(scorer, Scorer)
         assert isinstance(scorer.name, str) and scorer.name
+        assert set(scorer.needs) <= {"text", "image", "embedding"}
 
-    def test_streaming_equals_batch(self, scorer: Scorer, records: list[dict]) -> None:
-        batch = scorer.score_all(records)
-        assert len(batch) == len(records)
-        assert all(isinstance(s, float) and math.isfinite(s) for s in batch)
-        assert list(scorer.score(iter(records))) == pytest.approx(batch, abs=1e-6)
+    def test_one_value_per_record(self, make_scorer, texts, context) -> None:
+        columns = run_scorer(make_scorer(), chunked(texts, len(texts)), context)
+        assert columns, "score() returned no columns"
+        for name, values in columns.items():
+            assert len(values) == len(texts), name
+            if name == "keep":
+                assert values.dtype == bool
+            elif values.dtype.kind == "f":
+                assert np.isfinite(values).all(), name
 
     @pytest.mark.parametrize("size", [1, 7, 13])
-    def test_stable_under_chunking(self, scorer: Scorer, records: list[dict], size: int) -> None:
-        chunks = [records[i : i + size] for i in range(0, len(records), size)]
-        chunked = [s for chunk in chunks for s in scorer.score(chunk)]
-        assert chunked == pytest.approx(scorer.score_all(records), abs=1e-6)
+    def test_stable_under_chunking(self, make_scorer, texts, context, size: int) -> None:
+        whole = run_scorer(make_scorer(), chunked(texts, len(texts)), context)
+        parts = run_scorer(make_scorer(), chunked(texts, size), context)
+        assert whole.keys() == parts.keys()
+        for name in whole:
+            np.testing.assert_allclose(parts[name], whole[name], atol=1e-6, err_msg=name)
 
-    def test_streams_an_endless_input(self, scorer: Scorer, records: list[dict]) -> None:
-        def endless() -> Iterator[dict[str, Any]]:
-            for i, record in enumerate(itertools.cycle(records)):
-                if i == STREAM_LIMIT:
-                    raise AssertionError(f"score() read {i} records before its 5th score")
-                yield record
+    def test_empty_chunk(self, make_scorer, texts, context) -> None:
+        chunks = chunked(texts, len(texts))
+        columns = run_scorer(make_scorer(), [*chunks, Chunk(np.arange(0), text=[])], context)
+        assert all(len(values) == len(texts) for values in columns.values())
 
-        first = list(itertools.islice(scorer.score(endless()), 5))
-        assert first == pytest.approx(scorer.score_all(records[:5]), abs=1e-6)
-
-    def test_empty_input(self, scorer: Scorer) -> None:
-        assert scorer.score_all([]) == []
+    def test_same_seed_same_columns(self, make_scorer, texts, context) -> None:
+        first = run_scorer(make_scorer(), chunked(texts, 9), context)
+        second = run_scorer(make_scorer(), chunked(texts, 9), context)
+        for name in first:
+            np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
 
 # -- architectures -----------------------------------------------------------------------
@@ -405,12 +424,9 @@ class ArchitectureContract:
         space: SearchSpace,
         data_spec: DataSpec,
     ) -> torch.nn.Module:
-        from autoplat.core.training import TRAINER_PARAMS
-
         torch.set_num_threads(1)
         torch.manual_seed(0)
-        params = corner(space, high=request.param == "high")
-        params = {k: v for k, v in params.items() if k not in TRAINER_PARAMS}
+        params, _ = architecture.split_params(corner(space, high=request.param == "high"))
         reason = architecture.check_params(params)
         if reason is not None:
             pytest.skip(f"the {request.param} corner cannot build: {reason}")
@@ -507,9 +523,10 @@ class DatasetContract:
         train, val, test = (_rows(part[0]) for part in (splits.train, splits.val, splits.test))
         assert not train & val and not train & test and not val & test
 
-    def test_spec_matches_tensors(self, dataset: Dataset, splits: Splits) -> None:
+    def test_spec_matches_tensors(self, dataset: Dataset, options: Options, splits: Splits) -> None:
         spec = splits.spec
-        assert spec.task in dataset.tasks and spec.modality == dataset.modality
+        modality, tasks = dataset.kind(options)
+        assert spec.task in tasks and spec.modality == modality
         for name in ("train", "val", "test"):
             x, y = getattr(splits, name)
             assert len(x) == len(y) > 0, f"the {name} split is empty or misaligned"

@@ -6,6 +6,13 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 stamp=.venv/.installed-$(cat pyproject.toml scripts/setup.sh examples/plugin-template/pyproject.toml | cksum | cut -d' ' -f1)
 [ -f "$stamp" ] && exit 0
+# WordNet (Debian's wordnet-base): the MetaCLIP metadata builder and the text-quality
+# part-of-speech lexicon read /usr/share/wordnet. Best effort: without it those say so.
+if [ ! -d /usr/share/wordnet ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -q wordnet-base >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wordnet-base >/dev/null 2>&1; } \
+    || echo "setup: could not install wordnet-base; WordNet features will say they need it" >&2
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then

@@ -22,7 +22,7 @@ BAD = [
             "architecture.name",
             "unknown architecture 'vitt'",
             "did you mean 'vit'",
-            "Available: mlp, nb201, vit",
+            "Available: clip, dino, mlp, nb201, video-text, vit",
         ],
     ),
     (
@@ -30,7 +30,8 @@ BAD = [
         [
             "dataset.name",
             "unknown dataset 'digitz'",
-            "Available: csv, digits, image_folder, mnist5k",
+            "did you mean 'digits'",
+            "Available: csv, digits, image-captions, image_folder, mnist5k",
         ],
     ),
     (

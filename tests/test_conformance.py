@@ -3,15 +3,13 @@ third-party one would."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any
-
+import numpy as np
 import pytest
 import torch
 
 from autoplat import hookimpl
 from autoplat.core.active_learning import Acquisition
-from autoplat.core.curation import Scorer
+from autoplat.core.curation import Chunk, Scorer
 from autoplat.core.registry import Registry, get_registry
 from autoplat.core.space import SearchSpace
 from autoplat.plugins.architectures.vit import ViT
@@ -131,13 +129,12 @@ class MaxEntropy(Acquisition):
 
 
 class WordCount(Scorer):
-    """The number of whitespace-separated words of ``record["text"]``."""
+    """The number of whitespace-separated words of each text."""
 
     name = "test-words"
 
-    def score(self, records: Iterable[dict[str, Any]]) -> Iterator[float]:
-        for record in records:
-            yield float(len(record["text"].split()))
+    def score(self, chunk: Chunk) -> dict[str, np.ndarray]:
+        return {"words": np.array([len(t.split()) for t in chunk.text], dtype=float)}
 
 
 class TestMaxEntropy(AcquisitionContract):
@@ -148,8 +145,8 @@ class TestMaxEntropy(AcquisitionContract):
 
 class TestWordCount(ScorerContract):
     @pytest.fixture
-    def scorer(self):
-        return WordCount()
+    def make_scorer(self):
+        return lambda: WordCount(WordCount.Options())
 
 
 # -- registered_plugin -----------------------------------------------------------------
@@ -160,7 +157,7 @@ class ExamplePlugin:
 
     @hookimpl
     def register_scorers(self, register):
-        register(WordCount())
+        register(WordCount)
 
 
 def test_registered_plugin_adds_then_removes():

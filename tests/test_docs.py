@@ -17,7 +17,7 @@ def test_every_hookspec_is_documented_with_its_signature():
         for name, fn in vars(hookspecs).items()
         if callable(fn) and hasattr(fn, "autoplat_spec")
     }
-    assert len(specs) == 10
+    assert len(specs) == 12
     documented = dict(re.findall(r"^### `(\w+)\(([^)]*)\)`", DOC, re.M))
     for name, fn in specs.items():
         params = ", ".join(inspect.signature(fn).parameters)

@@ -12,15 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
-from autoplat.cli import main
+from autoplat.cli import curate_table, main
 from autoplat.core.store import SCHEMA_VERSION, ALRound, Store, TrialState
 from autoplat.tui.app import PlatformApp, SearchProcess
 from autoplat.tui.base import HelpScreen, QuitSearchScreen
+from autoplat.tui.data import Reader
 from autoplat.tui.launch import stop_search
-from autoplat.tui.study import ALStudyScreen, SearchStudyScreen
+from autoplat.tui.study import ALStudyScreen, CurateStudyScreen, SearchStudyScreen
 
 POLL = 0.05
 
@@ -244,3 +246,27 @@ def test_tui_command_help_and_bad_config(capsys, write_config) -> None:
     bad = write_config(extra="[bogus]\nx = 1\n")
     assert main(["search", str(bad), "--tui"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+@pytest.mark.asyncio
+async def test_curation_study_gets_its_screen(store: Store) -> None:
+    study = store.create_study("cur-demo", kind="curate", metric="kept_fraction")
+    for name, kept in (("metaclip", 700), ("dedup", 950)):
+        trial = store.start_trial(study.id, {"scorer": name})
+        store.add_metrics(trial.id, 0, {"records": 1000, "kept": kept})
+        store.set_trial_attrs(
+            trial.id, summary={"threshold": 0.9}, run={"records": 1000, "kept": 680}
+        )
+    store.add_artifact(study.id, None, "kept", "/data/out/kept.parquet")
+    app = PlatformApp(store.url, study="cur-demo", interval=POLL)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, CurateStudyScreen))
+        await until(pilot, lambda: "1000 records" in app.screen.status_text())
+        assert "running" in app.screen.status_text()
+    # the screen shows the table `platform show` prints, read through the TUI's reader
+    console = Console(width=100, record=True)
+    summary, artifacts = Reader(store.url).curation(store.get_study("cur-demo"))
+    console.print(curate_table(summary, artifacts))
+    table = console.export_text()
+    assert "metaclip" in table and "70.0" in table and "95.0" in table
+    assert "all" in table and "68.0" in table and "kept.parquet" in table

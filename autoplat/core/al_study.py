@@ -31,7 +31,7 @@ from autoplat.core.config import (
     _validation_message,
     read_config,
 )
-from autoplat.core.errors import AutoplatError, ConfigError, StoreError
+from autoplat.core.errors import ConfigError, StoreError
 from autoplat.core.interfaces import Architecture, Dataset, Options
 from autoplat.core.registry import Registry
 from autoplat.core.store import ALRound, Store, StudyState, TrialState
@@ -143,23 +143,23 @@ def load_al_config(path: str | Path, registry: Registry) -> ResolvedAL:
         raise _validation_message(exc, ALConfig, source) from None
 
     def lookup(kind: str, name: str, loc: tuple[str | int, ...]) -> Any:
-        try:
-            return registry.get(kind, name)
-        except AutoplatError as exc:
-            raise source.error(loc, str(exc)) from None
+        return source.lookup(registry, kind, name, loc)
 
     arch = lookup("architectures", config.model.name, ("model", "name"))
     dataset = lookup("datasets", config.dataset.name, ("dataset", "name"))
-    if arch.task != "classification" or "classification" not in dataset.tasks:
+    dataset_options = _plugin_options(dataset.Options, config.dataset.options(), source, "dataset")
+    modality, tasks = dataset.kind(dataset_options)
+    if arch.task != "classification":
         raise source.error(
             ("model", "name"),
             f"active learning trains classifiers; '{arch.name}' is a {arch.task} model",
         )
-    if dataset.modality not in arch.modalities:
+    if "classification" not in tasks or modality not in arch.modalities:
         raise source.error(
             ("dataset", "name"),
-            f"dataset '{dataset.name}' ({dataset.modality}) cannot feed model '{arch.name}' "
-            f"({', '.join(arch.modalities)}); pick a matching dataset or model",
+            f"dataset '{dataset.name}' ({modality}, tasks {', '.join(tasks)}) cannot feed "
+            f"classifier '{arch.name}' ({', '.join(arch.modalities)}); pick a matching "
+            "dataset, its options, or another model",
         )
     acquisitions = []
     for i, name in enumerate(config.al.acquisitions):
@@ -184,9 +184,7 @@ def load_al_config(path: str | Path, registry: Registry) -> ResolvedAL:
         raw=raw,
         architecture=arch,
         dataset=dataset,
-        dataset_options=_plugin_options(
-            dataset.Options, config.dataset.options(), source, "dataset"
-        ),
+        dataset_options=dataset_options,
         acquisitions=acquisitions,
     )
     reason = arch.check_params(resolved.params)

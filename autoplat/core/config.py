@@ -126,7 +126,9 @@ class Resolved:
 
     @property
     def direction(self) -> str:
-        return self.config.study.direction or METRICS[self.config.study.metric]
+        return (
+            self.config.study.direction or metrics_of(self.architecture)[self.config.study.metric]
+        )
 
     def make_strategy(self) -> Strategy | OneShotStrategy:
         return self.strategy_cls(
@@ -166,6 +168,13 @@ class _Source:
         line = line_of(self.text, loc)
         where = f"{self.path}:{line}" if line else str(self.path)
         return ConfigError(f"{where}: {dotted}: {message}" if dotted else f"{where}: {message}")
+
+    def lookup(self, registry: Registry, kind: str, name: str, loc: Loc) -> Any:
+        """The registered plugin ``name`` of ``kind``; a ConfigError at ``loc`` if unknown."""
+        try:
+            return registry.get(kind, name)
+        except AutoplatError as exc:
+            raise self.error(loc, str(exc)) from None
 
 
 def _validation_message(
@@ -238,19 +247,9 @@ def load_config(path: str | Path, registry: Registry) -> Resolved:
     _check_form(config, source)
 
     def lookup(kind: str, name: str, loc: Loc) -> Any:
-        try:
-            return registry.get(kind, name)
-        except AutoplatError as exc:
-            raise source.error(loc, str(exc)) from None
+        return source.lookup(registry, kind, name, loc)
 
     strategy_cls = lookup("strategies", config.strategy.name, ("strategy", "name"))
-    if config.study.metric not in METRICS:
-        close = difflib.get_close_matches(config.study.metric, list(METRICS), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise source.error(
-            ("study", "metric"),
-            f"unknown metric '{config.study.metric}'; {hint}Available: {', '.join(METRICS)}",
-        )
     if config.benchmark is not None:
         if issubclass(strategy_cls, OneShotStrategy):
             raise source.error(
@@ -261,6 +260,14 @@ def load_config(path: str | Path, registry: Registry) -> Resolved:
         parts = _resolve_benchmark(config, config.benchmark, source, lookup)
     else:
         parts = _resolve_model(config, source, lookup)
+    known = metrics_of(parts.get("architecture"))
+    if config.study.metric not in known:
+        close = difflib.get_close_matches(config.study.metric, list(known), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise source.error(
+            ("study", "metric"),
+            f"unknown metric '{config.study.metric}'; {hint}Available: {', '.join(known)}",
+        )
     _set_scheduler(config, strategy_cls, source)
     if config.scheduler.name == "hyperband_bohb" and "epochs" not in parts["space"].fixed():
         raise source.error(
@@ -314,6 +321,12 @@ def _check_form(config: Config, source: _Source) -> None:
 Lookup = Callable[[str, str, Loc], Any]
 
 
+def metrics_of(arch: Architecture | None) -> dict[str, str]:
+    """Metrics a study may rank by, with their directions: the common ones and the
+    architecture's own."""
+    return {**METRICS, **(arch.metrics if arch is not None else {})}
+
+
 def _resolve_model(config: Config, source: _Source, lookup: Lookup) -> dict[str, Any]:
     """The architecture, the dataset and its options, and the space of a model study."""
     from autoplat.core.training import TRAINER_PARAMS
@@ -321,19 +334,22 @@ def _resolve_model(config: Config, source: _Source, lookup: Lookup) -> dict[str,
     assert config.architecture is not None and config.dataset is not None  # _check_form
     arch = lookup("architectures", config.architecture.name, ("architecture", "name"))
     dataset = lookup("datasets", config.dataset.name, ("dataset", "name"))
-    if dataset.modality not in arch.modalities or arch.task not in dataset.tasks:
+    options = _plugin_options(dataset.Options, config.dataset.options(), source, "dataset")
+    modality, tasks = dataset.kind(options)
+    if modality not in arch.modalities or arch.task not in tasks:
         raise source.error(
             ("dataset", "name"),
-            f"dataset '{dataset.name}' ({dataset.modality}, tasks {', '.join(dataset.tasks)}) "
+            f"dataset '{dataset.name}' ({modality}, tasks {', '.join(tasks)}) "
             f"cannot feed architecture '{arch.name}' ({arch.task} on "
-            f"{', '.join(arch.modalities)}); pick a matching dataset or architecture",
+            f"{', '.join(arch.modalities)}); pick a matching dataset, its options, "
+            "or another architecture",
         )
     space_name = config.architecture.space or arch.default_space
     named = lookup("search_spaces", space_name, ("architecture", "space"))
     what = f"architecture '{arch.name}'"
-    space = _build_space(named.load(), config.space, source, what, TRAINER_PARAMS)
+    trainer_params = {**TRAINER_PARAMS, **arch.trainer_params}
+    space = _build_space(named.load(), config.space, source, what, trainer_params)
     _check_buildable(space, arch, source)
-    options = _plugin_options(dataset.Options, config.dataset.options(), source, "dataset")
     return {"architecture": arch, "dataset": dataset, "dataset_options": options, "space": space}
 
 
@@ -416,12 +432,10 @@ def _build_space(
 
 def _check_buildable(space: SearchSpace, arch: Architecture, source: _Source) -> None:
     """Refuse a space where no sampled params can build the architecture (before any trial)."""
-    from autoplat.core.training import TRAINER_PARAMS
-
     rng = random.Random(0)
     first_reason = None
     for _ in range(200):
-        params = {k: v for k, v in space.sample(rng).items() if k not in TRAINER_PARAMS}
+        params, _ = arch.split_params(space.sample(rng))
         reason = arch.check_params(params)
         if reason is None:
             return

@@ -1,25 +1,582 @@
-"""Data curation: the ``Scorer`` interface that maps records to quality scores."""
+"""Data curation: the ``Scorer`` and ``Embedder`` interfaces, and the runner behind
+``platform curate``.
+
+``platform curate`` streams record files in chunks;
+every scorer sees each chunk once to score it, and scorers that need the whole corpus
+first (counts, thresholds, clusters, near-duplicate graphs) see every chunk once before
+that in a first pass (``fit``). Scores are columns named ``<scorer>.<column>``; a
+scorer that filters returns a boolean ``keep`` column, and a record is kept when every
+filtering scorer keeps it.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
+import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from autoplat.core.errors import ConfigError
+from autoplat.core.interfaces import Options
+
+if TYPE_CHECKING:
+    from autoplat.core.registry import Registry
+    from autoplat.core.store import Store
+
+
+@dataclass
+class Chunk:
+    """A slice of the corpus, in file order.
+
+    ``ids`` are the records' global row numbers (0-based over the whole input), so a
+    result that depends on a record (a sampling draw, a cluster) must key on them, not
+    on the position in the chunk. ``text`` and ``images`` are filled when the input has
+    them; ``embeddings`` (float32, L2-normalized rows) when an embedder is configured
+    and a scorer needs them.
+    """
+
+    ids: np.ndarray
+    text: list[str] | None = None
+    images: list[str] | None = None
+    embeddings: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class CurationContext:
+    """What a scorer may use besides its chunks.
+
+    ``embed(items)`` embeds texts (or image paths) with the configured embedder and
+    raises ``ConfigError`` when none is configured; ``read_texts(path, column)`` yields
+    lists of strings from another record file (an evaluation set, seed queries), in
+    chunks, with the same error reporting as the input; ``work_dir`` is a private
+    folder for the scorer's large intermediate files.
+    """
+
+    embed: Callable[[list[str]], np.ndarray]
+    read_texts: Callable[[str | Path, str], Iterator[list[str]]]
+    work_dir: Path
+    seed: int
 
 
 class Scorer(ABC):
-    """Scores records (dicts such as ``{"text": ...}`` or ``{"image": path}``), streaming.
+    """Maps records to score columns and, when it filters, a ``keep`` mask.
 
-    ``score`` must consume its input lazily (files may not fit in memory) and give the
-    same score to a record however the records are chunked.
+    Lifecycle: ``__init__(options, seed)``, ``setup(context)``; when ``two_pass``:
+    ``fit(chunk)`` for every chunk, then ``finish_fit()``; then ``score(chunk)`` for
+    every chunk, in order. ``summary()`` is stored with the run. After ``finish_fit``
+    the runner saves ``state()`` so an interrupted run resumes at the scoring pass
+    with ``load_state``. Memory must not grow with the corpus beyond what the
+    algorithm needs (a count per metadata entry, one float per record, an index).
     """
 
     name: ClassVar[str]
+    needs: ClassVar[tuple[str, ...]] = ("text",)  # of "text", "image", "embedding"
+    two_pass: ClassVar[bool] = False
+    Options: ClassVar[type[Options]] = Options
+
+    def __init__(self, options: Options, seed: int = 0) -> None:
+        self.options = options
+        self.seed = seed
+
+    def setup(self, context: CurationContext) -> None:  # noqa: B027 - optional hook
+        """Load resources (metadata, a language model); raise ``AutoplatError`` if missing."""
+
+    def fit(self, chunk: Chunk) -> None:  # noqa: B027 - optional hook
+        """First pass: see one chunk (only called when ``two_pass``)."""
+
+    def finish_fit(self) -> None:  # noqa: B027 - optional hook
+        """After the first pass: derive thresholds, components, clusters."""
 
     @abstractmethod
-    def score(self, records: Iterable[dict[str, Any]]) -> Iterator[float]:
-        """Yield one score per record, in order."""
+    def score(self, chunk: Chunk) -> dict[str, np.ndarray]:
+        """Columns of one value per record of ``chunk``; ``keep`` (bool) when filtering."""
 
-    def score_all(self, records: Iterable[dict[str, Any]]) -> list[float]:
-        """All scores of ``records`` as a list."""
-        return list(self.score(records))
+    def state(self) -> Any:
+        """What ``finish_fit`` derived, picklable; restored with ``load_state``."""
+        return None
+
+    def load_state(self, state: Any) -> None:  # noqa: B027 - optional hook
+        """Restore what ``state`` returned."""
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able numbers describing the run (thresholds, counts, clusters), from what
+        ``setup`` and ``finish_fit`` derived (scoring may have resumed half-way)."""
+        return {}
+
+
+class Embedder(ABC):
+    """Turns texts (or image paths) into L2-normalized float32 vectors."""
+
+    name: ClassVar[str]
+    modality: ClassVar[str] = "text"  # or "image"
+    Options: ClassVar[type[Options]] = Options
+
+    def __init__(self, options: Options, seed: int = 0) -> None:
+        self.options = options
+        self.seed = seed
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Length of each vector."""
+
+    @abstractmethod
+    def embed(self, items: list[str]) -> np.ndarray:
+        """An ``(len(items), dim)`` float32 array with unit-norm rows."""
+
+
+class LanguageModel(ABC):
+    """A reference language model: the log-likelihood of lines of text (text quality)."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[Options]] = Options
+
+    def __init__(self, options: Options, seed: int = 0) -> None:
+        self.options = options
+        self.seed = seed
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Load or train the model; raise ``AutoplatError`` when it cannot."""
+
+    @abstractmethod
+    def log_likelihood(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per line: the total natural-log likelihood and the number of tokens scored.
+
+        Perplexity over a set of lines is ``exp(-sum(ll) / sum(tokens))``.
+        """
+
+
+def record_uniform(seed: int, ids: np.ndarray) -> np.ndarray:
+    """A uniform draw in [0, 1) per record id, the same however the corpus is chunked."""
+    with np.errstate(over="ignore"):  # splitmix64
+        x = np.asarray(ids, dtype=np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def run_scorer(
+    scorer: Scorer, chunks: list[Chunk], context: CurationContext | None = None
+) -> dict[str, np.ndarray]:
+    """Run a scorer's whole lifecycle over in-memory chunks; the columns, concatenated.
+
+    For tests and notebooks; ``platform curate`` does the same over files, resumably.
+    Chunks without embeddings get them from ``context.embed`` when the scorer needs them.
+    """
+    context = context or bare_context()
+    if "embedding" in scorer.needs:
+        for chunk in chunks:
+            if chunk.embeddings is None and len(chunk):
+                items = chunk.text if chunk.text is not None else chunk.images
+                chunk.embeddings = np.asarray(context.embed(items), dtype=np.float32)
+    scorer.setup(context)
+    if scorer.two_pass:
+        for chunk in chunks:
+            scorer.fit(chunk)
+        scorer.finish_fit()
+    parts = [scorer.score(chunk) for chunk in chunks]
+    names = list(dict.fromkeys(name for part in parts for name in part))
+    return {name: np.concatenate([part[name] for part in parts]) for name in names}
+
+
+def bare_context(work_dir: Path | None = None, seed: int = 0) -> CurationContext:
+    """A context with no embedder and no other files (scorers that need neither)."""
+    import tempfile
+
+    from autoplat.core.errors import ConfigError
+
+    def no_embedder(items: list[str]) -> np.ndarray:
+        raise ConfigError("this scorer needs embeddings: add an [embedder] section")
+
+    def no_files(path: str | Path, column: str) -> Iterator[list[str]]:
+        raise ConfigError(f"cannot read {path}: no record reader in this context")
+
+    return CurationContext(
+        embed=no_embedder,
+        read_texts=no_files,
+        work_dir=work_dir or Path(tempfile.mkdtemp(prefix="autoplat-curate-")),
+        seed=seed,
+    )
+
+
+# -- the `platform curate` config ----------------------------------------------------
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CurateStudySection(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    seed: int = Field(0, ge=0)
+    storage: str | None = None
+
+
+class InputSection(_Section):
+    path: str  # a record file or a folder of images, relative to where `platform` runs
+    format: Literal["auto", "parquet", "jsonl", "csv", "images"] = "auto"
+    text: str | None = None  # the column (JSONL key) holding the text
+    chunk_size: int = Field(4096, ge=1, le=1_000_000)
+
+
+class OutputSection(_Section):
+    dir: str | None = None  # default: runs/curate/<study name>
+
+
+class EmbedderSection(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+class CurateConfig(_Section):
+    study: CurateStudySection
+    input: InputSection
+    output: OutputSection = OutputSection()
+    embedder: EmbedderSection | None = None
+    scorers: dict[str, dict[str, Any]] = Field(min_length=1)
+
+
+@dataclass
+class ResolvedCurate:
+    """A validated `platform curate` config with its plugins looked up."""
+
+    path: Path
+    config: CurateConfig
+    raw: dict[str, Any]
+    scorers: list[tuple[type[Scorer], Options]]
+    embedder: tuple[type[Embedder], Options] | None
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.config.output.dir or Path("runs") / "curate" / self.config.study.name)
+
+    def fingerprint(self) -> str:
+        """What must not change for ``--resume`` to continue a run."""
+        keep = {k: v for k, v in self.raw.items() if k != "study"}
+        keep["seed"] = self.config.study.seed
+        return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_curate_config(path: str | Path, registry: Registry) -> ResolvedCurate:
+    """Read and validate a `platform curate` config; ConfigError says file:line: key."""
+    from autoplat.core.config import _plugin_options, _validation_message, read_config
+
+    path = Path(path)
+    raw, source = read_config(path)
+    try:
+        config = CurateConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _validation_message(exc, CurateConfig, source) from None
+    scorers = []
+    for name, options in config.scorers.items():
+        cls = source.lookup(registry, "scorers", name, ("scorers", name))
+        scorers.append((cls, _plugin_options(cls.Options, options, source, f"scorers.{name}")))
+    embedder = None
+    if config.embedder is not None:
+        cls = source.lookup(registry, "embedders", config.embedder.name, ("embedder", "name"))
+        options = _plugin_options(
+            cls.Options, config.embedder.model_extra or {}, source, "embedder"
+        )
+        embedder = (cls, options)
+    needy = [cls.name for cls, _ in scorers if "embedding" in cls.needs]
+    if needy and embedder is None:
+        raise source.error(
+            ("scorers", needy[0]),
+            'needs embeddings: add an [embedder] section, e.g. name = "minilm"',
+        )
+    image_input = config.input.format == "images" or (
+        config.input.format == "auto" and Path(config.input.path).is_dir()
+    )
+    if embedder is not None and (embedder[0].modality == "image") != image_input:
+        raise source.error(
+            ("embedder", "name"),
+            f"embedder '{embedder[0].name}' embeds {embedder[0].modality}s, but the input "
+            f"holds {'images' if image_input else 'text'}; pick a matching embedder",
+        )
+    for cls, _ in scorers:
+        if image_input and "text" in cls.needs:
+            raise source.error(("scorers", cls.name), "scores text; the input holds images")
+    if not image_input and not config.input.text:
+        raise source.error(("input",), 'name the text column: text = "..."')
+    return ResolvedCurate(path, config, raw, scorers, embedder)
+
+
+# -- the run ---------------------------------------------------------------------------
+Progress = Callable[[str, int, int], None]  # (phase, records done, records in all)
+
+
+@dataclass
+class CurationResult:
+    records: int
+    kept: int
+    scores_path: Path
+    kept_path: Path
+    per_scorer: dict[str, dict[str, Any]]  # name -> {"kept": n, "summary": {...}}
+
+
+class _Run:
+    """One `platform curate` run over its output folder; resumable chunk by chunk."""
+
+    def __init__(self, resolved: ResolvedCurate, store: Store, resume: bool) -> None:
+        from autoplat.core.records import RecordFile
+
+        cfg = resolved.config
+        self.resolved, self.store = resolved, store
+        self.source = RecordFile(
+            cfg.input.path, cfg.input.text, cfg.input.chunk_size, cfg.input.format
+        )
+        self.out = resolved.out_dir
+        if (
+            self.out.resolve() == self.source.path.resolve()
+            or self.source.path.resolve().is_relative_to(self.out.resolve())
+        ):
+            raise ConfigError(f"[output].dir '{self.out}' holds the input; pick another folder")
+        self.parts_dir, self.work = self.out / "parts", self.out / "work"
+        self.state_path = self.out / "state.json"
+        self.state = self._open_state(resume)
+        self.seed = cfg.study.seed
+        self.embedder = None
+        if resolved.embedder is not None:
+            cls, options = resolved.embedder
+            self.embedder = cls(options, self.seed)
+        self.scorers = [cls(options, self.seed) for cls, options in resolved.scorers]
+        context = CurationContext(
+            embed=self._embed, read_texts=self._read_texts, work_dir=self.work, seed=self.seed
+        )
+        for scorer in self.scorers:
+            (self.work / scorer.name).mkdir(parents=True, exist_ok=True)
+            scorer.setup(replace(context, work_dir=self.work / scorer.name))
+
+    def _open_state(self, resume: bool) -> dict[str, Any]:
+        fingerprint = self.resolved.fingerprint()
+        if self.state_path.exists():
+            state = json.loads(self.state_path.read_text())
+            if not resume:
+                raise ConfigError(
+                    f"{self.out} already holds a curation run ({state['phase']}); continue it "
+                    "with --resume, or set [output].dir to a new folder (or delete this one)"
+                )
+            if state["fingerprint"] != fingerprint:
+                raise ConfigError(
+                    f"{self.resolved.path}: the config changed since the run in {self.out} "
+                    "started; --resume needs the same [input], [embedder] and [scorers] "
+                    "(or set [output].dir to a new folder)"
+                )
+            return state
+        if self.out.exists() and any(self.out.iterdir()):
+            raise ConfigError(
+                f"[output].dir '{self.out}' exists and is not empty; pick a new folder"
+            )
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        state = {
+            "fingerprint": fingerprint,
+            "phase": "fit",
+            "chunks": 0,
+            "records": 0,
+            "kept": 0,
+            "kept_by": {},
+        }
+        self._save_state(state)
+        return state
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.state_path)
+
+    # -- context for scorers ------------------------------------------------------
+    def _embed(self, items: list[str]) -> np.ndarray:
+        if self.embedder is None:
+            raise ConfigError(f"{self.resolved.path}: a scorer needs embeddings: add [embedder]")
+        return np.asarray(self.embedder.embed(items), dtype=np.float32)
+
+    def _read_texts(self, path: str | Path, column: str) -> Iterator[list[str]]:
+        from autoplat.core.records import RecordFile
+
+        return RecordFile(path, column, self.resolved.config.input.chunk_size).texts()
+
+    def _with_embeddings(self, index: int, chunk: Chunk) -> Chunk:
+        """The chunk with its embeddings, computed once and cached on disk."""
+        if not any("embedding" in s.needs for s in self.scorers) or not len(chunk):
+            return chunk
+        cache = self.work / "embeddings" / f"{index:06d}.npy"
+        if cache.exists():
+            chunk.embeddings = np.load(cache)
+        else:
+            chunk.embeddings = self._embed(chunk.text if chunk.text is not None else chunk.images)
+            cache.parent.mkdir(exist_ok=True)
+            np.save(cache.with_suffix(".tmp.npy"), chunk.embeddings)
+            cache.with_suffix(".tmp.npy").replace(cache)
+        return chunk
+
+    # -- passes ---------------------------------------------------------------------
+    def fit(self, progress: Progress) -> None:
+        fitting = [s for s in self.scorers if s.two_pass]
+        fit_file = self.work / "fit.pkl"
+        if self.state["phase"] != "fit":
+            if fitting:
+                states = pickle.loads(fit_file.read_bytes())
+                for scorer in fitting:
+                    scorer.load_state(states[scorer.name])
+            return
+        if fitting:
+            total, done = len(self.source), 0
+            for index, part in enumerate(self.source.parts()):
+                chunk = self._with_embeddings(index, part.chunk)
+                for scorer in fitting:
+                    scorer.fit(chunk)
+                done += len(chunk)
+                progress("fit", done, total)
+            for scorer in fitting:
+                scorer.finish_fit()
+            fit_file.write_bytes(pickle.dumps({s.name: s.state() for s in fitting}))
+        self.state["phase"] = "score"
+        self._save_state(self.state)
+
+    def score(self, progress: Progress, on_chunk: Callable[[dict[str, Any]], None]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from autoplat.core.records import kept_suffix, write_kept
+
+        if self.state["phase"] != "score":
+            return
+        total = len(self.source)
+        suffix = kept_suffix(self.source)
+        progress("score", self.state["records"], total)
+        first = self.state["chunks"]
+        for index, part in enumerate(self.source.parts(skip=first), first):
+            chunk = self._with_embeddings(index, part.chunk)
+            columns: dict[str, np.ndarray] = {"id": chunk.ids}
+            keep = np.ones(len(chunk), dtype=bool)
+            kept_by = self.state["kept_by"]
+            for scorer in self.scorers:
+                for name, values in scorer.score(chunk).items():
+                    values = np.asarray(values)
+                    if len(values) != len(chunk):
+                        raise RuntimeError(
+                            f"scorer {scorer.name}: {len(values)} values for {len(chunk)} records"
+                        )
+                    columns[f"{scorer.name}.{name}"] = values
+                    if name == "keep":
+                        keep &= values.astype(bool)
+                        kept_by[scorer.name] = kept_by.get(scorer.name, 0) + int(values.sum())
+            columns["keep"] = keep
+            pq.write_table(pa.table(columns), self.parts_dir / f"scores-{index:06d}.parquet")
+            write_kept(self.source, part, keep, self.parts_dir / f"kept-{index:06d}{suffix}")
+            self.state["chunks"] = index + 1
+            self.state["records"] += len(chunk)
+            self.state["kept"] += int(keep.sum())
+            self._save_state(self.state)
+            progress("score", self.state["records"], total)
+            on_chunk(self.state)
+        self.state["phase"] = "merge"
+        self._save_state(self.state)
+
+    def merge(self) -> tuple[Path, Path]:
+        from autoplat.core.records import kept_suffix, merge_parts
+
+        scores = self.out / "scores.parquet"
+        kept = self.out / f"kept{kept_suffix(self.source)}"
+        if self.state["phase"] == "merge":
+            score_parts = sorted(self.parts_dir.glob("scores-*.parquet"))
+            kept_parts = sorted(self.parts_dir.glob("kept-*"))
+            merge_parts(score_parts, scores, "parquet")
+            header = self.source.header_line() if self.source.format == "csv" else None
+            merge_parts(kept_parts, kept, self.source.format, header)
+            shutil.rmtree(self.parts_dir)
+            self.state["phase"] = "done"
+            self._save_state(self.state)
+        return scores, kept
+
+
+def run_curation(
+    resolved: ResolvedCurate,
+    store: Store,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> CurationResult:
+    """Score every record with every scorer, write ``scores.parquet`` and the kept subset
+    to the output folder, and record the run as a ``curate`` study in the store.
+
+    The input is only read. An interrupted run continues with ``resume=True``: the first
+    pass (fit) starts over, with embeddings already computed read back from the cache;
+    the scoring pass continues at the first chunk not yet written.
+    """
+    from autoplat.core.store import StudyState, TrialState
+
+    progress = progress or (lambda phase, done, total: None)
+    cfg = resolved.config
+    run = _Run(resolved, store, resume)
+    study = store.find_study(cfg.study.name)
+    if study is not None and not resume:
+        raise ConfigError(
+            f"study '{cfg.study.name}' already exists in {store.url}; use --resume or a new "
+            "[study].name"
+        )
+    if study is None:
+        study = store.create_study(
+            cfg.study.name,
+            kind="curate",
+            metric="kept_fraction",
+            direction="maximize",
+            target_trials=len(run.scorers),
+            config=json.dumps(resolved.raw, default=str),
+        )
+    store.set_study_state(study.id, StudyState.RUNNING)
+    trials = {t.params_dict.get("scorer"): t for t in store.trials(study.id)}
+    for scorer in run.scorers:
+        if scorer.name not in trials:
+            params = {"scorer": scorer.name, **scorer.options.model_dump(mode="json")}
+            trials[scorer.name] = store.start_trial(study.id, params)
+    try:
+        run.fit(progress)
+
+        def on_chunk(state: dict[str, Any]) -> None:
+            for scorer in run.scorers:
+                metrics = {
+                    "records": state["records"],
+                    "kept": state["kept_by"].get(scorer.name, state["records"]),
+                }
+                store.add_metrics(trials[scorer.name].id, 0, metrics)
+
+        run.score(progress, on_chunk)
+        scores, kept = run.merge()
+    except KeyboardInterrupt:
+        store.set_study_state(study.id, StudyState.INTERRUPTED)
+        raise
+    except Exception as exc:
+        for trial in trials.values():
+            store.finish_trial(trial.id, TrialState.FAIL, error=f"{type(exc).__name__}: {exc}")
+        store.set_study_state(study.id, StudyState.FAILED)
+        raise
+    state = run.state
+    per_scorer = {}
+    for scorer in run.scorers:
+        kept_n = state["kept_by"].get(scorer.name, state["records"])
+        summary = scorer.summary()
+        per_scorer[scorer.name] = {"kept": kept_n, "summary": summary}
+        trial = trials[scorer.name]
+        store.add_metrics(trial.id, 0, {"records": state["records"], "kept": kept_n})
+        store.set_trial_attrs(
+            trial.id, summary=summary, run={"records": state["records"], "kept": state["kept"]}
+        )
+        fraction = kept_n / state["records"] if state["records"] else 0.0
+        store.finish_trial(trial.id, TrialState.COMPLETE, value=fraction)
+    for kind, path in (("scores", scores), ("kept", kept)):
+        if not store.artifacts(study.id, kind=kind):
+            store.add_artifact(study.id, None, kind, str(path))
+    store.set_study_state(study.id, StudyState.FINISHED)
+    return CurationResult(state["records"], state["kept"], scores, kept, per_scorer)

@@ -125,7 +125,7 @@ def load_trial_model(store: Store, study_name: str, number: int | None = None) -
         ExportError: No such trial, the trial did not complete, or it has no checkpoint.
     """
     from autoplat.core.registry import get_registry
-    from autoplat.core.training import TRAINER_PARAMS, load_checkpoint
+    from autoplat.core.training import load_checkpoint
 
     study = store.get_study(study_name)
     trial = _pick_trial(store, study, number)
@@ -145,7 +145,7 @@ def load_trial_model(store: Store, study_name: str, number: int | None = None) -
     dataset = registry.get("datasets", dataset_name)
     options = dataset.Options.model_validate(dataset_options)
     splits = dataset.load(options, int(raw.get("study", {}).get("seed", 0)))
-    params = {k: v for k, v in trial.params_dict.items() if k not in TRAINER_PARAMS}
+    params, _ = arch.split_params(trial.params_dict)
     model = arch.build(params, splits.spec)
     try:
         model.load_state_dict(load_checkpoint(path))

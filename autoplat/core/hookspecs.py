@@ -40,7 +40,17 @@ def register_acquisitions(register: Register) -> None:
 
 @hookspec
 def register_scorers(register: Register) -> None:
-    """Register data-quality scorers: ``register(scorer)``."""
+    """Register data-quality scorers: ``register(cls)`` with a ``Scorer`` subclass."""
+
+
+@hookspec
+def register_embedders(register: Register) -> None:
+    """Register embedders for curation: ``register(cls)`` with an ``Embedder`` subclass."""
+
+
+@hookspec
+def register_language_models(register: Register) -> None:
+    """Register reference language models: ``register(cls)`` with a ``LanguageModel`` subclass."""
 
 
 @hookspec

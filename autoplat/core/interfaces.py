@@ -35,15 +35,18 @@ class DataSpec:
     label_names: tuple[str, ...] = ()  # class names by index; empty: "0".."num_classes-1"
     # per-feature (mean, std) the dataset standardized raw inputs with; predict reapplies it
     input_scaling: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    vocab_size: int = 0  # text inputs: token ids are in [0, vocab_size)
+    text_length: int = 0  # text inputs: tokens per caption (padded)
 
 
 @dataclass
 class Splits:
-    """Train/val/test tensors of one dataset and its spec."""
+    """Train/val/test tensors of one dataset and its spec: (inputs, labels) for
+    classification; a task's own tuple otherwise (e.g. images, token ids, labels)."""
 
-    train: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
+    train: tuple[torch.Tensor, ...]
+    val: tuple[torch.Tensor, ...]
+    test: tuple[torch.Tensor, ...]
     spec: DataSpec
 
 
@@ -59,15 +62,27 @@ class Dataset(ABC):
     def load(self, options: Options, seed: int) -> Splits:
         """Load the data and split it; the same seed gives the same split."""
 
+    def kind(self, options: Options) -> tuple[str, tuple[str, ...]]:
+        """The modality and tasks this dataset serves with ``options`` (default: the class's)."""
+        return self.modality, self.tasks
+
 
 class Architecture(ABC):
-    """A model family: a task, the modalities it accepts, a default space, and ``build``."""
+    """A model family: a task, the modalities it accepts, a default space, and ``build``.
+
+    ``train`` runs the task's trainer (``autoplat.core.training.TRAINERS[task]``); a family
+    with its own objective overrides it, lists the extra trainer params it reads (and
+    their defaults) in ``trainer_params`` and the metrics it reports in ``metrics``
+    (name -> "maximize"/"minimize"), so a study may rank by them.
+    """
 
     name: ClassVar[str]
     task: ClassVar[str]
     modalities: ClassVar[tuple[str, ...]]
     default_space: ClassVar[str]  # name of a registered search space
     defaults: ClassVar[dict[str, Any]] = {}  # params a trial may leave out
+    trainer_params: ClassVar[dict[str, Any]] = {}  # beyond training.TRAINER_PARAMS
+    metrics: ClassVar[dict[str, str]] = {}  # beyond config.METRICS
 
     @abstractmethod
     def build(self, params: dict[str, Any], spec: DataSpec) -> torch.nn.Module:
@@ -76,6 +91,27 @@ class Architecture(ABC):
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Return why these params cannot build a model (for ``spec``'s data), or None."""
         return None
+
+    def split_params(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A trial's params as (model params, trainer params with defaults filled in)."""
+        from autoplat.core.training import TRAINER_PARAMS
+
+        trainer = {**TRAINER_PARAMS, **self.trainer_params}
+        model = {k: v for k, v in params.items() if k not in trainer}
+        return model, {**trainer, **{k: v for k, v in params.items() if k in trainer}}
+
+    def train(
+        self,
+        model: torch.nn.Module,
+        splits: Splits,
+        params: dict[str, Any],
+        report: Callable[[int, dict[str, float]], None],
+        seed: int,
+    ) -> dict[str, float]:
+        """Train ``model`` on ``splits``, calling ``report(epoch, metrics)`` each epoch."""
+        from autoplat.core.training import TRAINERS
+
+        return TRAINERS[self.task](model, splits, params, report, seed)
 
     def resolve_params(self, params: dict[str, Any], spec: DataSpec) -> dict[str, Any]:
         """``defaults`` overlaid with ``params``; ValueError when ``check_params`` objects."""

@@ -31,6 +31,8 @@ KINDS = (
     "strategies",
     "acquisitions",
     "scorers",
+    "embedders",
+    "language_models",
     "search_spaces",
     "benchmarks",
 )
@@ -40,6 +42,8 @@ SINGULAR = {
     "strategies": "strategy",
     "acquisitions": "acquisition",
     "scorers": "scorer",
+    "embedders": "embedder",
+    "language_models": "language model",
     "search_spaces": "search space",
     "benchmarks": "benchmark",
 }

@@ -495,4 +495,5 @@ def _trial_dict(trial: Trial, metrics: dict[str, float]) -> dict[str, Any]:
         "duration_s": trial.duration_s,
         "error": trial.error,
         "node": trial.node,
+        "attrs": trial.attrs_dict,
     }

@@ -80,14 +80,13 @@ def run_trial(config: dict[str, Any], job: Job) -> None:
     from ray import tune
 
     from autoplat.core.registry import get_registry
-    from autoplat.core.training import TRAINER_PARAMS, TRAINERS, save_checkpoint
+    from autoplat.core.training import save_checkpoint
 
     torch.set_num_threads(job.threads)
     params = dict(config)
     splits = _load_splits(job.dataset, job.dataset_options, job.seed)
     arch = get_registry().get("architectures", job.architecture)
-    arch_params = {k: v for k, v in params.items() if k not in TRAINER_PARAMS}
-    hyper = {**TRAINER_PARAMS, **{k: v for k, v in params.items() if k in TRAINER_PARAMS}}
+    arch_params, hyper = arch.split_params(params)
     seed = trial_seed(job.seed, params)
     torch.manual_seed(seed)
     model = arch.build(arch_params, splits.spec)
@@ -103,7 +102,7 @@ def run_trial(config: dict[str, Any], job: Job) -> None:
                 extra["checkpoint"] = str(path)
         tune.report({**metrics, **extra, "epoch": step, "node": node})
 
-    TRAINERS[splits.spec.task](model, splits, hyper, report, seed)
+    arch.train(model, splits, hyper, report, seed)
 
 
 def run_benchmark_trial(config: dict[str, Any], job: BenchmarkJob) -> None:
@@ -463,7 +462,7 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
                 for k, v in result.items()
                 if isinstance(v, NUMERIC)
                 and not isinstance(v, bool)
-                and (k in _REPORTED or k.startswith(SUPERNET_PREFIX))
+                and (k in _REPORTED or k.startswith(_REPORTED_PREFIXES))
             }
             store.add_metrics(trial_id, step, values)
             node = result.get("node")
@@ -505,15 +504,13 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
     return StoreCallback()
 
 
+# What a trial's reports store: the trainers' own metrics (train_/val_/test_ names, so an
+# architecture's extra metrics such as val_recall_at_1 are kept), not Ray's bookkeeping.
 _REPORTED = {
-    "train_loss",
-    "val_accuracy",
-    "val_loss",
-    "test_accuracy",
-    "test_loss",
     "metric",
     "simulated_seconds",  # what a benchmark study's trial would have cost to train
 }
+_REPORTED_PREFIXES = ("train_", "val_", "test_", SUPERNET_PREFIX)
 
 
 def _default_concurrency(cpus: float, gpus: float) -> int:

@@ -24,6 +24,7 @@ from autoplat.core.errors import StoreError
 from autoplat.core.store import (
     SCHEMA_VERSION,
     ALRound,
+    Artifact,
     SchemaVersion,
     Study,
     StudyState,
@@ -259,6 +260,32 @@ class Reader:
             if wanted is None or tid in wanted:
                 out[tid].append((step, value))
         return out
+
+    def curation(self, study: Study) -> tuple[dict[str, Any], dict[str, str]]:
+        """A curate study as ``Store.summary`` shapes it (trials: params, state, metrics,
+        attrs), and its output files by kind."""
+        q = select(Trial).where(Trial.study_id == study.id).order_by(Trial.number)
+        trials = [row for (row,) in self._run(q, orm=True)]
+        metrics: dict[int, dict[str, float]] = {t.id: {} for t in trials}
+        q = select(TrialMetric.trial_id, TrialMetric.name, TrialMetric.value).where(
+            TrialMetric.trial_id.in_(list(metrics))
+        )
+        for tid, name, value in self._run(q):
+            metrics[tid][name] = value
+        rows = [
+            {
+                "params": t.params_dict,
+                "state": t.state.value,
+                "metrics": metrics[t.id],
+                "attrs": t.attrs_dict,
+                "error": t.error,
+            }
+            for t in trials
+        ]
+        q = select(Artifact.kind, Artifact.path).where(Artifact.study_id == study.id)
+        artifacts = {kind: path for kind, path in self._run(q)}
+        summary = {"study": {"name": study.name, "state": study.state.value}, "trials": rows}
+        return summary, artifacts
 
     def al_rounds(self, study_id: int) -> list[ALRound]:
         q = select(ALRound).where(ALRound.study_id == study_id).order_by(ALRound.round)

@@ -360,9 +360,47 @@ class ALStudyScreen(StudyScreen):
         )
 
 
+class CurateStudyScreen(StudyScreen):
+    """A curation run: records kept by each scorer and in all, growing while it runs."""
+
+    HELP = (
+        "A curation run (platform curate): for each scorer the records it kept so far, "
+        "its headline numbers (thresholds, counts), and where the output files are."
+    )
+
+    def __init__(self, study_name: str) -> None:
+        super().__init__(study_name)
+        self._records = 0
+        self._state = ""
+
+    def compose(self) -> ComposeResult:
+        yield from self.compose_header()
+        with VerticalScroll():
+            yield Static(id="curation")
+        yield Footer()
+
+    def load(self, reader: Reader) -> tuple[dict[str, Any], dict[str, str]]:
+        study = reader.study(self.study_name)  # re-read: the state changes while it runs
+        if study is None:
+            raise StoreError(f"no study named '{self.study_name}' in {reader.url}")
+        return reader.curation(study)
+
+    def show(self, data: tuple[dict[str, Any], dict[str, str]]) -> None:
+        from autoplat.cli import curate_table
+
+        summary, artifacts = data
+        self._state = summary["study"]["state"]
+        self._records = max((t["metrics"].get("records", 0) for t in summary["trials"]), default=0)
+        self.query_one("#curation", Static).update(curate_table(summary, artifacts))
+
+    def status_text(self) -> str:
+        return f"{self.study_name} · curation · {self._state} · {self._records:.0f} records scored"
+
+
 STUDY_SCREENS: dict[str, type[StudyScreen]] = {
     "search": SearchStudyScreen,
     "al": ALStudyScreen,
+    "curate": CurateStudyScreen,
 }
 
 

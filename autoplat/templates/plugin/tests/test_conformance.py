@@ -53,5 +53,5 @@ class TestMargin(AcquisitionContract):
 
 class TestWordCount(ScorerContract):
     @pytest.fixture
-    def scorer(self):
-        return WordCount()
+    def make_scorer(self):
+        return lambda: WordCount(WordCount.Options(min_words=3))

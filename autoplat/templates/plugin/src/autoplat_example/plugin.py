@@ -48,4 +48,4 @@ def register_acquisitions(register: Register) -> None:
 @hookimpl
 def register_scorers(register: Register) -> None:
     """Register the word-count scorer."""
-    register(WordCount())
+    register(WordCount)

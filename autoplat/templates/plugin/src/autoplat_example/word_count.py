@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any
-
-from autoplat.core.curation import Scorer
+import numpy as np
+from autoplat.core.curation import Chunk, Scorer
+from autoplat.core.interfaces import Options
 
 
 class WordCount(Scorer):
-    """Scores ``record["text"]`` by its whitespace-separated words (missing text: 0)."""
+    """Scores each record's text by its whitespace-separated words; keeps those with at
+    least ``min_words``."""
 
     name = "example-word-count"
 
-    def score(self, records: Iterable[dict[str, Any]]) -> Iterator[float]:
-        """One score per record, lazily."""
-        for record in records:
-            yield float(len(str(record.get("text") or "").split()))
+    class Options(Options):
+        min_words: int = 0
+
+    def score(self, chunk: Chunk) -> dict[str, np.ndarray]:
+        """The word count and the keep mask of each record."""
+        words = np.array([len(text.split()) for text in chunk.text or []], dtype=np.float64)
+        return {"words": words, "keep": words >= self.options.min_words}

@@ -1,0 +1,1 @@
+"""Data-quality scorers for ``platform curate``."""

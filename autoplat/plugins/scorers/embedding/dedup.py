@@ -1,0 +1,197 @@
+"""``dedup``: embedding-based near-duplicate removal, as in DINOv2's data pipeline (Oquab
+et al., 2023, section 3: copy detection on embeddings, then connected components).
+
+First pass: every embedding goes to a file in the scorer's work folder. Then a faiss
+inner-product index (exact, or IVF for large corpora) gives each record its ``k`` nearest
+neighbours; pairs with cosine similarity above ``threshold`` are edges, and each
+connected component of the graph keeps one record, its lowest id. Columns: ``component``
+(the lowest id of the record's component; a record without duplicates is its own),
+``max_sim`` (cosine similarity to its nearest other record, -1 when there is none) and
+``keep``.
+
+With ``against = "path"`` (and ``column``), records whose nearest item of that file (an
+evaluation set) is more similar than ``against_threshold`` (default ``threshold``) are
+dropped too (column ``eval_sim``); ``within = false`` turns the corpus-internal pass off.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from autoplat.core.curation import Chunk, CurationContext, Scorer
+from autoplat.core.interfaces import Options
+from autoplat.plugins.scorers.embedding.common import (
+    EmbeddingStore,
+    IdLookup,
+    batches,
+    chunk_embeddings,
+    embed_file,
+    ip_index,
+)
+
+
+def components(n: int, rows: np.ndarray, cols: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per position, the lowest id of its connected component over the edges."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
+    _, labels = connected_components(graph.tocsr(), directed=False)
+    lowest = np.full(labels.max() + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(lowest, labels, ids)
+    return lowest[labels]
+
+
+def knn_edges(
+    x: np.ndarray, k: int, threshold: float, index: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges (position pairs) with similarity above ``threshold`` among each row's ``k``
+    nearest others, and each row's largest similarity to another row (-1: none)."""
+    n = len(x)
+    best = np.full(n, -1.0, dtype=np.float32)
+    rows, cols = [], []
+    k = min(k + 1, n)  # + the record itself
+    for start, batch in batches(x):
+        sims, found = index.search(batch, k)
+        own = np.arange(start, start + len(batch))[:, None]
+        other = (found != own) & (found >= 0)
+        masked = np.where(other, sims, -np.inf)
+        if k > 1:
+            top = masked.max(axis=1)
+            best[start : start + len(batch)] = np.where(np.isfinite(top), top, -1.0)
+        r, c = np.nonzero(other & (sims > threshold))
+        rows.append(r + start)
+        cols.append(found[r, c])
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)  # noqa: E731
+    return cat(rows).astype(np.int64), cat(cols).astype(np.int64), best
+
+
+class Dedup(Scorer):
+    """Near-duplicates by cosine similarity of embeddings: one record kept per group."""
+
+    name = "dedup"
+    needs = ("embedding",)
+    two_pass = True
+
+    class Options(Options):
+        k: int = Field(16, ge=1, le=1024, description="neighbours searched per record")
+        threshold: float = Field(0.95, gt=-1, le=1, description="cosine above which: duplicate")
+        index: Literal["auto", "flat", "ivf"] = Field("auto", description="auto: flat <= 50k")
+        nlist: int | None = Field(None, ge=1, description="IVF cells (default ~4 sqrt(n))")
+        nprobe: int = Field(16, ge=1, description="IVF cells searched per query")
+        within: bool = True
+        against: str | None = None
+        column: str = "text"
+        against_threshold: float | None = Field(None, gt=-1, le=1)
+
+    def __init__(self, options: Options | None = None, seed: int = 0) -> None:
+        super().__init__(options or self.Options(), seed)
+        self.context: CurationContext | None = None
+        self.store: EmbeddingStore | None = None
+        self.lookup: IdLookup | None = None
+        self.component = np.zeros(0, dtype=np.int64)
+        self.max_sim = np.zeros(0, dtype=np.float32)
+        self.stats: dict[str, Any] = {}
+        self.eval_index: Any = None
+        self.eval_count = 0
+        self.eval_dropped = 0
+
+    def setup(self, context: CurationContext) -> None:
+        self.context = context
+        self.store = EmbeddingStore(context.work_dir, "dedup-embeddings")
+        if self.options.against:
+            import faiss
+
+            x = embed_file(context, self.options.against, self.options.column, self.name)
+            self.eval_index = faiss.IndexFlatIP(x.shape[1])
+            self.eval_index.add(x)
+            self.eval_count = len(x)
+
+    def fit(self, chunk: Chunk) -> None:
+        if self.options.within:
+            assert self.store is not None, "setup() first"
+            self.store.append(chunk.ids, chunk_embeddings(chunk, self.context, self.name))
+
+    def finish_fit(self) -> None:
+        assert self.store is not None, "setup() first"
+        if not self.options.within:
+            return
+        ids, x = self.store.open()
+        o = self.options
+        index = ip_index(x, o.index, self.seed, o.nlist, o.nprobe) if len(x) else None
+        rows, cols, best = (
+            knn_edges(x, o.k, o.threshold, index)
+            if index is not None
+            else (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+        )
+        self.component = components(len(ids), rows, cols, ids)
+        self.max_sim = best
+        self.lookup = IdLookup(ids)
+        kept = int((self.component == ids).sum())
+        groups = np.unique(self.component, return_counts=True)[1] if len(ids) else np.zeros(0)
+        self.stats = {
+            "records": len(ids),
+            "kept": kept,
+            "removed": len(ids) - kept,
+            "duplicate_groups": int((groups > 1).sum()),
+            "largest_group": int(groups.max()) if len(groups) else 0,
+            "edges": len(rows),
+            "index": type(index).__name__ if index is not None else None,
+        }
+        del index, x
+
+    def score(self, chunk: Chunk) -> dict[str, np.ndarray]:
+        columns: dict[str, np.ndarray] = {}
+        keep = np.ones(len(chunk), dtype=bool)
+        if self.options.within:
+            assert self.lookup is not None, "finish_fit() or load_state() first"
+            pos = self.lookup(chunk.ids, self.name)
+            columns["component"] = self.component[pos]
+            columns["max_sim"] = self.max_sim[pos].astype(np.float64)
+            keep &= columns["component"] == np.asarray(chunk.ids, dtype=np.int64)
+        if self.eval_index is not None:
+            x = chunk_embeddings(chunk, self.context, self.name)
+            if len(chunk):
+                sims, _ = self.eval_index.search(x, 1)
+                near = sims[:, 0].astype(np.float64)
+            else:
+                near = np.zeros(0)
+            columns["eval_sim"] = near
+            limit = self.options.against_threshold
+            limit = self.options.threshold if limit is None else limit
+            contaminated = near > limit
+            self.eval_dropped += int(contaminated.sum())
+            keep &= ~contaminated
+        columns["keep"] = keep
+        return columns
+
+    def state(self) -> Any:
+        ids = self.lookup.ids if self.lookup is not None else np.zeros(0, np.int64)
+        return {
+            "ids": ids,
+            "component": self.component,
+            "max_sim": self.max_sim,
+            "stats": self.stats,
+        }
+
+    def load_state(self, state: Any) -> None:
+        self.lookup = IdLookup(state["ids"])
+        self.component = state["component"]
+        self.max_sim = state["max_sim"]
+        self.stats = state["stats"]
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"k": self.options.k, "threshold": self.options.threshold}
+        out.update(self.stats)
+        if self.options.against:
+            out["against"] = {
+                "path": self.options.against,
+                "items": self.eval_count,
+                "dropped": self.eval_dropped,
+            }
+        return out
