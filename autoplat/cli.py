@@ -70,9 +70,30 @@ def leaderboard(summary: dict[str, Any], top: int | None = None) -> Table:
     return table
 
 
+def pareto_table(summary: dict[str, Any]) -> Table:
+    """The trials on the Pareto front of a multi-objective study, by its first objective."""
+    objectives = summary["study"]["objectives"]
+    by_number = {t["number"]: t for t in summary["trials"]}
+    front = [by_number[n] for n in summary["pareto_front"]]
+    varying = _varying_keys([t["params"] for t in summary["trials"]])
+    table = Table(
+        title=f"Pareto front ({len(front)} trials): "
+        + ", ".join(f"{name} ({direction})" for name, direction in objectives.items())
+    )
+    for column in ("trial", "params", *objectives):
+        table.add_column(column, overflow="fold")
+    for t in front:
+        params = _params_text({k: t["params"][k] for k in varying if k in t["params"]})
+        values = [f"{t['metrics'][name]:.6g}" for name in objectives]
+        table.add_row(str(t["number"]), params, *values)
+    return table
+
+
 def _print_study(store: Store, study: Study, top: int | None) -> None:
     summary = store.summary(study)
     out.print(leaderboard(summary, top))
+    if "pareto_front" in summary:
+        out.print(pareto_table(summary))
     counts = {k: v for k, v in summary["study"]["trial_counts"].items() if v}
     out.print("trials: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     for t in summary["trials"]:
@@ -81,7 +102,7 @@ def _print_study(store: Store, study: Study, top: int | None) -> None:
     best = summary["best"]
     if best:
         out.print(f"best trial {best['number']}: " + _params_text(best["params"]))
-        metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(best["metrics"].items()))
+        metrics = ", ".join(f"{k}={v:.6g}" for k, v in sorted(best["metrics"].items()))
         out.print(f"best metrics: {metrics}")
 
 

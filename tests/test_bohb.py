@@ -99,7 +99,7 @@ def test_pruned_trials_keep_their_intermediate_values_and_failures_stay_failed()
 
 def test_searcher_tells_pruned_failed_and_finished_apart_and_skips_paused():
     strategy = BOHB(SPACE, seed=0)
-    searcher = strategy_searcher(strategy, "val_accuracy")
+    searcher = strategy_searcher(strategy, ["val_accuracy"])
     assert searcher.set_max_concurrency(2)  # the searcher limits concurrency itself
     assert searcher.suggest("a") and searcher.suggest("b")
     assert searcher.suggest("c") is None  # two running

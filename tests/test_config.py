@@ -22,7 +22,7 @@ BAD = [
             "architecture.name",
             "unknown architecture 'vitt'",
             "did you mean 'vit'",
-            "Available: clip, dino, mlp, nb201, video-text, vit",
+            "Available: ",
         ],
     ),
     (
@@ -31,7 +31,7 @@ BAD = [
             "dataset.name",
             "unknown dataset 'digitz'",
             "did you mean 'digits'",
-            "Available: csv, digits, image-captions, image_folder, mnist5k",
+            "Available: ",
         ],
     ),
     (

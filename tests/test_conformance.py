@@ -16,6 +16,7 @@ from autoplat.plugins.architectures.vit import ViT
 from autoplat.plugins.datasets.digits import Digits
 from autoplat.plugins.datasets.mnist5k import Mnist5k
 from autoplat.strategies.search import GridSearch, RandomSearch, RegularizedEvolution, TPESearch
+from autoplat.strategies.search.nsga2 import NSGA2Search
 from autoplat.testing import (
     AcquisitionContract,
     ArchitectureContract,
@@ -59,6 +60,18 @@ class TestTPE(StrategyContract):
     @pytest.fixture
     def strategy_cls(self):
         return TPESearch
+
+
+class TestNSGA2(StrategyContract):
+    trials = 12  # two generations of 6
+
+    @pytest.fixture
+    def strategy_cls(self):
+        return NSGA2Search
+
+    @pytest.fixture
+    def options(self, strategy_cls):
+        return strategy_cls.Options(population_size=6)
 
 
 class TestEvolution(StrategyContract):

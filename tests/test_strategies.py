@@ -105,6 +105,7 @@ def test_plugin_registers_all_strategies() -> None:
         "local",
         "bananas",
         "bohb",
+        "nsga2",
     ]
 
 

@@ -33,6 +33,7 @@ METRICS = {
     "val_accuracy": "maximize",
     "val_loss": "minimize",
     "train_loss": "minimize",
+    "model_params": "minimize",  # the model's parameter count, reported by every trial
 }
 
 
@@ -56,6 +57,8 @@ class StudySection(Section):
     seed: int = Field(0, ge=0)
     metric: str = "val_accuracy"
     direction: Literal["maximize", "minimize"] | None = None
+    # several metrics to optimize at once (the first is ``metric``); show prints the Pareto front
+    objectives: list[str] | None = Field(None, min_length=2)
     storage: str | None = None
     checkpoints: Literal["best", "all", "none"] = "best"  # which trials keep their weights
     checkpoint_dir: str | None = None  # default: checkpoints/ next to a SQLite store
@@ -130,9 +133,17 @@ class Resolved:
             self.config.study.direction or metrics_of(self.architecture)[self.config.study.metric]
         )
 
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """(metric, direction) of every objective; just the study metric when there is one."""
+        known = metrics_of(self.architecture)
+        names = self.config.study.objectives or [self.config.study.metric]
+        return [(self.config.study.metric, self.direction)] + [(m, known[m]) for m in names[1:]]
+
     def make_strategy(self) -> Strategy | OneShotStrategy:
+        directions = tuple(direction for _, direction in self.objectives)
         return self.strategy_cls(
-            self.space, self.direction, self.config.study.seed, self.strategy_options
+            self.space, self.direction, self.config.study.seed, self.strategy_options, directions
         )
 
 
@@ -245,6 +256,7 @@ def load_config(path: str | Path, registry: Registry) -> Resolved:
     except ValidationError as exc:
         raise _validation_message(exc, Config, source) from None
     _check_form(config, source)
+    _first_objective(config, raw, source)
 
     def lookup(kind: str, name: str, loc: Loc) -> Any:
         return source.lookup(registry, kind, name, loc)
@@ -260,14 +272,7 @@ def load_config(path: str | Path, registry: Registry) -> Resolved:
         parts = _resolve_benchmark(config, config.benchmark, source, lookup)
     else:
         parts = _resolve_model(config, source, lookup)
-    known = metrics_of(parts.get("architecture"))
-    if config.study.metric not in known:
-        close = difflib.get_close_matches(config.study.metric, list(known), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise source.error(
-            ("study", "metric"),
-            f"unknown metric '{config.study.metric}'; {hint}Available: {', '.join(known)}",
-        )
+    _check_metrics(config, metrics_of(parts.get("architecture")), source)
     _set_scheduler(config, strategy_cls, source)
     if config.scheduler.name == "hyperband_bohb" and "epochs" not in parts["space"].fixed():
         raise source.error(
@@ -291,6 +296,36 @@ def load_config(path: str | Path, registry: Registry) -> Resolved:
     except AutoplatError as exc:
         raise source.error(("strategy", "name"), str(exc)) from None
     return resolved
+
+
+def _first_objective(config: Config, raw: dict[str, Any], source: _Source) -> None:
+    """With ``objectives``, the study metric is the first (set from it when not given)."""
+    study = config.study
+    if study.objectives is not None:
+        if len(set(study.objectives)) < len(study.objectives):
+            raise source.error(("study", "objectives"), "lists a metric twice")
+        if "metric" not in raw.get("study", {}):
+            study.metric = study.objectives[0]
+        elif study.metric != study.objectives[0]:
+            raise source.error(
+                ("study", "metric"),
+                f"is '{study.metric}' but the first objective is '{study.objectives[0]}'; the "
+                "study metric must be the first objective (or leave metric out)",
+            )
+
+
+def _check_metrics(config: Config, known: dict[str, str], source: _Source) -> None:
+    """The study metric and any objectives are metrics the trials report."""
+    study = config.study
+    checks = [(study.metric, ("study", "metric"))]
+    checks += [(m, ("study", "objectives")) for m in study.objectives or []]
+    for metric, loc in checks:
+        if metric not in known:
+            close = difflib.get_close_matches(metric, list(known), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise source.error(
+                loc, f"unknown metric '{metric}'; {hint}Available: {', '.join(known)}"
+            )
 
 
 def _check_form(config: Config, source: _Source) -> None:
@@ -363,12 +398,14 @@ def _resolve_benchmark(
         benchmark.check(options)
     except AutoplatError as exc:
         raise source.error(("benchmark", "name"), str(exc)) from None
-    if config.study.metric not in benchmark.metrics:
-        raise source.error(
-            ("study", "metric"),
-            f"benchmark '{benchmark.name}' does not report '{config.study.metric}'; "
-            f"set it to one of: {', '.join(benchmark.metrics)}",
-        )
+    for metric in config.study.objectives or [config.study.metric]:
+        if metric not in benchmark.metrics:
+            key = "objectives" if config.study.objectives else "metric"
+            raise source.error(
+                ("study", key),
+                f"benchmark '{benchmark.name}' does not report '{metric}'; "
+                f"use: {', '.join(benchmark.metrics)}",
+            )
     if "scheduler" in config.model_fields_set and config.scheduler.name != "fifo":
         raise source.error(
             ("scheduler", "name"),

@@ -162,9 +162,11 @@ class SearchStrategy(ABC):
         direction: Direction = "maximize",
         seed: int = 0,
         options: Options | None = None,
+        directions: tuple[Direction, ...] | None = None,
     ) -> None:
         self.space = space
         self.direction = direction
+        self.directions = directions or (direction,)  # one per objective; the first: direction
         self.seed = seed
         self.options = options if options is not None else self.Options()
         self.rng = random.Random(seed)
@@ -203,6 +205,18 @@ class Strategy(SearchStrategy):
         for params, value in history:
             self.ask()
             self.tell(params, value)
+
+    def tell_values(self, params: dict[str, Any], values: list[float] | None) -> None:
+        """A finished trial's value of every objective (in ``directions`` order), or None.
+
+        A multi-objective strategy overrides this (and ``replay_values``); by default the
+        first objective is told, so any strategy can run a multi-objective study.
+        """
+        self.tell(params, None if values is None else values[0])
+
+    def replay_values(self, history: Iterable[tuple[dict[str, Any], list[float] | None]]) -> None:
+        """``replay`` with every objective's value."""
+        self.replay((params, None if values is None else values[0]) for params, values in history)
 
     def better(self, a: float, b: float) -> bool:
         """Whether value ``a`` beats ``b`` in this direction."""

@@ -22,6 +22,7 @@ from sqlmodel import Field, Session, SQLModel, create_engine, func, select
 from autoplat.core.errors import StoreError
 
 SCHEMA_VERSION = 2  # 2: al_rounds gained seed and trial_id; trials gained attrs
+OBJECTIVES_KEY = "_objectives"  # in a stored search config: [[metric, direction], ...]
 DEFAULT_URL = "sqlite:///runs/platform.db"
 
 
@@ -466,7 +467,7 @@ class Store:
         counts = {state.value: 0 for state in TrialState}
         for t in trials:
             counts[t.state.value] += 1
-        return {
+        summary = {
             "study": {
                 "name": study.name,
                 "kind": study.kind,
@@ -482,6 +483,28 @@ class Store:
             "trials": rows,
             "best": next((r for r in rows if r["number"] == best.number), None) if best else None,
         }
+        objectives = json.loads(study.config).get(OBJECTIVES_KEY)
+        if objectives:
+            summary["study"]["objectives"] = dict(objectives)
+            summary["pareto_front"] = pareto_front(rows, objectives)
+        return summary
+
+
+def pareto_front(rows: list[dict[str, Any]], objectives: list[list[str]]) -> list[int]:
+    """Numbers of the completed trials no other completed trial dominates, by the first
+    objective. ``objectives``: (metric, "maximize"/"minimize") pairs."""
+    signs = [1.0 if direction == "maximize" else -1.0 for _, direction in objectives]
+    points = []
+    for row in rows:
+        values = [row["metrics"].get(name) for name, _ in objectives]
+        if row["state"] == "complete" and all(v is not None for v in values):
+            points.append((row["number"], [s * v for s, v in zip(signs, values, strict=True)]))
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
+
+    front = [(n, p) for n, p in points if not any(dominates(q, p) for _, q in points)]
+    return [n for n, p in sorted(front, key=lambda item: -item[1][0])]
 
 
 def _trial_dict(trial: Trial, metrics: dict[str, float]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from autoplat.core.config import Resolved
 from autoplat.core.errors import AutoplatError, StoreError
 from autoplat.core.interfaces import OneShotStrategy, Strategy
 from autoplat.core.space import SearchSpace, params_key
-from autoplat.core.store import Store, Study, StudyState, TrialState
+from autoplat.core.store import OBJECTIVES_KEY, Store, Study, StudyState, Trial, TrialState
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,10 @@ def run_trial(config: dict[str, Any], job: Job) -> None:
     torch.manual_seed(seed)
     model = arch.build(arch_params, splits.spec)
     node = ray.get_runtime_context().get_node_id()
+    size = sum(p.numel() for p in model.parameters())
 
     def report(step: int, metrics: dict[str, float]) -> None:
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"model_params": size}
         if step >= hyper["epochs"]:
             extra["finished"] = 1
             if job.checkpoint_dir:
@@ -207,9 +208,10 @@ def _searcher_class():
         trials but not paused ones, so HyperBand can fill a bracket while trials wait.
         """
 
-        def __init__(self, strategy: Strategy, metric: str) -> None:
+        def __init__(self, strategy: Strategy, objectives: list[str]) -> None:
             mode = "max" if strategy.direction == "maximize" else "min"
-            super().__init__(metric=metric, mode=mode)
+            super().__init__(metric=objectives[0], mode=mode)
+            self.objectives = objectives
             self.strategy = strategy
             self.live: dict[str, dict[str, Any]] = {}
             self.last: dict[str, dict] = {}  # the last result of each live trial
@@ -273,7 +275,9 @@ def _searcher_class():
             if result is not None:
                 self._report(params, result)
             if result is not None and result.get("finished"):
-                self.strategy.tell(params, float(result[self.metric]))
+                values = [result.get(metric) for metric in self.objectives]
+                numeric = all(isinstance(v, NUMERIC) and not isinstance(v, bool) for v in values)
+                self.strategy.tell_values(params, [float(v) for v in values] if numeric else None)
             else:
                 self.strategy.prune(params)
 
@@ -286,9 +290,9 @@ def _searcher_class():
     return StrategySearcher
 
 
-def strategy_searcher(strategy: Strategy, metric: str):
-    """Wrap a Strategy as a ``ray.tune.search.Searcher``."""
-    return _searcher_class()(strategy, metric)
+def strategy_searcher(strategy: Strategy, objectives: list[str]):
+    """Wrap a Strategy as a ``ray.tune.search.Searcher`` (the first objective: its metric)."""
+    return _searcher_class()(strategy, objectives)
 
 
 def make_scheduler(resolved: Resolved):
@@ -508,6 +512,7 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
 # architecture's extra metrics such as val_recall_at_1 are kept), not Ray's bookkeeping.
 _REPORTED = {
     "metric",
+    "model_params",
     "simulated_seconds",  # what a benchmark study's trial would have cost to train
 }
 _REPORTED_PREFIXES = ("train_", "val_", "test_", SUPERNET_PREFIX)
@@ -550,13 +555,16 @@ def open_study(store: Store, resolved: Resolved, existing: Study | None) -> tupl
     """Create the study, or reopen ``existing``; returns its id and its finished trials."""
     cfg = resolved.config.study
     if existing is None:
+        stored = dict(resolved.raw)
+        if cfg.objectives:  # with their directions, for show's Pareto front
+            stored[OBJECTIVES_KEY] = resolved.objectives
         study = store.create_study(
             cfg.name,
             kind="search",
             direction=resolved.direction,
             metric=cfg.metric,
             target_trials=cfg.trials,
-            config=json.dumps(resolved.raw),
+            config=json.dumps(stored),
         )
         return study.id, []
     store.interrupt_running(existing.id)
@@ -571,7 +579,7 @@ def open_study(store: Store, resolved: Resolved, existing: Study | None) -> tupl
 
 def _without_trials(raw: dict[str, Any]) -> dict[str, Any]:
     study = {k: v for k, v in raw.get("study", {}).items() if k != "trials"}
-    return {**raw, "study": study}
+    return {**{k: v for k, v in raw.items() if k != OBJECTIVES_KEY}, "study": study}
 
 
 def _trainable(
@@ -641,9 +649,7 @@ def run_study(
         strategy = FixedParams(resolved.space, derived, trained)
         remaining = len(strategy.todo)
     elif done:
-        strategy.replay(
-            (t.params_dict, t.value if t.state == TrialState.COMPLETE else None) for t in done
-        )
+        strategy.replay_values((t.params_dict, _objective_values(store, t, resolved)) for t in done)
     if remaining <= 0:
         store.set_study_state(study_id, StudyState.FINISHED)
         return study_id
@@ -651,6 +657,15 @@ def run_study(
     fn, job = _trainable(resolved, store.url, trainable)
     _fit(resolved, store, study_id, on_event, fn, job, remaining, strategy)
     return study_id
+
+
+def _objective_values(store: Store, trial: Trial, resolved: Resolved) -> list[float] | None:
+    """A stored trial's value of every objective; None unless it completed with all of them."""
+    if trial.state != TrialState.COMPLETE:
+        return None
+    metrics = {**store.final_metrics(trial.id), resolved.config.study.metric: trial.value}
+    values = [metrics.get(name) for name, _ in resolved.objectives]
+    return None if any(v is None for v in values) else [float(v) for v in values]
 
 
 def _fit(
@@ -681,7 +696,11 @@ def _fit(
         fn,
         param_space=None if strategy else {"one_shot": cfg.strategy.name},
         tune_config=tune.TuneConfig(
-            search_alg=strategy_searcher(strategy, cfg.study.metric) if strategy else None,
+            search_alg=(
+                strategy_searcher(strategy, [name for name, _ in resolved.objectives])
+                if strategy
+                else None
+            ),
             scheduler=make_scheduler(resolved) if strategy else None,
             num_samples=num_samples,
             max_concurrent_trials=concurrency,

@@ -1,4 +1,5 @@
-"""First-party search strategies: random, grid, TPE (Optuna), BOHB, evolution and NAS ones."""
+"""First-party search strategies: random, grid, TPE and NSGA-II (Optuna), BOHB, evolution
+and NAS ones."""
 
 from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.strategies.search.bananas import Bananas
@@ -6,6 +7,7 @@ from autoplat.strategies.search.bohb import BOHB
 from autoplat.strategies.search.evolution import RegularizedEvolution
 from autoplat.strategies.search.grid import GridSearch
 from autoplat.strategies.search.local import LocalSearch
+from autoplat.strategies.search.nsga2 import NSGA2Search
 from autoplat.strategies.search.random import RandomSearch
 from autoplat.strategies.search.reinforce import Reinforce
 from autoplat.strategies.search.tpe import TPESearch
@@ -25,5 +27,6 @@ def register_strategies(register: Register) -> None:
         LocalSearch,
         Bananas,
         BOHB,
+        NSGA2Search,
     ):
         register(cls)

@@ -37,6 +37,13 @@ class TPESearch(Strategy):
 
     def setup(self) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = self._make_study()
+        self._distributions = self.space.to_optuna()
+        self._pending: dict[ParamsKey, list[Trial]] = {}
+        self._last_step: dict[int, int] = {}  # Optuna trial number -> last reported step
+
+    def _make_study(self) -> optuna.Study:
+        """A single-objective Optuna study with the TPE sampler."""
         with warnings.catch_warnings():  # multivariate is experimental in Optuna 4
             warnings.simplefilter("ignore", ExperimentalWarning)
             sampler = TPESampler(
@@ -44,10 +51,7 @@ class TPESearch(Strategy):
                 n_startup_trials=self.options.n_startup_trials,
                 multivariate=self.options.multivariate,
             )
-        self.study = optuna.create_study(direction=self.direction, sampler=sampler)
-        self._distributions = self.space.to_optuna()
-        self._pending: dict[ParamsKey, list[Trial]] = {}
-        self._last_step: dict[int, int] = {}  # Optuna trial number -> last reported step
+        return optuna.create_study(direction=self.direction, sampler=sampler)
 
     def ask(self) -> dict[str, Any]:
         """Ask Optuna for the next params; never runs out."""
@@ -59,13 +63,18 @@ class TPESearch(Strategy):
 
     def tell(self, params: dict[str, Any], value: float | None) -> None:
         """Complete the trial asked with ``params``, or record it when it was never asked."""
+        self.tell_values(params, None if value is None else [value])
+
+    def tell_values(self, params: dict[str, Any], values: list[float] | None) -> None:
+        """``tell`` with the value of each of the Optuna study's objectives."""
+        values = None if values is None else values[: len(self.study.directions)]
         trial = self._pop(params)
         if trial is None:
-            self._add(params, value)
-        elif value is None:
+            self._add(params, values)
+        elif values is None:
             self.study.tell(trial, state=TrialState.FAIL)
         else:
-            self.study.tell(trial, value)
+            self.study.tell(trial, values)
 
     def report(self, params: dict[str, Any], step: int, value: float) -> None:
         """Record an intermediate value on the running trial; a step seen before is skipped."""
@@ -100,16 +109,20 @@ class TPESearch(Strategy):
 
     def replay(self, history: Iterable[tuple[dict[str, Any], float | None]]) -> None:
         """Add past trials to the study without asking (the sampler's RNG does not advance)."""
-        for params, value in history:
-            self._add(params, value)
+        self.replay_values((params, None if v is None else [v]) for params, v in history)
 
-    def _add(self, params: dict[str, Any], value: float | None) -> None:
+    def replay_values(self, history: Iterable[tuple[dict[str, Any], list[float] | None]]) -> None:
+        """``replay`` with every objective's value."""
+        for params, values in history:
+            self._add(params, None if values is None else values[: len(self.study.directions)])
+
+    def _add(self, params: dict[str, Any], values: list[float] | None) -> None:
         """Add a finished trial that Optuna did not propose."""
         self.study.add_trial(
             optuna.trial.create_trial(
                 params={key: params[key] for key in self._distributions},
                 distributions=self._distributions,
-                value=value,
-                state=TrialState.FAIL if value is None else TrialState.COMPLETE,
+                values=values,
+                state=TrialState.FAIL if values is None else TrialState.COMPLETE,
             )
         )
