@@ -23,13 +23,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from autoplat.core.curation import Chunk, CurationContext, Scorer, record_uniform
+from autoplat.core.curation import Chunk, record_uniform
 from autoplat.core.interfaces import Options
 from autoplat.plugins.scorers.embedding.common import (
-    EmbeddingStore,
+    EmbeddingScorer,
     IdLookup,
     assign,
-    chunk_embeddings,
     kmeans,
 )
 
@@ -68,12 +67,10 @@ def closest_per_cluster(labels: np.ndarray, dist: np.ndarray, k: int, count: int
     return np.sort(order[rank < count])
 
 
-class Balanced(Scorer):
+class Balanced(EmbeddingScorer):
     """A ``target``-sized sample balanced over a hierarchy of k-means clusters."""
 
     name = "balanced"
-    needs = ("embedding",)
-    two_pass = True
 
     class Options(Options):
         target: int = Field(ge=0, description="records to keep")
@@ -104,21 +101,11 @@ class Balanced(Scorer):
                 f"scorer 'balanced': resample_points has {len(options.resample_points)} "
                 f"entries but levels has {len(options.levels)}; give one per level"
             )
-        self.context: CurationContext | None = None
-        self.store: EmbeddingStore | None = None
         self.lookup: IdLookup | None = None
         self.keep = np.zeros(0, dtype=bool)
         self.leaf = np.zeros(0, dtype=np.int64)
         self.top = np.zeros(0, dtype=np.int64)
         self.stats: dict[str, Any] = {}
-
-    def setup(self, context: CurationContext) -> None:
-        self.context = context
-        self.store = EmbeddingStore(context.work_dir, "balanced-embeddings")
-
-    def fit(self, chunk: Chunk) -> None:
-        assert self.store is not None, "setup() first"
-        self.store.append(chunk.ids, chunk_embeddings(chunk, self.context, self.name))
 
     # -- clustering ------------------------------------------------------------------
     def _level(self, x: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

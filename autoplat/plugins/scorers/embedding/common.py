@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from autoplat.core.curation import Chunk, CurationContext
+from autoplat.core.curation import Chunk, CurationContext, Scorer
 from autoplat.core.errors import ConfigError, DataError
+from autoplat.core.interfaces import Options
 
 BATCH = 8192  # query rows per search / assignment batch: bounds the (batch, k) buffers
 
@@ -38,6 +39,27 @@ def chunk_embeddings(chunk: Chunk, context: CurationContext | None, scorer: str)
             f"{len(chunk)} records; an embedder must return one row per record"
         )
     return np.ascontiguousarray(x)
+
+
+class EmbeddingScorer(Scorer):
+    """A two-pass scorer whose first pass (``fit``) collects every record's embedding in an
+    ``EmbeddingStore`` (``self.store``), which ``finish_fit`` reads whole."""
+
+    needs = ("embedding",)
+    two_pass = True
+
+    def __init__(self, options: Options, seed: int = 0) -> None:
+        super().__init__(options, seed)
+        self.context: CurationContext | None = None
+        self.store: EmbeddingStore | None = None
+
+    def setup(self, context: CurationContext) -> None:
+        self.context = context
+        self.store = EmbeddingStore(context.work_dir, f"{self.name}-embeddings")
+
+    def fit(self, chunk: Chunk) -> None:
+        assert self.store is not None, "setup() first"
+        self.store.append(chunk.ids, chunk_embeddings(chunk, self.context, self.name))
 
 
 class EmbeddingStore:

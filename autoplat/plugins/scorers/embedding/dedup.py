@@ -21,10 +21,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from autoplat.core.curation import Chunk, CurationContext, Scorer
+from autoplat.core.curation import Chunk, CurationContext
 from autoplat.core.interfaces import Options
 from autoplat.plugins.scorers.embedding.common import (
-    EmbeddingStore,
+    EmbeddingScorer,
     IdLookup,
     batches,
     chunk_embeddings,
@@ -71,12 +71,10 @@ def knn_edges(
     return cat(rows).astype(np.int64), cat(cols).astype(np.int64), best
 
 
-class Dedup(Scorer):
+class Dedup(EmbeddingScorer):
     """Near-duplicates by cosine similarity of embeddings: one record kept per group."""
 
     name = "dedup"
-    needs = ("embedding",)
-    two_pass = True
 
     class Options(Options):
         k: int = Field(16, ge=1, le=1024, description="neighbours searched per record")
@@ -91,8 +89,6 @@ class Dedup(Scorer):
 
     def __init__(self, options: Options | None = None, seed: int = 0) -> None:
         super().__init__(options or self.Options(), seed)
-        self.context: CurationContext | None = None
-        self.store: EmbeddingStore | None = None
         self.lookup: IdLookup | None = None
         self.component = np.zeros(0, dtype=np.int64)
         self.max_sim = np.zeros(0, dtype=np.float32)
@@ -102,8 +98,7 @@ class Dedup(Scorer):
         self.eval_dropped = 0
 
     def setup(self, context: CurationContext) -> None:
-        self.context = context
-        self.store = EmbeddingStore(context.work_dir, "dedup-embeddings")
+        super().setup(context)
         if self.options.against:
             import faiss
 
@@ -114,8 +109,7 @@ class Dedup(Scorer):
 
     def fit(self, chunk: Chunk) -> None:
         if self.options.within:
-            assert self.store is not None, "setup() first"
-            self.store.append(chunk.ids, chunk_embeddings(chunk, self.context, self.name))
+            super().fit(chunk)
 
     def finish_fit(self) -> None:
         assert self.store is not None, "setup() first"

@@ -19,14 +19,13 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from autoplat.core.curation import Chunk, CurationContext, Scorer
+from autoplat.core.curation import Chunk
 from autoplat.core.errors import ConfigError
 from autoplat.core.interfaces import Options
 from autoplat.plugins.scorers.embedding.common import (
-    EmbeddingStore,
+    EmbeddingScorer,
     IdLookup,
     assign,
-    chunk_embeddings,
     kmeans,
     unit,
 )
@@ -51,12 +50,10 @@ def expert_weights(
     return weights / weights.sum()
 
 
-class MoDE(Scorer):
+class MoDE(EmbeddingScorer):
     """Assigns each record to a data expert (coarse cluster) and a fine cluster."""
 
     name = "mode"
-    needs = ("embedding",)
-    two_pass = True
 
     class Options(Options):
         fine_clusters: int = Field(64, ge=1, description="fine-grained k-means clusters")
@@ -73,22 +70,12 @@ class MoDE(Scorer):
                 f"scorer 'mode': class_template '{options.class_template}' has no '{{}}' for "
                 'the class name; e.g. class_template = "a photo of a {}."'
             )
-        self.context: CurationContext | None = None
-        self.store: EmbeddingStore | None = None
         self.lookup: IdLookup | None = None
         self.fine = np.zeros(0, dtype=np.int64)
         self.fine_centers = np.zeros((0, 0), dtype=np.float32)
         self.centers = np.zeros((0, 0), dtype=np.float32)
         self.fine_to_expert = np.zeros(0, dtype=np.int64)
         self._weights: np.ndarray | None = None
-
-    def setup(self, context: CurationContext) -> None:
-        self.context = context
-        self.store = EmbeddingStore(context.work_dir, "mode-embeddings")
-
-    def fit(self, chunk: Chunk) -> None:
-        assert self.store is not None, "setup() first"
-        self.store.append(chunk.ids, chunk_embeddings(chunk, self.context, self.name))
 
     def finish_fit(self) -> None:
         assert self.store is not None, "setup() first"

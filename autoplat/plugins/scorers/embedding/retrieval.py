@@ -21,10 +21,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from autoplat.core.curation import Chunk, CurationContext, Scorer
+from autoplat.core.curation import Chunk, CurationContext
 from autoplat.core.interfaces import Options
 from autoplat.plugins.scorers.embedding.common import (
-    EmbeddingStore,
+    EmbeddingScorer,
     IdLookup,
     assign,
     chunk_embeddings,
@@ -52,12 +52,10 @@ def best_ranks(found: np.ndarray, sims: np.ndarray, n: int, min_sim: float | Non
     return rank, seed
 
 
-class Retrieval(Scorer):
+class Retrieval(EmbeddingScorer):
     """Pool records near a seed set: by k nearest neighbours or by shared k-means cluster."""
 
     name = "retrieval"
-    needs = ("embedding",)
-    two_pass = True
 
     class Options(Options):
         seeds: str = Field(description="record file of seed queries")
@@ -73,8 +71,6 @@ class Retrieval(Scorer):
 
     def __init__(self, options: Options, seed: int = 0) -> None:
         super().__init__(options, seed)
-        self.context: CurationContext | None = None
-        self.store: EmbeddingStore | None = None
         self.seed_x = np.zeros((0, 0), dtype=np.float32)
         self.seed_index: Any = None
         self.lookup: IdLookup | None = None
@@ -85,15 +81,10 @@ class Retrieval(Scorer):
     def setup(self, context: CurationContext) -> None:
         import faiss
 
-        self.context = context
-        self.store = EmbeddingStore(context.work_dir, "retrieval-embeddings")
+        super().setup(context)
         self.seed_x = embed_file(context, self.options.seeds, self.options.column, self.name)
         self.seed_index = faiss.IndexFlatIP(self.seed_x.shape[1])
         self.seed_index.add(self.seed_x)
-
-    def fit(self, chunk: Chunk) -> None:
-        assert self.store is not None, "setup() first"
-        self.store.append(chunk.ids, chunk_embeddings(chunk, self.context, self.name))
 
     def finish_fit(self) -> None:
         assert self.store is not None, "setup() first"
