@@ -468,39 +468,107 @@ def cmd_export(args: argparse.Namespace) -> int:
     tm = load_trial_model(store, args.study, args.trial)
     target = Path(args.out or f"{tm.study.name}-trial{tm.trial.number}.onnx")
     done = export_trial(tm, target, tolerance=args.tolerance, opset=args.opset)
-    out.print(
-        f"exported trial {tm.trial.number} of study '{tm.study.name}' "
-        f"({tm.study.metric}={tm.trial.value:.4f}) to {done.path} "
-        f"({done.path.stat().st_size / 1e6:.2f} MB, opset {args.opset}, dynamic batch)"
-    )
-    out.print(
-        f"parity on {done.parity_inputs} test inputs: max |onnxruntime - torch| = "
-        f"{done.max_abs_diff:.3g} (tolerance {args.tolerance:g})"
-    )
-    out.print(f"predict with: platform predict {done.path} IMAGE.png ...")
+    value = f"{tm.trial.value:.4f}" if tm.trial.value is not None else "?"
+    head = f"exported trial {tm.trial.number} of study '{tm.study.name}' "
+    head += f"({tm.study.metric}={value})"
+    if len(done) == 1:
+        (one,) = done
+        out.print(
+            f"{head} to {one.path} ({one.path.stat().st_size / 1e6:.2f} MB, opset {args.opset}, "
+            "dynamic batch)"
+        )
+        out.print(
+            f"parity on {one.parity_inputs} test inputs: max |onnxruntime - torch| = "
+            f"{one.max_abs_diff:.3g} (tolerance {args.tolerance:g})"
+        )
+    else:
+        out.print(f"{head} as {len(done)} files, one per part (opset {args.opset}, dynamic batch):")
+        for d in done:
+            out.print(
+                f"  {d.part}: {d.path} ({d.path.stat().st_size / 1e6:.2f} MB); parity on "
+                f"{d.parity_inputs} test inputs: max |onnxruntime - torch| = "
+                f"{d.max_abs_diff:.3g} (tolerance {args.tolerance:g})"
+            )
+    examples = {"image": "IMAGE.png", "text": '"a caption"', "video": "FRAMES_DIR/ or VIDEO.npy"}
+    examples |= {"audio": "SOUND.wav"}
+    for d in done:
+        modality = json.loads(d.metadata["preprocessing"]).get("modality", "")
+        example = examples.get(modality, "FEATURES.csv or ARRAY.npy")
+        ranks = "parts" in d.metadata and modality in {"image", "video"}
+        texts = ' --texts "a caption" ...' if ranks else ""
+        out.print(f"predict with: platform predict {d.path} {example} ...{texts}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from autoplat.core.export import load_inputs, model_info, open_session, predict
+    import numpy as np
+
+    from autoplat.core.export import (
+        PredictError,
+        load_inputs,
+        model_info,
+        open_session,
+        predict,
+        rank_texts,
+        run_batches,
+    )
 
     session = open_session(args.model)
     info = model_info(session)
     names, x = load_inputs(args.inputs, info, invert=args.invert)
-    rows = predict(session, x, info.labels, args.batch_size)
-    if args.json:
-        results = [
-            {"input": name, "label": label, "index": index, "probability": prob}
-            for name, (label, index, prob) in zip(names, rows, strict=True)
-        ]
-        print(json.dumps(results, indent=2))
+    if info.output == "logits" and not args.texts:
+        rows = predict(session, x, info.labels, args.batch_size)
+        if args.out:
+            np.save(args.out, run_batches(session, x, args.batch_size))
+        if args.json:
+            results = [
+                {"input": name, "label": label, "index": index, "probability": prob}
+                for name, (label, index, prob) in zip(names, rows, strict=True)
+            ]
+            print(json.dumps(results, indent=2))
+            return 0
+        table = Table(title=f"{args.model} · {session.get_providers()[0]}")
+        for column in ("input", "label", "probability"):
+            table.add_column(column, overflow="fold")
+        for name, (label, _, prob) in zip(names, rows, strict=True):
+            table.add_row(name, label, f"{prob:.4f}")
+        out.print(table)
         return 0
-    table = Table(title=f"{args.model} · {session.get_providers()[0]}")
-    for column in ("input", "label", "probability"):
+    if info.output == "logits":
+        raise PredictError("--texts ranks captions with an embedding model (clip, video-text)")
+    y = run_batches(session, x, args.batch_size)
+    if args.out:
+        np.save(args.out, y)
+    if args.texts:
+        probs = rank_texts(args.model, info, y, args.texts, args.batch_size)
+        if args.json:
+            results = [
+                {"input": n, "texts": dict(zip(args.texts, map(float, p), strict=True))}
+                for n, p in zip(names, probs, strict=True)
+            ]
+            print(json.dumps(results, indent=2))
+            return 0
+        table = Table(title=f"{args.model} · zero-shot over {len(args.texts)} texts")
+        for column in ("input", "best text", "probability"):
+            table.add_column(column, overflow="fold")
+        for name, p in zip(names, probs, strict=True):
+            table.add_row(name, args.texts[int(p.argmax())], f"{p.max():.4f}")
+        out.print(table)
+        return 0
+    if args.json:
+        values = [{"input": n, info.output: v.tolist()} for n, v in zip(names, y, strict=True)]
+        print(json.dumps(values))
+        return 0
+    table = Table(title=f"{args.model} · {info.output} {tuple(y.shape[1:])}")
+    for column in ("input", "norm", "first values"):
         table.add_column(column, overflow="fold")
-    for name, (label, _, prob) in zip(names, rows, strict=True):
-        table.add_row(name, label, f"{prob:.4f}")
+    for name, v in zip(names, y, strict=True):
+        flat = v.reshape(-1)
+        first = " ".join(f"{value:+.3f}" for value in flat[:4]) + (" ..." if flat.size > 4 else "")
+        table.add_row(name, f"{np.linalg.norm(flat):.4f}", first)
     out.print(table)
+    if args.out:
+        out.print(f"wrote {y.shape} to {args.out}")
     return 0
 
 
@@ -557,7 +625,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a trial's model to ONNX, checked against torch")
     p.add_argument("study", help="study name")
     p.add_argument("--trial", type=int, help="trial number (default: the best trial)")
-    p.add_argument("--out", help="output file (default: STUDY-trialN.onnx)")
+    p.add_argument(
+        "--out",
+        help="output file (default: STUDY-trialN.onnx); a model of several parts (towers) "
+        "writes OUT.<part>.onnx for each, e.g. model.image.onnx and model.text.onnx",
+    )
     p.add_argument("--storage", help=storage_help)
     p.add_argument(
         "--tolerance",
@@ -568,13 +640,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("predict", help="run an exported model on images, .npy, CSV or Parquet")
+    p = sub.add_parser(
+        "predict", help="run an exported model on images, videos, audio, text, .npy or tables"
+    )
     p.add_argument("model", help="an .onnx file written by `platform export`")
-    p.add_argument("inputs", nargs="+", help="image files, .npy arrays, CSV/Parquet of features")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files, frame folders, audio files, texts (or .txt files of lines) for a "
+        "text part, .npy/.npz arrays, CSV/Parquet of features",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="examples per run (default 64)")
     p.add_argument(
         "--invert", action="store_true", help="invert images (dark ink on light background)"
     )
+    p.add_argument(
+        "--texts",
+        nargs="+",
+        metavar="TEXT",
+        help="rank these texts for each input (zero-shot) with the text part exported beside "
+        "an image or video part; give it after the inputs",
+    )
+    p.add_argument("--out", help="save the outputs (logits, embeddings, ...) as a .npy file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
 

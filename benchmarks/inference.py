@@ -1,12 +1,15 @@
 """Inference speed of exported models: torch eager against onnxruntime, in the same run.
 
-For each model (today: the ViT, the only architecture family that exists) on 8x8 (digits)
-and 28x28 (MNIST) inputs it measures batch-1 latency and batch-64 throughput of torch eager
+For each model it measures batch-1 latency and batch-64 throughput of torch eager
 (``inference_mode``) and of the same weights exported by ``platform export``'s code path and
-run by onnxruntime's CPU provider. torch and onnxruntime get the same number of threads
-(``--threads``; onnxruntime's intra-op threads, one inter-op thread). Each measurement runs
-in ``--rounds`` interleaved rounds and the table shows the best round: the noise of a busy
-machine only ever adds time. Weights are random: speed does not depend on them. Usage::
+run by onnxruntime's CPU provider: the ViT classifier on 8x8 (digits) and 28x28 (MNIST)
+inputs, CLIP's image tower (32x32 RGB) and text tower (16 token ids), and DINO's feature
+extractor (28x28); a tower is the part ``Architecture.onnx_parts`` exports, run on random
+inputs of its shape (token rows: [BOS], random words, [EOS], padding). torch and
+onnxruntime get the same number of threads (``--threads``; onnxruntime's intra-op threads,
+one inter-op thread). Each measurement runs in ``--rounds`` interleaved rounds and the table
+shows the best round: the noise of a busy machine only ever adds time. Weights are random:
+speed does not depend on them. Usage::
 
     python benchmarks/inference.py            # 5 rounds, about a minute
     python benchmarks/inference.py --quick    # 3 short rounds, well under a minute
@@ -36,20 +39,56 @@ BATCH = 64
 VIT = {"depth": 2, "width": 64, "heads": 4, "mlp_ratio": 2, "dropout": 0.1}
 
 
+# Small towers of autoplat/search_spaces/clip.toml's kind, ViT image tower.
+CLIP = {
+    "image_tower": "vit",
+    "image_depth": 2,
+    "image_width": 64,
+    "image_heads": 4,
+    "patch_size": 4,
+    "text_depth": 2,
+    "text_width": 64,
+    "text_heads": 4,
+    "embed_dim": 64,
+}
+VOCAB, TEXT_LENGTH = 512, 16
+
+
 @dataclass(frozen=True)
 class Case:
-    """One model on one input shape."""
+    """One model (or one exported part of it) on one input shape."""
 
     name: str
     architecture: str
     params: dict[str, Any]
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # the images of the model's data
+    part: str = "model"  # which of ``Architecture.onnx_parts`` to run
+    vocab_size: int = 0  # > 0: the data also has captions (token ids)
 
 
 CASES = [
     Case("vit 8x8", "vit", {**VIT, "patch_size": 2}, (1, 8, 8)),
     Case("vit 28x28", "vit", {**VIT, "patch_size": 4}, (1, 28, 28)),
+    Case("clip image 32x32", "clip", CLIP, (3, 32, 32), "image", VOCAB),
+    Case(f"clip text L={TEXT_LENGTH}", "clip", CLIP, (3, 32, 32), "text", VOCAB),
+    Case("dino 28x28", "dino", {**VIT, "patch_size": 4}, (1, 28, 28), "features"),
 ]
+
+
+def random_split(case: Case, n: int) -> tuple[Any, ...]:
+    """A test split of random data shaped like the case's: images[, token ids], labels."""
+    import torch
+
+    images = torch.rand(n, *case.input_shape)
+    labels = torch.zeros(n, dtype=torch.long)
+    if not case.vocab_size:
+        return images, labels
+    tokens = torch.zeros(n, TEXT_LENGTH, dtype=torch.long)  # [PAD] = 0
+    lengths = torch.randint(3, TEXT_LENGTH + 1, (n,))
+    for row, length in enumerate(lengths.tolist()):
+        tokens[row, 1 : length - 1] = torch.randint(4, case.vocab_size, (length - 2,))
+        tokens[row, 0], tokens[row, length - 1] = 2, 3  # [BOS], [EOS]
+    return images, tokens, labels
 
 
 def seconds_per_call(fn: Callable[[], Any], calls: int) -> float:
@@ -66,13 +105,20 @@ def measure(case: Case, threads: int, rounds: int, calls_1: int, calls_64: int) 
     import torch
 
     from autoplat.core.export import OPSET, open_session, to_onnx
-    from autoplat.core.interfaces import DataSpec
+    from autoplat.core.interfaces import DataSpec, Splits
     from autoplat.core.registry import get_registry
 
     torch.manual_seed(0)
-    spec = DataSpec("classification", "image", case.input_shape, 10)
-    model = get_registry().get("architectures", case.architecture).build(case.params, spec).eval()
-    x64 = torch.rand(BATCH, *case.input_shape)
+    if case.vocab_size:
+        text = {"vocab_size": case.vocab_size, "text_length": TEXT_LENGTH}
+        spec = DataSpec("contrastive", "image-text", case.input_shape, 10, **text)
+    else:
+        spec = DataSpec("classification", "image", case.input_shape, 10)
+    arch = get_registry().get("architectures", case.architecture)
+    split = random_split(case, BATCH)
+    part = arch.onnx_parts(arch.build(case.params, spec).eval(), Splits(split, split, split, spec))
+    model = part[case.part].module.eval()
+    x64 = part[case.part].inputs[0]
     x1 = x64[:1]
     session = open_session(
         to_onnx(model, x1, OPSET), threads=threads, providers=["CPUExecutionProvider"]
@@ -108,7 +154,8 @@ def measure(case: Case, threads: int, rounds: int, calls_1: int, calls_64: int) 
         "case": case.name,
         "architecture": case.architecture,
         "params": case.params,
-        "input_shape": list(case.input_shape),
+        "part": case.part,
+        "input_shape": list(x64.shape[1:]),
         "parameters": sum(p.numel() for p in model.parameters()),
         "max_abs_diff": diff,
         "torch_b1_ms": best["torch_b1"] * 1e3,
@@ -135,8 +182,8 @@ def print_table(rows: list[dict[str, Any]], threads: int, rounds: int) -> bool:
         "b1 torch ms",
         "b1 ort ms",
         "b1 speed-up",
-        f"b{BATCH} torch img/s",
-        f"b{BATCH} ort img/s",
+        f"b{BATCH} torch ex/s",
+        f"b{BATCH} ort ex/s",
         f"b{BATCH} speed-up",
         "max |diff|",
     )

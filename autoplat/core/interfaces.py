@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +37,7 @@ class DataSpec:
     input_scaling: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     vocab_size: int = 0  # text inputs: token ids are in [0, vocab_size)
     text_length: int = 0  # text inputs: tokens per caption (padded)
+    tokenizer: str = ""  # text inputs: the `tokenizers` JSON that made the ids (export ships it)
 
 
 @dataclass
@@ -48,6 +49,28 @@ class Splits:
     val: tuple[torch.Tensor, ...]
     test: tuple[torch.Tensor, ...]
     spec: DataSpec
+
+
+@dataclass
+class OnnxPart:
+    """One graph of a trained model that ``platform export`` writes as its own ONNX file.
+
+    ``module(*inputs)`` must return one tensor, batch first; every input and the output get
+    a dynamic batch axis. ``inputs`` are the test split's inputs of this part (export checks
+    onnxruntime against torch on all of them). ``modality`` tells ``platform predict`` how
+    to read raw inputs ("image", "text", "video", "audio", ...; "" = the spec's);
+    ``output`` names the output ("logits": class scores, "embedding": a vector per example,
+    or e.g. "noise", "image"). ``preprocessing`` adds keys to the preprocessing stored in
+    the model (e.g. an audio part's sample_rate); ``metadata`` adds metadata keys.
+    """
+
+    module: torch.nn.Module
+    inputs: tuple[torch.Tensor, ...]
+    input_names: tuple[str, ...] = ("input",)
+    modality: str = ""
+    output: str = "logits"
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 class Dataset(ABC):
@@ -112,6 +135,15 @@ class Architecture(ABC):
         from autoplat.core.training import TRAINERS
 
         return TRAINERS[self.task](model, splits, params, report, seed)
+
+    def onnx_parts(self, model: torch.nn.Module, splits: Splits) -> dict[str, OnnxPart]:
+        """The graphs ``platform export`` writes for a trained ``model`` (in eval mode), by
+        part name: one part writes ``--out`` itself, several write ``out.<part>.onnx``.
+
+        Default: the whole model on the test inputs ``splits.test[0]``, giving logits. A
+        family with several towers returns one part per tower (e.g. "image" and "text").
+        """
+        return {"model": OnnxPart(model, (splits.test[0],))}
 
     def resolve_params(self, params: dict[str, Any], spec: DataSpec) -> dict[str, Any]:
         """``defaults`` overlaid with ``params``; ValueError when ``check_params`` objects."""

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.core.interfaces import Architecture, DataSpec, Splits
+from autoplat.core.interfaces import Architecture, DataSpec, OnnxPart, Splits
 from autoplat.core.training import (
     EVAL_BATCH_SIZE,
     TRAINER_PARAMS,
@@ -155,6 +155,17 @@ class TextTransformer(nn.Module):
             last = (weights.sum(1).long() - 1).clamp(min=0)
             pooled = x[torch.arange(x.shape[0], device=x.device), last]
         return self.head(pooled)
+
+
+class Normalized(nn.Module):
+    """A tower with its output L2-normalized, as ``encode_image``/``encode_text`` give it."""
+
+    def __init__(self, tower: nn.Module) -> None:
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.tower(x).float(), dim=-1)
 
 
 class CLIPModel(nn.Module):
@@ -495,6 +506,18 @@ class CLIP(Architecture):
     ) -> dict[str, float]:
         """Train with ``train_contrastive``."""
         return train_contrastive(model, splits, params, report, seed)  # type: ignore[arg-type]
+
+    def onnx_parts(self, model: torch.nn.Module, splits: Splits) -> dict[str, OnnxPart]:
+        """Each tower alone, giving unit embeddings: "image" (images), "text" (token ids)."""
+        assert isinstance(model, CLIPModel)
+        meta = {"logit_scale": repr(model.logit_scale().item())}
+        towers = {"image": (model.image_tower, 0, "image"), "text": (model.text_tower, 1, "tokens")}
+        return {
+            part: OnnxPart(
+                Normalized(tower), (splits.test[i],), (name,), part, "embedding", {}, meta
+            )
+            for part, (tower, i, name) in towers.items()
+        }
 
 
 @hookimpl

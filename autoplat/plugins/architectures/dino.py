@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.core.interfaces import Architecture, DataSpec, Splits
+from autoplat.core.interfaces import Architecture, DataSpec, OnnxPart, Splits
 from autoplat.core.training import (
     EVAL_BATCH_SIZE,
     TRAINER_PARAMS,
@@ -819,6 +819,11 @@ class DINO(Architecture):
     ) -> dict[str, float]:
         """Self-distillation (``train_dino``)."""
         return train_dino(model, splits, params, report, seed)  # type: ignore[arg-type]
+
+    def onnx_parts(self, model: torch.nn.Module, splits: Splits) -> dict[str, OnnxPart]:
+        """The feature extractor: the teacher's cls embedding (width) of full-size images."""
+        backbone = model.backbone  # forward: the cls embedding, as DINOModel's
+        return {"features": OnnxPart(backbone, (splits.test[0],), ("image",), "image", "embedding")}
 
 
 @hookimpl

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.core.interfaces import Architecture, DataSpec, Splits
+from autoplat.core.interfaces import Architecture, DataSpec, OnnxPart, Splits
 from autoplat.plugins.architectures.vit import Attention, Block
 
 PAD_ID, BOS_ID, EOS_ID = 0, 2, 3  # as autoplat.plugins.datasets.captions
@@ -718,6 +718,27 @@ class VideoText(Architecture):
     ) -> dict[str, float]:
         """Train with ``train_video_text``."""
         return train_video_text(model, splits, params, report, seed)
+
+    def onnx_parts(self, model: nn.Module, splits: Splits) -> dict[str, OnnxPart]:
+        """Each tower alone, giving unit embeddings: "video" (whole videos [T, C, H, W])
+        and "text" (token ids of the test split's real captions)."""
+        assert isinstance(model, VideoTextModel)
+        videos, tokens, _, caption_mask = splits.test
+        meta = {"logit_scale": repr(model.scale().item())}
+        return {
+            "video": OnnxPart(
+                model.video_tower, (videos,), ("video",), "video", "embedding", {}, meta
+            ),
+            "text": OnnxPart(
+                model.text_tower,
+                (tokens[caption_mask],),
+                ("tokens",),
+                "text",
+                "embedding",
+                {},
+                meta,
+            ),
+        }
 
 
 @hookimpl

@@ -299,6 +299,7 @@ def caption_splits(
         tuple(label_names),
         vocab_size=tokenizer.get_vocab_size(),
         text_length=length,
+        tokenizer=tokenizer.to_str(),
     )
     return Splits(
         train=part(parts[0], False),

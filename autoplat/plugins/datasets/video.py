@@ -128,6 +128,7 @@ def split_videos(
         tuple(int(s) for s in videos.shape[1:]),
         vocab_size=tokenizer.get_vocab_size(),
         text_length=length,
+        tokenizer=tokenizer.to_str(),
     )
     return Splits(
         train=part(parts["train"]), val=part(parts["val"]), test=part(parts["test"]), spec=spec
