@@ -113,7 +113,7 @@ def test_show_prints_curves_and_json(finished) -> None:
     assert min(curves["margin"]["mean"]) <= area <= max(curves["margin"]["mean"])
 
 
-def test_rerun_needs_resume_and_resume_continues_lost_rounds_exactly(finished) -> None:
+def test_rerun_needs_resume_and_resume_continues_lost_rounds_exactly(finished, ray_address):
     tmp, config, url, _ = finished
     again = run_platform("al", str(config), "--storage", url)
     assert again.returncode == 2 and "pass --resume" in again.stderr
@@ -125,7 +125,9 @@ def test_rerun_needs_resume_and_resume_continues_lost_rounds_exactly(finished) -
             "UPDATE trials SET state='INTERRUPTED' WHERE json_extract(params,'$.acquisition')"
             "='margin' AND json_extract(params,'$.seed')=1"
         )
-    resumed = run_platform("al", str(config), "--storage", url, "--resume")
+    resumed = run_platform(
+        "al", str(config), "--storage", url, "--resume", "--address", ray_address
+    )
     assert resumed.returncode == 0, resumed.stderr
     store = Store(url)
     after = {(r.acquisition, r.seed, r.round): r.metrics_dict for r in store.al_rounds(1)}

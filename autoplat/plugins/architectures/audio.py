@@ -1,0 +1,315 @@
+"""Sound-event classifiers on raw waveforms: a log-mel front end, then an audio
+spectrogram transformer (``encoder = "ast"``) or a small CNN (``encoder = "cnn"``).
+
+Inputs are waveforms (batch, samples) in [-1, 1] (``DataSpec.input_shape`` is
+``(samples,)``). ``LogMel`` (``autoplat.plugins.audio.frontend``) turns them into
+log-mel power (batch, n_mels, frames), a batch norm per mel bin standardises it (as
+PANNs do), and then:
+
+- ``ast`` (Gong et al. 2021, small): the spectrogram, padded to a multiple of
+  ``patch_size`` frames, is cut into non-overlapping ``patch_size`` squared
+  time-frequency patches, embedded linearly, given a cls token and learned positions and
+  run through ``depth`` pre-norm transformer blocks (the ViT's ``Block``); the cls token
+  is the feature.
+- ``cnn``: ``depth`` stages of two 3x3 conv-BN-ReLU layers (``width`` channels, doubled
+  each stage) with 2x2 max pooling between stages; global average pooling is the feature.
+
+``model.head`` is the final ``Linear`` from the feature to the logits. The mel scale
+assumes ``sample_rate`` (a model param, default 8000 as the synthetic datasets): set it
+to the dataset's rate. Training is the standard classification trainer; with
+``robust_epsilons`` set, each evaluation also measures PGD robustness on the waveforms
+(``autoplat.plugins.robustness``): ``val_robust_accuracy`` (at the largest epsilon) at
+epoch 1, every ``eval_every`` epochs and the last (carried over between), and at the end
+the test curve ``test_robust_acc_eps_<i>`` (with ``test_robust_eps_<i>``, the epsilon)
+and ``test_robust_accuracy``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoplat.core.hookspecs import Register, hookimpl
+from autoplat.core.interfaces import Architecture, DataSpec, OnnxPart, Splits
+from autoplat.core.training import TRAINER_PARAMS, TrialFailed, train_classification
+from autoplat.plugins.architectures.vit import Block
+from autoplat.plugins.audio.frontend import LogMel
+from autoplat.plugins.robustness import ROBUST_PARAMS, check_robust_params, robust_metrics
+
+ENCODERS = ("ast", "cnn")
+
+
+class Spectrogram(nn.Module):
+    """Waveforms -> standardised log-mel (batch, 1, n_mels, frames padded to ``multiple``)."""
+
+    def __init__(
+        self,
+        samples: int,
+        sample_rate: int,
+        n_fft: int,
+        hop_length: int,
+        n_mels: int,
+        multiple: int,
+    ) -> None:
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.logmel = LogMel(sample_rate, n_fft, hop_length, n_mels)
+        self.norm = nn.BatchNorm1d(n_mels)
+        frames = self.logmel.frames(samples)
+        self.pad = -frames % multiple
+        self.shape = (n_mels, frames + self.pad)
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.logmel(waveforms))
+        return F.pad(x, (0, self.pad)).unsqueeze(1)
+
+
+class PatchTokens(nn.Module):
+    """An image-like (batch, C, H, W) -> patch tokens with learned positions (batch, N, width)."""
+
+    def __init__(self, channels: int, rows: int, cols: int, patch_size: int, width: int) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(channels, width, kernel_size=patch_size, stride=patch_size)
+        self.num_patches = (rows // patch_size) * (cols // patch_size)
+        self.pos = nn.Parameter(torch.randn(1, self.num_patches, width) * width**-0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x).flatten(2).transpose(1, 2) + self.pos
+
+
+class AST(nn.Module):
+    """Patch tokens, a cls token and transformer blocks; returns the cls feature (batch, width)."""
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        patch_size: int,
+        depth: int,
+        width: int,
+        heads: int,
+        mlp_ratio: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.patches = PatchTokens(1, *shape, patch_size, width)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.Sequential(
+            *(Block(width, heads, mlp_ratio, dropout) for _ in range(depth))
+        )
+        self.norm = nn.LayerNorm(width)
+        self.features = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patches(x)
+        tokens = torch.cat([self.cls_token.expand(len(tokens), -1, -1), tokens], dim=1)
+        return self.norm(self.blocks(self.drop(tokens)))[:, 0]
+
+
+class AudioCNN(nn.Module):
+    """Conv stages with pooling, then global average pooling (batch, channels)."""
+
+    def __init__(self, depth: int, width: int, dropout: float) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 1
+        for stage in range(depth):
+            out = width * 2**stage
+            for c_in in (channels, out):
+                layers += [nn.Conv2d(c_in, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+            if stage < depth - 1:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            channels = out
+        self.layers = nn.Sequential(*layers)
+        self.drop = nn.Dropout(dropout)
+        self.features = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.layers(x).mean(dim=(2, 3)))
+
+
+class AudioClassifier(nn.Module):
+    """Waveforms -> log-mel -> encoder -> ``head`` (a Linear) -> logits."""
+
+    def __init__(self, spectrogram: Spectrogram, encoder: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.spectrogram = spectrogram
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.features, num_classes)
+
+    def features(self, waveforms: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.spectrogram(waveforms))
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(waveforms))
+
+
+def frontend_problem(p: dict[str, Any], name: str) -> str | None:
+    """Why the log-mel params ``p`` cannot work, or None."""
+    for key in ("sample_rate", "n_mels", "hop_length"):
+        if p[key] < 1:
+            return f"{name}: {key} must be at least 1, got {p[key]}"
+    if p["n_fft"] < 16:
+        return f"{name}: n_fft must be at least 16, got {p['n_fft']}"
+    if p["n_mels"] > p["n_fft"] // 2 + 1:
+        return f"{name}: n_mels {p['n_mels']} exceeds the {p['n_fft'] // 2 + 1} FFT bins of n_fft"
+    return None
+
+
+def eval_epochs(epoch: int, epochs: int, every: int) -> bool:
+    """Whether the costly evaluations run at ``epoch``: the first, every ``every``, the last."""
+    return epoch == 1 or epoch % every == 0 or epoch == epochs
+
+
+class Audio(Architecture):
+    """Log-mel + AST or CNN sound classifier; see the module docstring."""
+
+    name: ClassVar[str] = "audio"
+    task: ClassVar[str] = "classification"
+    modalities: ClassVar[tuple[str, ...]] = ("audio",)
+    default_space: ClassVar[str] = "audio"
+    defaults: ClassVar[dict[str, Any]] = {
+        "encoder": "cnn",
+        "sample_rate": 8000,
+        "n_fft": 256,
+        "hop_length": 64,
+        "n_mels": 32,
+        "depth": 2,
+        "width": 32,
+        "heads": 2,
+        "mlp_ratio": 2,
+        "patch_size": 8,
+        "dropout": 0.0,
+    }
+    trainer_params: ClassVar[dict[str, Any]] = {**ROBUST_PARAMS, "eval_every": 1}
+    metrics: ClassVar[dict[str, str]] = {"val_robust_accuracy": "maximize"}
+
+    def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
+        """Why these params cannot build the model (for ``spec``'s audio, when given), or None."""
+        p = {**self.defaults, **params}
+        unknown = sorted(set(p) - set(self.defaults))
+        if unknown:
+            return f"audio: unknown params {', '.join(unknown)}; known: {', '.join(self.defaults)}"
+        if p["encoder"] not in ENCODERS:
+            return f"audio: encoder must be 'ast' or 'cnn', got {p['encoder']!r}"
+        problem = frontend_problem(p, "audio")
+        if problem:
+            return problem
+        for key in ("depth", "width", "heads", "mlp_ratio", "patch_size"):
+            if p[key] < 1:
+                return f"audio: {key} must be at least 1, got {p[key]}"
+        if p["encoder"] == "ast":
+            if p["width"] % p["heads"]:
+                return f"audio: width {p['width']} is not divisible by heads {p['heads']}"
+            if p["n_mels"] % p["patch_size"]:
+                return f"audio: patch_size {p['patch_size']} does not divide n_mels {p['n_mels']}"
+        if not 0 <= p["dropout"] < 1:
+            return f"audio: dropout must be in [0, 1), got {p['dropout']}"
+        if spec is not None and (len(spec.input_shape) != 1 or spec.input_shape[0] < p["n_fft"]):
+            return (
+                f"audio: needs waveforms shaped (samples,) with at least n_fft = {p['n_fft']} "
+                f"samples, got input shape {spec.input_shape}"
+            )
+        return None
+
+    def build(self, params: dict[str, Any], spec: DataSpec) -> AudioClassifier:
+        """Build the model; params missing from ``params`` take ``defaults``.
+
+        Raises:
+            ValueError: ``check_params`` found a reason these params cannot work.
+        """
+        p = self.resolve_params(params, spec)
+        patch = int(p["patch_size"]) if p["encoder"] == "ast" else 1
+        spectrogram = Spectrogram(
+            spec.input_shape[0],
+            int(p["sample_rate"]),
+            int(p["n_fft"]),
+            int(p["hop_length"]),
+            int(p["n_mels"]),
+            patch,
+        )
+        encoder: nn.Module
+        if p["encoder"] == "ast":
+            encoder = AST(
+                spectrogram.shape,
+                patch,
+                int(p["depth"]),
+                int(p["width"]),
+                int(p["heads"]),
+                int(p["mlp_ratio"]),
+                float(p["dropout"]),
+            )
+        else:
+            encoder = AudioCNN(int(p["depth"]), int(p["width"]), float(p["dropout"]))
+        return AudioClassifier(spectrogram, encoder, spec.num_classes)
+
+    def onnx_parts(self, model: torch.nn.Module, splits: Splits) -> dict[str, OnnxPart]:
+        """The whole model on waveforms at its ``sample_rate`` (stored with the export)."""
+        rate = model.spectrogram.sample_rate  # type: ignore[union-attr]
+        part = OnnxPart(
+            model, (splits.test[0],), ("audio",), "audio", "logits", {"sample_rate": rate}
+        )
+        return {"model": part}
+
+    def train(
+        self,
+        model: torch.nn.Module,
+        splits: Splits,
+        params: dict[str, Any],
+        report: Callable[[int, dict[str, float]], None],
+        seed: int,
+    ) -> dict[str, float]:
+        """``train_classification``, plus the PGD metrics when ``robust_epsilons`` is set."""
+        hp = {**TRAINER_PARAMS, **self.trainer_params, **params}
+        try:
+            epsilons = check_robust_params(hp, ("audio",))
+        except ValueError as exc:
+            raise TrialFailed(f"audio: {exc}") from None
+        if not epsilons:
+            return train_classification(model, splits, params, report, seed)
+        epochs, every = int(hp["epochs"]), max(1, int(hp["eval_every"]))
+        measured: dict[str, float] = {}
+
+        def with_robustness(epoch: int, metrics: dict[str, float]) -> None:
+            if eval_epochs(epoch, epochs, every):
+                measured.update(
+                    robust_metrics(
+                        model,
+                        splits.val[:1],
+                        splits.val[1],
+                        epsilons,
+                        hp,
+                        ("audio",),
+                        "val",
+                        sweep=False,
+                        seed=seed,
+                    )
+                )
+            metrics.update(measured)  # in place: train_classification returns this dict
+            if epoch == epochs:
+                metrics.update(
+                    robust_metrics(
+                        model,
+                        splits.test[:1],
+                        splits.test[1],
+                        epsilons,
+                        hp,
+                        ("audio",),
+                        "test",
+                        sweep=True,
+                        seed=seed,
+                    )
+                )
+            report(epoch, metrics)
+
+        return train_classification(model, splits, params, with_robustness, seed)
+
+
+@hookimpl
+def register_architectures(register: Register) -> None:
+    """Register the audio classifier."""
+    register(Audio())

@@ -1,0 +1,1 @@
+"""Audio building blocks shared by the audio plugins (the log-mel front end)."""

@@ -1,0 +1,247 @@
+"""Latent diffusion: the Frechet distance, both training stages, guided DDIM samples that a
+fixed digits classifier recognizes, the sample grid, export, and bad params."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from autoplat.core.config import load_config
+from autoplat.core.errors import ConfigError
+from autoplat.core.interfaces import Architecture, DataSpec, Splits
+from autoplat.core.registry import get_registry
+from autoplat.core.training import TrialFailed
+from autoplat.plugins.architectures.latent_diffusion import (
+    LatentDiffusion,
+    evaluate_generation,
+    fixed_classifier,
+    frechet_distance,
+    frechet_distance_from_stats,
+    recon_loss,
+)
+from autoplat.plugins.datasets.digits import Digits, SplitOptions
+from autoplat.testing import ArchitectureContract
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = {"latent_channels": 2, "ae_width": 16, "unet_width": 16}  # a UNet, 4x4x2 latents
+TRAIN = {
+    "epochs": 5,
+    "ae_epochs": 5,
+    "lr": 5e-3,
+    "batch_size": 64,
+    "eval_samples": 50,
+    "sample_steps": 8,
+    "guidance_scale": 2.0,
+}
+CPU = torch.device("cpu")
+
+
+# -- Frechet distance ------------------------------------------------------------------------
+def test_frechet_distance_matches_the_closed_form() -> None:
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(4, 4)))  # shared eigenvectors: the product commutes
+    a, b = np.array([1.0, 2.0, 0.5, 3.0]), np.array([4.0, 1.0, 0.5, 0.25])
+    mu1, mu2 = rng.normal(size=4), rng.normal(size=4)
+    sigma1, sigma2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T
+    closed = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance_from_stats(mu1, sigma1, mu2, sigma2) == pytest.approx(closed, rel=1e-8)
+    assert frechet_distance_from_stats(mu1, sigma1, mu1, sigma1) == pytest.approx(0, abs=1e-8)
+    # from samples of two 1-D Gaussians: (m1 - m2)^2 + (s1 - s2)^2
+    x = rng.normal(1.0, 2.0, size=(200_000, 1))
+    y = rng.normal(-0.5, 0.5, size=(200_000, 1))
+    expected = 1.5**2 + 1.5**2
+    assert frechet_distance(x, y) == pytest.approx(expected, rel=0.01)
+
+
+# -- training on digits ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits() -> Splits:
+    return Digits().load(SplitOptions(), seed=0)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    return tmp_path_factory.mktemp("classifier-cache")
+
+
+@pytest.fixture(scope="module")
+def trained(digits: Splits, cache_dir, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny model trained on digits (~25 s on one core), its reports and baselines."""
+    from autoplat.plugins.architectures.latent_diffusion import train_latent_diffusion
+
+    torch.manual_seed(0)
+    model = LatentDiffusion().build(TINY, digits.spec)
+    untrained_recon = recon_loss(model, digits.val[0], CPU)
+    reports: list[dict] = []
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    final = train_latent_diffusion(
+        model,
+        digits,
+        TRAIN,
+        lambda epoch, m: reports.append(m),
+        seed=0,
+        cache_dir=cache_dir,
+        artifact_dir=artifacts,
+    )
+    # the baseline: the same frozen autoencoder with an untrained denoiser
+    torch.manual_seed(0)
+    baseline = LatentDiffusion().build(TINY, digits.spec)
+    baseline.autoencoder.load_state_dict(model.autoencoder.state_dict())
+    baseline.scale_factor.copy_(model.scale_factor)
+    classifier = fixed_classifier(digits, CPU, cache_dir)
+    hp = LatentDiffusion.trainer_params | TRAIN
+    base, _, _ = evaluate_generation(baseline, digits.val, classifier, hp, (0.0, 1.0), CPU)
+    return {"model": model, "reports": reports, "final": final, "baseline": base} | {
+        "untrained_recon": untrained_recon
+    }
+
+
+def test_autoencoder_reconstruction_loss_falls(trained) -> None:
+    final = trained["final"]
+    assert final["val_recon_loss"] < 0.3 * trained["untrained_recon"], (
+        trained["untrained_recon"],
+        final["val_recon_loss"],
+    )
+    assert final["val_recon_loss"] < 0.05  # pixels in [0, 1]: a blurry but faithful digit
+    assert not any(p.requires_grad for p in trained["model"].autoencoder.parameters())
+
+
+def test_denoising_loss_falls(trained) -> None:
+    reports = trained["reports"]
+    assert len(reports) == TRAIN["epochs"]
+    assert reports[-1]["train_loss"] < 0.7 * reports[0]["train_loss"]
+    assert reports[-1]["val_denoise_loss"] < reports[0]["val_denoise_loss"]
+    assert trained["final"]["val_denoise_loss"] < trained["baseline"]["denoise_loss"]
+    assert not any(k.startswith("test_") for k in reports[0])
+
+
+def test_guided_samples_are_recognized_as_their_class(trained) -> None:
+    final, base = trained["final"], trained["baseline"]
+    print(
+        f"sample accuracy val {final['val_sample_accuracy']:.2f} test "
+        f"{final['test_sample_accuracy']:.2f} (untrained denoiser {base['sample_accuracy']:.2f}); "
+        f"FID val {final['val_fid']:.2f} test {final['test_fid']:.2f} (untrained "
+        f"{base['fid']:.2f}); recon {final['val_recon_loss']:.4f}"
+    )
+    for split in ("val", "test"):  # chance is 0.1
+        assert final[f"{split}_sample_accuracy"] >= 0.35, final
+    assert final["val_sample_accuracy"] >= base["sample_accuracy"] + 0.2
+    assert final["val_fid"] < 0.8 * base["fid"]
+    assert final["val_accuracy"] == final["val_sample_accuracy"]
+
+
+def test_sample_grid_is_a_png_with_a_row_per_class(trained) -> None:
+    path = trained["final"]["artifact_samples"]
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.mode == "L"
+        width, height = image.size
+    assert height == 10 * 9 * 4 and width == 5 * 9 * 4  # 10 classes x 5 samples, 8+1 px x4
+
+
+def test_fixed_classifier_is_cached_and_accurate(digits: Splits, cache_dir) -> None:
+    files = list(cache_dir.glob("classifier-*.pt"))
+    assert len(files) == 1  # trained once for the module, loaded by every later call
+    first = fixed_classifier(digits, CPU, cache_dir)
+    logits, features = first(digits.val[0])
+    assert features.shape == (len(digits.val[0]), 128)
+    assert (logits.argmax(1) == digits.val[1]).float().mean() > 0.9
+    again, _ = fixed_classifier(digits, CPU, cache_dir)(digits.val[0])
+    assert torch.equal(logits, again)
+
+
+# -- the architecture contract, export and errors ---------------------------------------------
+class TestLatentDiffusionContract(ArchitectureContract):
+    """The default space's corners (a UNet and a DiT) build, train and export whole.
+
+    ``forward`` is one denoising step through the latent space (encoder, denoiser,
+    decoder), so the contract's ONNX export covers all three parts in one graph.
+    """
+
+    @pytest.fixture
+    def architecture(self) -> Architecture:
+        return LatentDiffusion()
+
+    @pytest.fixture
+    def data_spec(self) -> DataSpec:
+        return DataSpec("generation", "image", (1, 8, 8), 10)
+
+
+@pytest.mark.parametrize("denoiser", ["unet", "dit"])
+def test_denoiser_and_decoder_export_to_onnx(digits: Splits, denoiser: str) -> None:
+    import onnxruntime
+
+    torch.manual_seed(0)
+    model = LatentDiffusion().build(TINY | {"denoiser": denoiser}, digits.spec).eval()
+    z = torch.randn(3, *model.latent_shape)
+    t, y = torch.tensor([10, 500, 900]), torch.tensor([0, 4, 10])
+    parts = {"denoiser": (model.denoiser, (z, t, y)), "decoder": (model.autoencoder.decoder, (z,))}
+    for module, inputs in parts.values():
+        buffer = io.BytesIO()
+        names = [f"x{i}" for i in range(len(inputs))]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, inputs, buffer, dynamo=False, opset_version=17, input_names=names
+            )
+        session = onnxruntime.InferenceSession(
+            buffer.getvalue(), providers=["CPUExecutionProvider"]
+        )
+        (got,) = session.run(None, {n: x.numpy() for n, x in zip(names, inputs, strict=True)})
+        with torch.no_grad():
+            assert abs(got - module(*inputs).numpy()).max() <= 1e-4
+
+
+def test_bad_params_are_refused_clearly(digits: Splits) -> None:
+    arch, spec = LatentDiffusion(), digits.spec
+    assert arch.check_params({}, spec) is None
+    assert "denoiser must be 'unet' or 'dit'" in arch.check_params({"denoiser": "gan"})
+    assert "unknown params unet_depth" in arch.check_params({"unet_depth": 2})
+    assert "not divisible by 16" in arch.check_params({"downsample": 4}, spec)
+    assert "unet_levels" in arch.check_params({"unet_levels": 3, "downsample": 2}, spec)
+    assert "dit_heads" in arch.check_params({"denoiser": "dit", "dit_width": 30})
+    shapes = DataSpec("contrastive", "image-text", (3, 16, 16), 5, vocab_size=9, text_length=4)
+    assert "labeled images" in arch.check_params({}, shapes)
+    with pytest.raises(ValueError, match="downsample"):
+        arch.build({"downsample": 4}, spec)
+    model = arch.build(TINY, spec)
+    with pytest.raises(TrialFailed, match="cfg_dropout must be in"):
+        arch.train(model, digits, {"cfg_dropout": 1.5}, lambda *a: None, 0)
+
+
+CONFIG = """
+[study]
+name = "ld"
+trials = 1
+metric = "{metric}"
+
+[architecture]
+name = "latent-diffusion"
+
+[dataset]
+name = "{dataset}"
+
+[space]
+denoiser = {denoiser}
+epochs = 1
+"""
+
+
+def test_config_ranks_by_sample_metrics_and_refuses_bad_input(write_config) -> None:
+    registry = get_registry()
+    ok = write_config(CONFIG.format(metric="val_fid", dataset="digits", denoiser='["unet"]'))
+    resolved = load_config(ok, registry)
+    assert resolved.direction == "minimize"
+    text = CONFIG.format(metric="val_sample_accuracy", dataset="digits", denoiser='["unet"]')
+    assert load_config(write_config(text), registry).direction == "maximize"
+    bad = write_config(CONFIG.format(metric="val_fid", dataset="digits", denoiser='["gan"]'))
+    with pytest.raises(ConfigError, match="denoiser must be 'unet' or 'dit'"):
+        load_config(bad, registry)
+    text = CONFIG.format(metric="val_fid", dataset="shapes", denoiser='["unet"]')
+    with pytest.raises(ConfigError, match="cannot feed architecture 'latent-diffusion'"):
+        load_config(write_config(text + "captions = true\n"), registry)
