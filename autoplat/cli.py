@@ -104,6 +104,8 @@ def _print_study(store: Store, study: Study, top: int | None) -> None:
         out.print(f"best trial {best['number']}: " + _params_text(best["params"]))
         metrics = ", ".join(f"{k}={v:.6g}" for k, v in sorted(best["metrics"].items()))
         out.print(f"best metrics: {metrics}")
+        for kind, path in best["artifacts"].items():
+            out.print(f"best {kind}: {path}")
 
 
 def _progress():

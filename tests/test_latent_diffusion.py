@@ -4,7 +4,9 @@ fixed digits classifier recognizes, the sample grid, export, and bad params."""
 from __future__ import annotations
 
 import io
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +27,7 @@ from autoplat.plugins.architectures.latent_diffusion import (
     recon_loss,
 )
 from autoplat.plugins.datasets.digits import Digits, SplitOptions
-from autoplat.testing import ArchitectureContract
+from autoplat.testing import ArchitectureContract, run_platform
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -178,12 +180,12 @@ def test_denoiser_and_decoder_export_to_onnx(digits: Splits, denoiser: str) -> N
 
     torch.manual_seed(0)
     model = LatentDiffusion().build(TINY | {"denoiser": denoiser}, digits.spec).eval()
-    z = torch.randn(3, *model.latent_shape)
-    t, y = torch.tensor([10, 500, 900]), torch.tensor([0, 4, 10])
-    parts = {"denoiser": (model.denoiser, (z, t, y)), "decoder": (model.autoencoder.decoder, (z,))}
-    for module, inputs in parts.values():
+    parts = LatentDiffusion().onnx_parts(model, digits)  # what `platform export` writes
+    assert set(parts) == {"denoiser", "decoder"}
+    assert parts["denoiser"].input_names == ("latent", "timestep", "label")
+    for part in parts.values():
+        module, inputs, names = part.module, part.inputs, list(part.input_names)
         buffer = io.BytesIO()
-        names = [f"x{i}" for i in range(len(inputs))]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -245,3 +247,34 @@ def test_config_ranks_by_sample_metrics_and_refuses_bad_input(write_config) -> N
     text = CONFIG.format(metric="val_fid", dataset="shapes", denoiser='["unet"]')
     with pytest.raises(ConfigError, match="cannot feed architecture 'latent-diffusion'"):
         load_config(write_config(text + "captions = true\n"), registry)
+
+
+@pytest.mark.slow
+def test_search_records_the_sample_grid_and_exports_both_parts(
+    tmp_path, ray_address, cache_dir
+) -> None:
+    """One real trial through `platform search`: show names the grid, export writes the
+    denoiser and the decoder, each checked against torch."""
+    text = Path("examples/latent_diffusion_digits.toml").read_text()
+    text = text.replace("trials = 4", "trials = 1").replace("epochs = 10", "epochs = 1")
+    text = text.replace('denoiser = ["unet", "dit"]', 'denoiser = ["unet"]')
+    text = text.replace("eval_samples = 100", "eval_samples = 20")
+    config = tmp_path / "ld.toml"
+    config.write_text(text.replace("ae_epochs = 10", "ae_epochs = 1"))
+    url = f"sqlite:///{tmp_path / 'ld.db'}"
+    env = {"AUTOPLAT_CACHE_DIR": str(cache_dir)}
+    result = run_platform("search", str(config), "--storage", url, "--address", ray_address, **env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shown = json.loads(
+        run_platform("show", "latent-diffusion-digits", "--storage", url, "--json").stdout
+    )
+    grid = Path(shown["best"]["artifacts"]["samples"])
+    assert grid.exists() and Image.open(grid).format == "PNG"
+    table = run_platform("show", "latent-diffusion-digits", "--storage", url).stdout
+    assert "best samples:" in table and "samples.png" in table
+    out = tmp_path / "ld.onnx"
+    exported = run_platform(
+        "export", "latent-diffusion-digits", "--storage", url, "--out", str(out)
+    )
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (tmp_path / "ld.denoiser.onnx").exists() and (tmp_path / "ld.decoder.onnx").exists()

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -43,8 +44,10 @@ def test_search_cli_stores_everything_and_reports(write_config, tmp_path, ray_ad
     runs = json.loads(run_platform("runs", "--storage", url, "--json").stdout)
     assert [r["name"] for r in runs] == ["cli"]
     assert runs[0]["best"] == best["value"]
+    assert Path(best["artifacts"]["checkpoint"]).exists()  # checkpoints = "best"
     table = run_platform("show", "cli", "--storage", url)
     assert "best trial" in table.stdout and "test_accuracy" in table.stdout
+    assert "best checkpoint:" in table.stdout
 
     again = run_platform("search", str(path), "--storage", url, "--address", ray_address)
     assert again.returncode == 2

@@ -462,7 +462,10 @@ class Store:
     def summary(self, study: Study) -> dict[str, Any]:
         """The study, its trials (params, state, final metrics) and the best trial, as JSON."""
         trials = self.trials(study.id)
-        rows = [_trial_dict(t, self.final_metrics(t.id)) for t in trials]
+        files: dict[int | None, dict[str, str]] = {}
+        for artifact in self.artifacts(study.id):
+            files.setdefault(artifact.trial_id, {})[artifact.kind] = artifact.path
+        rows = [_trial_dict(t, self.final_metrics(t.id), files.get(t.id, {})) for t in trials]
         best = self.best_trial(study)
         counts = {state.value: 0 for state in TrialState}
         for t in trials:
@@ -507,7 +510,9 @@ def pareto_front(rows: list[dict[str, Any]], objectives: list[list[str]]) -> lis
     return [n for n, p in sorted(front, key=lambda item: -item[1][0])]
 
 
-def _trial_dict(trial: Trial, metrics: dict[str, float]) -> dict[str, Any]:
+def _trial_dict(
+    trial: Trial, metrics: dict[str, float], artifacts: dict[str, str] | None = None
+) -> dict[str, Any]:
     return {
         "number": trial.number,
         "state": trial.state.value,
@@ -519,4 +524,5 @@ def _trial_dict(trial: Trial, metrics: dict[str, float]) -> dict[str, Any]:
         "error": trial.error,
         "node": trial.node,
         "attrs": trial.attrs_dict,
+        "artifacts": artifacts or {},  # kind -> path: checkpoint, a trainer's files
     }

@@ -121,6 +121,7 @@ def run_benchmark_trial(config: dict[str, Any], job: BenchmarkJob) -> None:
     tune.report({**metrics, "finished": 1, "epoch": 1, "node": node})
 
 
+ARTIFACT_PREFIX = "artifact_"  # a report's str value under artifact_<kind>: a file to record
 SUPERNET_PREFIX = "supernet_"  # a one-shot trial's metrics: stored, never the study's value
 
 
@@ -485,6 +486,11 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
             store.finish_trial(self.ids[trial.trial_id], state, value=value)
             if finished and last.get("derived"):
                 store.set_trial_attrs(self.ids[trial.trial_id], derived=json.loads(last["derived"]))
+            if finished:  # files a trainer reports as artifact_<kind> = path (e.g. samples)
+                for key, path in last.items():
+                    if key.startswith(ARTIFACT_PREFIX) and isinstance(path, str):
+                        kind = key.removeprefix(ARTIFACT_PREFIX)
+                        store.add_artifact(study_id, self.ids[trial.trial_id], kind, path)
             if finished and last.get("checkpoint"):
                 record_checkpoint(
                     store,

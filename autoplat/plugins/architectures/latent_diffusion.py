@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.core.interfaces import Architecture, DataSpec, Splits
+from autoplat.core.interfaces import Architecture, DataSpec, OnnxPart, Splits
 from autoplat.core.training import (
     EVAL_BATCH_SIZE,
     TRAINER_PARAMS,
@@ -907,6 +907,45 @@ class LatentDiffusion(Architecture):
     ) -> dict[str, float]:
         """Train with ``train_latent_diffusion``."""
         return train_latent_diffusion(model, splits, params, report, seed)  # type: ignore[arg-type]
+
+    def onnx_parts(self, model: torch.nn.Module, splits: Splits) -> dict[str, OnnxPart]:
+        """The denoiser (scaled latents, timesteps, labels -> predicted noise) and the
+        decoder (scaled latents -> images); the DDIM loop and guidance stay in Python."""
+        assert isinstance(model, LatentDiffusionModel)
+        images, labels = splits.test[0], splits.test[1]
+        with torch.no_grad():
+            z = model.to_latents(images)
+        generator = torch.Generator().manual_seed(0)
+        t = torch.randint(0, len(model.alphas_cumprod), (len(z),), generator=generator)
+        facts = {
+            "scale_factor": str(float(model.scale_factor)),
+            "null_class": str(model.null_class),
+            "num_train_timesteps": str(len(model.alphas_cumprod)),
+        }
+        return {
+            "denoiser": OnnxPart(
+                model.denoiser,
+                (z, t, labels),
+                ("latent", "timestep", "label"),
+                "latent",
+                "noise",
+                metadata=facts,
+            ),
+            "decoder": OnnxPart(
+                _Decoder(model), (z,), ("latent",), "latent", "image", metadata=facts
+            ),
+        }
+
+
+class _Decoder(nn.Module):
+    """Scaled latents to images: the export graph of ``from_latents``."""
+
+    def __init__(self, model: LatentDiffusionModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.from_latents(z)
 
 
 @hookimpl
