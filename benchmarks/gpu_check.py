@@ -10,7 +10,14 @@ params below, loads its synthetic dataset, and runs ``Architecture.train`` for
 - ``clip``: contrastive image-text on captioned shapes;
 - ``video-text``: VideoCLIP-style retrieval on moving-shapes videos, with the support-set
   and masked-modality losses on;
-- ``dino``: self-distillation with multi-crop, iBOT and KoLeo on shapes images.
+- ``dino``: self-distillation with multi-crop, iBOT and KoLeo on shapes images;
+- ``audio``: log-mel + audio spectrogram transformer on synthetic sound events, with a PGD
+  epsilon sweep at the end;
+- ``audio-visual``: mid fusion with frozen-feature probes and a PGD sweep on both
+  modalities;
+- ``latent-diffusion``: KL autoencoder, then a class-conditional UNet2DModel on mnist5k,
+  with DDIM samples scored by the fixed classifier (its samples/s counts the denoiser's
+  epochs only, so it is a lower bound).
 
 samples/s = training samples seen / wall seconds of the whole ``train`` call (its
 per-epoch evaluation included, so it is a lower bound on pure training speed); peak
@@ -38,7 +45,7 @@ import torch
 
 from autoplat.core.registry import get_registry
 
-# family -> (architecture, dataset, dataset options, params), full size and --quick size
+# family -> its dataset and options, params, and what --quick changes (smaller sizes)
 FAMILIES: dict[str, dict[str, Any]] = {
     "vit": {
         "dataset": ("shapes", {"captions": False, "image_size": 64}),
@@ -98,6 +105,117 @@ FAMILIES: dict[str, dict[str, Any]] = {
         },
         "quick_params": {"depth": 1, "width": 32, "heads": 2, "prototypes": 64, "batch_size": 64},
     },
+    "audio": {
+        "dataset": ("sound-events", {"sample_rate": 16000, "duration": 1.0}),
+        "quick_dataset": {
+            "n_train": 256,
+            "n_val": 64,
+            "n_test": 64,
+            "sample_rate": 8000,
+            "duration": 0.5,
+        },
+        "full_dataset": {"n_train": 20_000, "n_val": 1_000, "n_test": 1_000},
+        "params": {
+            "encoder": "ast",
+            "sample_rate": 16000,
+            "n_fft": 400,
+            "hop_length": 160,
+            "n_mels": 64,
+            "patch_size": 8,
+            "depth": 6,
+            "width": 256,
+            "heads": 8,
+            "batch_size": 256,
+            "robust_epsilons": "0, 0.002, 0.005",
+            "robust_samples": 512,
+        },
+        "quick_params": {
+            "sample_rate": 8000,
+            "n_fft": 256,
+            "hop_length": 128,
+            "n_mels": 32,
+            "depth": 2,
+            "width": 32,
+            "heads": 2,
+            "batch_size": 64,
+            "robust_steps": 2,
+            "robust_samples": 32,
+        },
+    },
+    "audio-visual": {
+        "dataset": (
+            "audio-visual-events",
+            {"sample_rate": 16000, "duration": 1.0, "image_size": 64},
+        ),
+        "quick_dataset": {
+            "n_train": 256,
+            "n_val": 64,
+            "n_test": 64,
+            "sample_rate": 8000,
+            "duration": 0.5,
+            "image_size": 16,
+        },
+        "full_dataset": {"n_train": 20_000, "n_val": 1_000, "n_test": 1_000},
+        "params": {
+            "fusion": "mid",
+            "sample_rate": 16000,
+            "n_fft": 400,
+            "hop_length": 160,
+            "n_mels": 64,
+            "audio_patch": 8,
+            "image_patch": 8,
+            "depth": 6,
+            "width": 256,
+            "heads": 8,
+            "batch_size": 256,
+            "eval_every": 5,
+            "robust_epsilons": "0, 0.01, 0.03",
+            "robust_modality": "both",
+            "robust_samples": 512,
+        },
+        "quick_params": {
+            "sample_rate": 8000,
+            "n_fft": 256,
+            "hop_length": 128,
+            "n_mels": 32,
+            "image_patch": 4,
+            "depth": 2,
+            "width": 32,
+            "heads": 2,
+            "batch_size": 64,
+            "robust_steps": 2,
+            "robust_samples": 32,
+        },
+    },
+    "latent-diffusion": {
+        "dataset": ("mnist5k", {}),
+        "quick_dataset_name": "digits",
+        "quick_dataset": {},
+        "full_dataset": {},
+        "params": {
+            "latent_channels": 4,
+            "ae_width": 64,
+            "downsample": 1,
+            "unet_width": 64,
+            "layers_per_block": 2,
+            "unet_attention": True,
+            "ae_epochs": 10,
+            "batch_size": 128,
+            "eval_samples": 500,
+            "sample_steps": 50,
+        },
+        "quick_params": {
+            "latent_channels": 2,
+            "ae_width": 16,
+            "unet_width": 16,
+            "layers_per_block": 1,
+            "unet_attention": False,
+            "ae_epochs": 1,
+            "batch_size": 64,
+            "eval_samples": 20,
+            "sample_steps": 5,
+        },
+    },
 }
 
 
@@ -112,6 +230,8 @@ def run_family(name: str, quick: bool, epochs: int, seed: int = 0) -> dict[str, 
     registry = get_registry()
     arch = registry.get("architectures", name)
     dataset_name, options = family["dataset"]
+    if quick:
+        dataset_name = family.get("quick_dataset_name", dataset_name)
     dataset = registry.get("datasets", dataset_name)
     sized = {**options, **family["quick_dataset" if quick else "full_dataset"]}
     splits = dataset.load(dataset.Options(**sized), seed)

@@ -64,6 +64,35 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
+def start_training(
+    model: nn.Module, hp: dict[str, Any], seed: int
+) -> tuple[int, int, torch.Generator, torch.device]:
+    """What every trainer does first: ``hp``'s epochs and batch size (TrialFailed below 1),
+    torch seeded, a seeded generator for the batch order, ``model`` moved to the device.
+
+    Returns:
+        (epochs, batch_size, generator, device)
+    """
+    epochs, batch_size = int(hp["epochs"]), int(hp["batch_size"])
+    if epochs < 1 or batch_size < 1:
+        raise TrialFailed(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    device = select_device()
+    model.to(device)
+    return epochs, batch_size, generator, device
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, hp: dict[str, Any], steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-batch schedule: linear warmup over ``hp["warmup_epochs"]``, then cosine decay
+    to zero at the end of ``hp["epochs"]``."""
+    total = int(hp["epochs"]) * steps_per_epoch
+    warmup = min(int(hp["warmup_epochs"]) * steps_per_epoch, total)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, total))
+
+
 def _lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """Linear warmup over ``warmup_steps``, then cosine decay to zero at ``total_steps``."""
 
@@ -122,23 +151,13 @@ def train_classification(
             is below 1.
     """
     hp = {key: params.get(key, default) for key, default in TRAINER_PARAMS.items()}
-    epochs, batch_size = int(hp["epochs"]), int(hp["batch_size"])
-    if epochs < 1 or batch_size < 1:
-        raise TrialFailed(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    device = select_device()
-    model.to(device)
-
+    epochs, batch_size, generator, device = start_training(model, hp, seed)
     x_train, y_train = (t.to(device) for t in splits.train)
     n_train = len(x_train)
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    total_steps = epochs * steps_per_epoch
-    warmup_steps = min(int(hp["warmup_epochs"]) * steps_per_epoch, total_steps)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"])
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup_steps, total_steps))
+    scheduler = warmup_cosine(optimizer, hp, math.ceil(n_train / batch_size))
 
     metrics: dict[str, float] = {}
     for epoch in range(1, epochs + 1):

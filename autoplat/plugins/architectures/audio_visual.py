@@ -56,9 +56,9 @@ from autoplat.core.training import (
     EVAL_BATCH_SIZE,
     TRAINER_PARAMS,
     TrialFailed,
-    _lr_lambda,
     autocast,
-    select_device,
+    start_training,
+    warmup_cosine,
 )
 from autoplat.plugins.architectures.audio import Spectrogram, eval_epochs, frontend_problem
 from autoplat.plugins.architectures.dino import linear_probe
@@ -212,27 +212,18 @@ def train_audio_visual(
         TrialFailed: The loss became NaN or infinite, or a trainer param is invalid.
     """
     hp = {**TRAINER_PARAMS, **AudioVisual.trainer_params, **params}
-    epochs, batch_size = int(hp["epochs"]), int(hp["batch_size"])
-    if epochs < 1 or batch_size < 1:
-        raise TrialFailed(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     try:
         epsilons = check_robust_params(hp, MODALITIES)
     except ValueError as exc:
         raise TrialFailed(f"audio-visual: {exc}") from None
     every = max(1, int(hp["eval_every"]))
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    device = select_device()
-    model.to(device)
+    epochs, batch_size, generator, device = start_training(model, hp, seed)
     audio, images, labels = (t.to(device) for t in splits.train)
     n_train = len(labels)
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    total_steps = epochs * steps_per_epoch
-    warmup_steps = min(int(hp["warmup_epochs"]) * steps_per_epoch, total_steps)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"])
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup_steps, total_steps))
+    scheduler = warmup_cosine(optimizer, hp, math.ceil(n_train / batch_size))
 
     measured: dict[str, float] = {}
     metrics: dict[str, float] = {}

@@ -45,9 +45,9 @@ from autoplat.core.training import (
     EVAL_BATCH_SIZE,
     TRAINER_PARAMS,
     TrialFailed,
-    _lr_lambda,
     autocast,
-    select_device,
+    start_training,
+    warmup_cosine,
 )
 from autoplat.plugins.architectures.vit import Attention, Block, VisionTransformer
 
@@ -316,19 +316,9 @@ def train_contrastive(
         TrialFailed: The loss became NaN or infinite, or epochs or batch_size is below 1.
     """
     hp = {key: params.get(key, default) for key, default in TRAINER_PARAMS.items()}
-    epochs, batch_size = int(hp["epochs"]), int(hp["batch_size"])
-    if epochs < 1 or batch_size < 1:
-        raise TrialFailed(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    device = select_device()
-    model.to(device)
-
+    epochs, batch_size, generator, device = start_training(model, hp, seed)
     images, tokens = splits.train[0].to(device), splits.train[1].to(device)
     n_train = len(images)
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    total_steps = epochs * steps_per_epoch
-    warmup_steps = min(int(hp["warmup_epochs"]) * steps_per_epoch, total_steps)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         # no weight decay on the temperature, norms, biases and embeddings (as CLIP)
@@ -338,7 +328,7 @@ def train_contrastive(
         lr=float(hp["lr"]),
         weight_decay=float(hp["weight_decay"]),
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup_steps, total_steps))
+    scheduler = warmup_cosine(optimizer, hp, math.ceil(n_train / batch_size))
 
     metrics: dict[str, float] = {}
     for epoch in range(1, epochs + 1):

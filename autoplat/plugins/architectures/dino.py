@@ -49,10 +49,10 @@ from autoplat.core.training import (
     EVAL_BATCH_SIZE,
     TRAINER_PARAMS,
     TrialFailed,
-    _lr_lambda,
     autocast,
     load_checkpoint,
-    select_device,
+    start_training,
+    warmup_cosine,
 )
 from autoplat.plugins.architectures.vit import VisionTransformer, ViT
 
@@ -553,11 +553,7 @@ def train_dino(
     """
     hp = _hyper(params)
     _check_hyper(hp)
-    epochs, batch_size = int(hp["epochs"]), int(hp["batch_size"])
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    device = select_device()
-    model.to(device)
+    epochs, batch_size, generator, device = start_training(model, hp, seed)
 
     distill = bool(hp["distill_from"])
     if distill:
@@ -592,13 +588,12 @@ def train_dino(
 
     steps_per_epoch = math.ceil(n_train / batch_size)
     total_steps = epochs * steps_per_epoch
-    warmup_steps = min(int(hp["warmup_epochs"]) * steps_per_epoch, total_steps)
     temp_warmup_steps = min(int(hp["teacher_temp_warmup_epochs"]) * steps_per_epoch, total_steps)
     freeze_steps = int(hp["freeze_last_layer_epochs"]) * steps_per_epoch
     optimizer = torch.optim.AdamW(
         _param_groups(model, float(hp["weight_decay"])), lr=float(hp["lr"])
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup_steps, total_steps))
+    scheduler = warmup_cosine(optimizer, hp, steps_per_epoch)
     prototypes = model.head.prototypes.shape[0]
     center = torch.zeros(1, prototypes, device=device)
     patch_center = torch.zeros(1, prototypes, device=device)

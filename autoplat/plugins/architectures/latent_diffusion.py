@@ -74,7 +74,7 @@ from autoplat.core.training import (
     _lr_lambda,
     autocast,
     load_checkpoint,
-    select_device,
+    start_training,
 )
 from autoplat.plugins.architectures.clip import ConvTower
 from autoplat.plugins.architectures.vit import Attention
@@ -686,11 +686,7 @@ def train_latent_diffusion(
     hp = {**TRAINER_PARAMS, **LatentDiffusion.trainer_params}
     hp |= {k: v for k, v in params.items() if k in hp}
     _check_trainer_params(hp)
-    epochs, batch_size = int(hp["epochs"]), int(hp["batch_size"])
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    device = select_device()
-    model.to(device)
+    epochs, batch_size, generator, device = start_training(model, hp, seed)
     classifier = fixed_classifier(splits, device, cache_dir)
     images, labels = splits.train[0].to(device), splits.train[1].to(device)
     pixel_range = (float(splits.train[0].min()), float(splits.train[0].max()))

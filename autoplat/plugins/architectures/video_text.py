@@ -43,6 +43,8 @@ from torch import nn
 
 from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import Architecture, DataSpec, OnnxPart, Splits
+from autoplat.core.training import TRAINER_PARAMS as BASE
+from autoplat.core.training import TrialFailed, autocast, start_training, warmup_cosine
 from autoplat.plugins.architectures.vit import Attention, Block
 
 PAD_ID, BOS_ID, EOS_ID = 0, 2, 3  # as autoplat.plugins.datasets.captions
@@ -466,7 +468,7 @@ def embed_videos(model: VideoTextModel, videos: torch.Tensor, device: torch.devi
     model.eval()
     out = []
     for start in range(0, len(videos), EVAL_BATCH_SIZE):
-        with _autocast(device):
+        with autocast(device):
             out.append(model.encode_video(videos[start : start + EVAL_BATCH_SIZE].to(device)))
     return torch.cat(out).float()
 
@@ -487,7 +489,7 @@ def evaluate(
     flat = tokens[caption_mask]
     text = []
     for start in range(0, len(flat), EVAL_BATCH_SIZE):
-        with _autocast(device):
+        with autocast(device):
             text.append(model.encode_text(flat[start : start + EVAL_BATCH_SIZE].to(device)))
     logits = model.scale().float() * torch.cat(text).float() @ video.T  # [K, N]
     own = logits.gather(1, owner[:, None])
@@ -512,12 +514,6 @@ def _median(values: torch.Tensor) -> float:
     if len(ordered) % 2:
         return ordered[mid].item()
     return ((ordered[mid - 1] + ordered[mid]) / 2).item()
-
-
-def _autocast(device: torch.device):
-    from autoplat.core.training import autocast
-
-    return autocast(device)
 
 
 # -- trainer ---------------------------------------------------------------------------
@@ -572,32 +568,23 @@ def train_video_text(
     Raises:
         TrialFailed: The loss became NaN or infinite, or the params are out of range.
     """
-    from autoplat.core.training import TRAINER_PARAMS as BASE
-    from autoplat.core.training import TrialFailed, _lr_lambda, select_device
 
     defaults = {**BASE, **TRAINER_PARAMS}
     hp = {key: params.get(key, default) for key, default in defaults.items()}
     reason = _check_hp(hp)
     if reason is not None:
         raise TrialFailed(f"video-text: {reason}")
-    epochs, batch_size = int(hp["epochs"]), int(hp["batch_size"])
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    device = select_device()
-    model.to(device)
+    epochs, batch_size, generator, device = start_training(model, hp, seed)
 
     videos, tokens, spans, caption_mask = splits.train
     videos = videos.to(device)
     n, num_frames = len(videos), videos.shape[1]
     if n < 2:
         raise TrialFailed(f"video-text: needs at least 2 training videos, got {n}")
-    steps_per_epoch = len(_chunks(torch.arange(n), batch_size))
-    total_steps = epochs * steps_per_epoch
-    warmup_steps = min(int(hp["warmup_epochs"]) * steps_per_epoch, total_steps)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"])
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup_steps, total_steps))
+    scheduler = warmup_cosine(optimizer, hp, len(_chunks(torch.arange(n), batch_size)))
 
     metrics: dict[str, float] = {}
     for epoch in range(1, epochs + 1):
@@ -619,7 +606,7 @@ def train_video_text(
             )
             mask = clip_masks(first, last, num_frames).to(device)
             batch_tokens = tokens[idx, caption].to(device)
-            with _autocast(device):
+            with autocast(device):
                 losses = batch_losses(
                     model, videos[idx.to(device)], batch_tokens, mask, hp, generator
                 )
