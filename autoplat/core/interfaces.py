@@ -145,6 +145,15 @@ class Architecture(ABC):
         """
         return {"model": OnnxPart(model, (splits.test[0],))}
 
+    def unknown_params(self, params: dict[str, Any]) -> str | None:
+        """A ``check_params`` reason naming params that are neither in ``defaults`` nor
+        trainer params, with those that are; None when every param is known."""
+        unknown = sorted(set(params) - set(self.defaults))
+        if not unknown:
+            return None
+        known = ", ".join([*self.defaults, *self.trainer_params])
+        return f"{self.name}: unknown params {', '.join(unknown)}; known: {known}"
+
     def resolve_params(self, params: dict[str, Any], spec: DataSpec) -> dict[str, Any]:
         """``defaults`` overlaid with ``params``; ValueError when ``check_params`` objects."""
         reason = self.check_params(params, spec)

@@ -190,10 +190,9 @@ class Audio(Architecture):
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Why these params cannot build the model (for ``spec``'s audio, when given), or None."""
+        if (reason := self.unknown_params(params)) is not None:
+            return reason
         p = {**self.defaults, **params}
-        unknown = sorted(set(p) - set(self.defaults))
-        if unknown:
-            return f"audio: unknown params {', '.join(unknown)}; known: {', '.join(self.defaults)}"
         if p["encoder"] not in ENCODERS:
             return f"audio: encoder must be 'ast' or 'cnn', got {p['encoder']!r}"
         problem = frontend_problem(p, "audio")

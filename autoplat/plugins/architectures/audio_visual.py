@@ -319,13 +319,9 @@ class AudioVisual(Architecture):
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Why these params cannot build the model (for ``spec``'s data, when given), or None."""
+        if (reason := self.unknown_params(params)) is not None:
+            return reason
         p = {**self.defaults, **params}
-        unknown = sorted(set(p) - set(self.defaults))
-        if unknown:
-            return (
-                f"audio-visual: unknown params {', '.join(unknown)}; "
-                f"known: {', '.join(self.defaults)}"
-            )
         if p["fusion"] not in FUSIONS:
             return f"audio-visual: fusion must be one of {', '.join(FUSIONS)}, got {p['fusion']!r}"
         problem = frontend_problem(p, "audio-visual")

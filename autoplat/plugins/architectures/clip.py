@@ -394,10 +394,9 @@ class CLIP(Architecture):
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Why these params cannot build CLIP (for ``spec``'s data, when given), or None."""
+        if (reason := self.unknown_params(params)) is not None:
+            return reason
         p = {**self.defaults, **params}
-        unknown = sorted(set(p) - set(self.defaults))
-        if unknown:
-            return f"clip: unknown params {', '.join(unknown)}; known: {', '.join(self.defaults)}"
         if p["image_tower"] not in ("vit", "cnn"):
             return f"clip: image_tower must be 'vit' or 'cnn', got {p['image_tower']!r}"
         if p["text_pooling"] not in ("eos", "mean"):

@@ -786,11 +786,9 @@ class LatentDiffusion(Architecture):
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Why these params cannot build the model (for ``spec``'s images), or None."""
+        if (reason := self.unknown_params(params)) is not None:
+            return reason
         p = {**self.defaults, **params}
-        unknown = sorted(set(p) - set(self.defaults))
-        if unknown:
-            known = ", ".join([*self.defaults, *self.trainer_params])
-            return f"latent-diffusion: unknown params {', '.join(unknown)}; known: {known}"
         if p["denoiser"] not in DENOISERS:
             return f"latent-diffusion: denoiser must be 'unet' or 'dit', got {p['denoiser']!r}"
         if p["beta_schedule"] not in BETA_SCHEDULES:
