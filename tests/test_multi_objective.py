@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 
 from autoplat.cli import main
+from autoplat.core.config import load_config
+from autoplat.core.registry import get_registry
 from autoplat.core.space import SearchSpace
 from autoplat.core.store import pareto_front
 from autoplat.strategies.search.nsga2 import NSGA2Search
@@ -110,6 +113,34 @@ def test_bad_objectives_exit_2(write_config, tmp_path, capsys, study, fragments)
     assert str(path) in error and "Traceback" not in error
     for fragment in fragments:
         assert fragment in error, error
+
+
+class FourArgumentRandom(RandomSearch):
+    """A plugin written before multi-objective studies: its __init__ takes no directions."""
+
+    def __init__(self, space, direction="maximize", seed=0, options=None) -> None:
+        super().__init__(space, direction, seed, options)
+        self.told: list[float | None] = []
+
+    def tell(self, params, value) -> None:
+        self.told.append(value)
+
+
+def test_plugin_strategy_without_directions_runs_single_and_multi_objective(write_config):
+    path = write_config()
+    single = dataclasses.replace(load_config(path, get_registry()), strategy_cls=FourArgumentRandom)
+    assert single.make_strategy().directions == ("maximize",)
+    path.write_text(
+        path.read_text().replace(
+            "seed = 0", 'seed = 0\nobjectives = ["val_accuracy", "model_params"]', 1
+        )
+    )
+    multi = dataclasses.replace(load_config(path, get_registry()), strategy_cls=FourArgumentRandom)
+    strategy = multi.make_strategy()
+    assert strategy.directions == ("maximize", "minimize")
+    params = strategy.ask()
+    strategy.tell_values(params, [0.5, 100.0])
+    assert strategy.told == [0.5]  # the first objective
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ Every error names the file, the key (and its line when found) and how to fix it.
 from __future__ import annotations
 
 import difflib
+import inspect
 import random
 import re
 import tomllib
@@ -141,10 +142,13 @@ class Resolved:
         return [(self.config.study.metric, self.direction)] + [(m, known[m]) for m in names[1:]]
 
     def make_strategy(self) -> Strategy | OneShotStrategy:
+        args = (self.space, self.direction, self.config.study.seed, self.strategy_options)
         directions = tuple(direction for _, direction in self.objectives)
-        return self.strategy_cls(
-            self.space, self.direction, self.config.study.seed, self.strategy_options, directions
-        )
+        if "directions" in inspect.signature(self.strategy_cls).parameters:
+            return self.strategy_cls(*args, directions=directions)
+        strategy = self.strategy_cls(*args)  # a plugin's __init__ without directions:
+        strategy.directions = directions  # it is told the first objective (tell_values)
+        return strategy
 
 
 def line_of(text: str, loc: Loc) -> int | None:
