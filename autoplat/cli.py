@@ -461,6 +461,30 @@ def cmd_plugins_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experts(args: argparse.Namespace) -> int:
+    from autoplat.core.experts import evaluate_experts
+
+    task = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    store = Store(_storage(args), create=False)
+    report = evaluate_experts(store, args.study, args.curation, task)
+    if args.json:
+        out.print(json.dumps(report.to_dict(), indent=2), markup=False)
+        return 0
+    table = Table(
+        title=f"data experts of '{report.study}' (MoDE weights from '{report.curation}') · "
+        f"zero-shot accuracy on {report.test_images} test images"
+    )
+    for column in ("expert", "trial", "weight", "accuracy"):
+        table.add_column(column)
+    for e in report.experts:
+        table.add_row(str(e.expert), str(e.trial), f"{e.weight:.3f}", f"{e.accuracy:.4f}")
+    table.add_row("uniform ensemble", "", "", f"{report.uniform_accuracy:.4f}")
+    table.add_row("MoDE ensemble", "", "", f"{report.weighted_accuracy:.4f}")
+    out.print(table)
+    out.print(f"classes: {', '.join(report.classes)}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -623,6 +647,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=None, help="show only the best N trials")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser(
+        "experts",
+        help="MoDE: each data expert's model and their weighted ensemble, zero-shot on test",
+    )
+    p.add_argument("study", help="a search study over [space] dataset.expert")
+    p.add_argument(
+        "--curation", required=True, help="the curate study whose mode scorer made the experts"
+    )
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument("--classes", help="the task: comma-separated class names (default: every class)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_experts)
 
     p = sub.add_parser("export", help="export a trial's model to ONNX, checked against torch")
     p.add_argument("study", help="study name")

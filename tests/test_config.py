@@ -52,6 +52,15 @@ BAD = [
     ),
     (("[study]", "[study\n"), ["invalid TOML", "line"]),
     (
+        ("epochs = 2", "epochs = 2\ndataset.val_fractoin = [0.1, 0.2]"),
+        ["space.dataset.val_fractoin", "did you mean 'val_fraction'"],
+    ),
+    (
+        ("epochs = 2", "epochs = 2\ndataset.val_fraction = [0.1, 0.7]"),
+        ["space.dataset.val_fraction", "value 0.7 is not valid", "less than 0.5"],
+    ),
+    (("epochs = 2", "epochs = 2\ndataset = 3"), ["space.dataset", "table of dataset options"]),
+    (
         ("heads = [2]", "heads = [3]"),
         ["space:", "can build architecture 'vit'", "is not divisible by heads 3"],
     ),

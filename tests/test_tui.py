@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import random
 import signal
 import sqlite3
 import subprocess
@@ -17,10 +19,10 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
 from autoplat.cli import curate_table, main
-from autoplat.core.store import SCHEMA_VERSION, ALRound, Store, TrialState
+from autoplat.core.store import OBJECTIVES_KEY, SCHEMA_VERSION, ALRound, Store, TrialState
 from autoplat.tui.app import PlatformApp, SearchProcess
 from autoplat.tui.base import HelpScreen, QuitSearchScreen
-from autoplat.tui.data import Reader
+from autoplat.tui.data import COLUMNS, FRONT_MARK, Reader, TrialsModel
 from autoplat.tui.launch import stop_search
 from autoplat.tui.study import ALStudyScreen, CurateStudyScreen, SearchStudyScreen
 
@@ -270,3 +272,118 @@ async def test_curation_study_gets_its_screen(store: Store) -> None:
     table = console.export_text()
     assert "metaclip" in table and "70.0" in table and "95.0" in table
     assert "all" in table and "68.0" in table and "kept.parquet" in table
+
+
+OBJECTIVES = [["val_accuracy", "maximize"], ["model_params", "minimize"]]
+
+
+def fill_two_objectives(store: Store) -> dict[str, int]:
+    """A running two-objective study: trials 0-2 complete (2 dominated by 0), 3 running,
+    4 failed. Each trial's objectives are its latest reported metrics."""
+    study = store.create_study(
+        "mo",
+        metric="val_accuracy",
+        target_trials=6,
+        config=json.dumps({OBJECTIVES_KEY: OBJECTIVES}),
+    )
+    ids = {"study": study.id}
+    for acc, size in ((0.7, 1000), (0.9, 5000), (0.6, 2000)):
+        trial = store.start_trial(study.id, {"width": size})
+        store.add_metrics(trial.id, 1, {"val_accuracy": acc - 0.1, "model_params": 2 * size})
+        store.add_metrics(trial.id, 2, {"val_accuracy": acc, "model_params": size})
+        store.finish_trial(trial.id, TrialState.COMPLETE, value=acc)
+    running = store.start_trial(study.id, {"width": 800})
+    store.add_metrics(running.id, 1, {"val_accuracy": 0.75, "model_params": 800})
+    failed = store.start_trial(study.id, {"width": 9000})
+    store.finish_trial(failed.id, TrialState.FAIL, error="RuntimeError: boom")
+    ids["running"] = running.id
+    return ids
+
+
+def marked(table: DataTable) -> set[int]:
+    return {int(k) for k in keys(table) if cell(table, k, "front") == FRONT_MARK}
+
+
+@pytest.mark.asyncio
+async def test_pareto_front_marked_live_and_absent_for_one_objective(store: Store) -> None:
+    ids = fill_two_objectives(store)
+    fill(store)  # "demo": a single-objective study in the same store
+    app = PlatformApp(store.url, study="mo", interval=POLL)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, SearchStudyScreen))
+        screen = app.screen
+        trials = screen.query_one("#trials", DataTable)
+        await until(pilot, lambda: trials.row_count == 5)
+        assert [str(c.label) for c in trials.columns.values()][:6] == [
+            "#",
+            "front",
+            "state",
+            "latest",
+            "best",
+            "model_params",
+        ]
+        assert marked(trials) == {0, 1}  # 2 is dominated by 0; 3 runs; 4 failed
+        assert cell(trials, "2", "objective:model_params") == "2000"
+        assert "val_accuracy (max), model_params (min)" in screen.status_text()
+        assert "2 on the Pareto front" in screen.status_text()
+        details = screen.query_one("#details-text", Static)
+        assert "Pareto front: 2 trials" in str(details.render())
+
+        # Trial 3 finishes beating trial 0 on both objectives: 0 leaves, 3 joins.
+        store.add_metrics(ids["running"], 2, {"val_accuracy": 0.8, "model_params": 800})
+        store.finish_trial(ids["running"], TrialState.COMPLETE, value=0.8)
+        await until(pilot, lambda: marked(trials) == {1, 3})
+        summary = store.summary(store.get_study("mo"))
+        assert set(summary["pareto_front"]) == {1, 3}
+        assert screen.model.front == summary["pareto_front"]  # by the first objective
+        await until(pilot, lambda: "trial 3: 0.8  800" in str(details.render()))
+
+        await pilot.press("escape")
+        studies = app.screen.query_one("#studies", DataTable)
+        await until(pilot, lambda: studies.row_count == 2)
+        studies.move_cursor(row=studies.get_row_index("demo"))
+        await pilot.press("enter")
+        await until(pilot, lambda: getattr(app.screen, "study_name", "") == "demo")
+        single = app.screen.query_one("#trials", DataTable)
+        await until(pilot, lambda: single.row_count == 3)
+        assert tuple(str(k.value) for k in single.columns) == COLUMNS
+        cells = [str(c) for k in keys(single) for c in single.get_row(k)]
+        assert FRONT_MARK not in "".join(cells)
+        status = app.screen.status_text()
+        assert "val_accuracy (maximize) · " in status and "Pareto" not in status
+        assert "Pareto" not in str(app.screen.query_one("#details-text", Static).render())
+
+
+def test_front_kept_incrementally_matches_show(store: Store) -> None:
+    """Polls while trials start, finish, fail and vanish: the model's front and marks are
+    always the front `platform show` computes from the same store."""
+    objectives = [["acc", "maximize"], ["size", "minimize"], ["latency", "minimize"]]
+    config = json.dumps({OBJECTIVES_KEY: objectives})
+    study = store.create_study("mo3", metric="acc", config=config)
+    model = TrialsModel(store.get_study("mo3"))
+    reader = Reader(store.url)
+    rng = random.Random(0)
+    running: list[int] = []
+    for _ in range(12):
+        for _ in range(3):
+            running.append(store.start_trial(study.id, {"w": rng.random()}).id)
+        rng.shuffle(running)
+        for tid in running[:2]:
+            values = {"acc": rng.random(), "size": rng.randint(1, 9), "latency": rng.random()}
+            store.add_metrics(tid, 1, values)
+            ok = rng.random() < 0.8
+            state = TrialState.COMPLETE if ok else TrialState.FAIL
+            store.finish_trial(tid, state, value=values["acc"])
+        del running[:2]
+        if rng.random() < 0.3:  # a complete trial is deleted from the store by hand
+            with sqlite3.connect(store.url.removeprefix("sqlite:///")) as conn:
+                (gone,) = conn.execute("select min(id) from trials where state = 'COMPLETE'")
+                conn.execute("delete from trial_metrics where trial_id = ?", gone)
+                conn.execute("delete from trials where id = ?", gone)
+        model.poll(reader)
+        expected = store.summary(store.get_study("mo3"))["pareto_front"]
+        assert model.front == expected
+        front = model.columns.index("front")
+        assert {n for n, cells in model.cells.items() if cells[front]} == set(expected)
+    assert len(model.front) > 3
+    reader.close()

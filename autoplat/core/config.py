@@ -27,7 +27,7 @@ from autoplat.core.interfaces import (
     Strategy,
 )
 from autoplat.core.registry import Registry
-from autoplat.core.space import SearchSpace, SpaceError
+from autoplat.core.space import DATASET_PREFIX, SearchSpace, SpaceError, split_dataset_params
 
 Loc = tuple[str | int, ...]
 METRICS = {
@@ -387,7 +387,10 @@ def _resolve_model(config: Config, source: _Source, lookup: Lookup) -> dict[str,
     named = lookup("search_spaces", space_name, ("architecture", "space"))
     what = f"architecture '{arch.name}'"
     trainer_params = {**TRAINER_PARAMS, **arch.trainer_params}
-    space = _build_space(named.load(), config.space, source, what, trainer_params)
+    overrides = {k: v for k, v in config.space.items() if k != "dataset"}
+    space = _build_space(named.load(), overrides, source, what, trainer_params)
+    if "dataset" in config.space:
+        space = space.merged(_dataset_dims(config.space["dataset"], dataset, options, source))
     _check_buildable(space, arch, source)
     return {"architecture": arch, "dataset": dataset, "dataset_options": options, "space": space}
 
@@ -471,12 +474,54 @@ def _build_space(
         raise source.error(("space", key) if key else ("space",), str(exc)) from None
 
 
+def _dataset_dims(raw: Any, dataset: Dataset, options: Options, source: _Source) -> SearchSpace:
+    """``[space] dataset.<option> = ...``: dimensions over dataset options, each value
+    checked against the dataset's Options (a trial loads the data with its values)."""
+    if not isinstance(raw, dict):
+        raise source.error(
+            ("space", "dataset"),
+            "must be a table of dataset options, e.g. dataset.expert = [0, 1, 2]",
+        )
+    known = sorted(dataset.Options.model_fields)
+    dims: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise source.error(
+                ("space", "dataset", key),
+                f"unknown option of dataset '{dataset.name}'; {hint}Known: {', '.join(known)}",
+            )
+        dims[DATASET_PREFIX + key] = value
+    try:
+        space = SearchSpace.from_dict(dims)
+    except SpaceError as exc:
+        raise source.error(("space", "dataset"), str(exc)) from None
+    base = options.model_dump()
+    rng = random.Random(0)
+    for name, dim in space.dims.items():
+        key = name[len(DATASET_PREFIX) :]
+        try:
+            values = dim.grid()
+        except SpaceError:  # a float range, or a very long int range: check samples
+            values = [dim.sample(rng) for _ in range(20)]
+        for value in values:
+            try:
+                dataset.Options.model_validate({**base, key: value})
+            except ValidationError as exc:
+                reason = "; ".join(e["msg"] for e in exc.errors())
+                raise source.error(
+                    ("space", "dataset", key), f"value {value!r} is not valid: {reason}"
+                ) from None
+    return space
+
+
 def _check_buildable(space: SearchSpace, arch: Architecture, source: _Source) -> None:
     """Refuse a space where no sampled params can build the architecture (before any trial)."""
     rng = random.Random(0)
     first_reason = None
     for _ in range(200):
-        params, _ = arch.split_params(space.sample(rng))
+        params, _ = arch.split_params(split_dataset_params(space.sample(rng))[1])
         reason = arch.check_params(params)
         if reason is None:
             return

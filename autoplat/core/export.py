@@ -27,6 +27,7 @@ import numpy as np
 
 from autoplat.core.errors import AutoplatError
 from autoplat.core.interfaces import DataSpec, OnnxPart
+from autoplat.core.space import split_dataset_params
 from autoplat.core.store import Store, Study, Trial, TrialState
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class TrialModel:
     dataset: str
     model: torch.nn.Module
     spec: DataSpec
-    test_inputs: torch.Tensor
+    test: tuple[torch.Tensor, ...]  # the whole test split; test[0] are the inputs
     checkpoint: Path
     metrics: dict[str, float]
     parts: dict[str, OnnxPart] = field(default_factory=dict)  # empty: the whole model
@@ -200,9 +201,10 @@ def load_trial_model(store: Store, study_name: str, number: int | None = None) -
     registry = get_registry()
     arch = registry.get("architectures", arch_name)
     dataset = registry.get("datasets", dataset_name)
-    options = dataset.Options.model_validate(dataset_options)
+    data_options, trial_params = split_dataset_params(trial.params_dict)
+    options = dataset.Options.model_validate({**dataset_options, **data_options})
     splits = dataset.load(options, int(raw.get("study", {}).get("seed", 0)))
-    params, _ = arch.split_params(trial.params_dict)
+    params, _ = arch.split_params(trial_params)
     model = arch.build(params, splits.spec)
     try:
         model.load_state_dict(load_checkpoint(path))
@@ -223,7 +225,7 @@ def load_trial_model(store: Store, study_name: str, number: int | None = None) -
         dataset=dataset_name,
         model=model,
         spec=splits.spec,
-        test_inputs=splits.test[0],
+        test=splits.test,
         checkpoint=path,
         metrics=store.final_metrics(trial.id),
         parts=parts,
@@ -236,8 +238,8 @@ def shippable_tokenizer(spec_tokenizer: str, tokens: torch.Tensor, dataset: str)
     token rows' length and truncation built in, so ``Tokenizer.from_str(json)
     .encode_batch(texts)`` gives exactly the dataset's token ids ``tokens`` (N, length).
 
-    Checked by decoding the token rows (those without an unknown token) and encoding
-    them again.
+    Checked by decoding the token rows (those without an unknown token, and not cut to
+    the length when any row is shorter) and encoding them again.
 
     Raises:
         ExportError: The dataset gives no tokenizer, or it does not reproduce its token ids.
@@ -257,6 +259,8 @@ def shippable_tokenizer(spec_tokenizer: str, tokens: torch.Tensor, dataset: str)
     tokenizer.enable_padding(length=length, pad_id=0, pad_token=tokenizer.id_to_token(0))
     unk = tokenizer.token_to_id(getattr(tokenizer.model, "unk_token", None) or "[UNK]")
     known = [row for row in rows if unk is None or unk not in row]
+    # a row without padding may be a caption cut mid-word, which no text encodes to
+    known = [row for row in known if row[-1] == 0] or known
     texts = tokenizer.decode_batch(known, skip_special_tokens=True)
     if [e.ids for e in tokenizer.encode_batch(texts)] != known:
         raise ExportError(
@@ -435,7 +439,7 @@ def export_trial(
     """
     import onnx
 
-    parts = tm.parts or {"model": OnnxPart(tm.model, (tm.test_inputs,))}
+    parts = tm.parts or {"model": OnnxPart(tm.model, (tm.test[0],))}
     paths = part_paths(out, list(parts))
     study, trial = tm.study, tm.trial
     common = {

@@ -29,6 +29,16 @@ def params_key(params: dict[str, Any]) -> ParamsKey:
     return tuple(sorted(params.items()))
 
 
+DATASET_PREFIX = "dataset."  # a dimension over a dataset option, e.g. dataset.expert
+
+
+def split_dataset_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A trial's params as (dataset options it overrides, the model and trainer params)."""
+    data = {k[len(DATASET_PREFIX) :]: v for k, v in params.items() if k.startswith(DATASET_PREFIX)}
+    rest = {k: v for k, v in params.items() if not k.startswith(DATASET_PREFIX)}
+    return data, rest
+
+
 class SpaceError(AutoplatError):
     """A search-space definition is invalid."""
 

@@ -18,7 +18,7 @@ from typing import Any
 from autoplat.core.config import Resolved
 from autoplat.core.errors import AutoplatError, StoreError
 from autoplat.core.interfaces import OneShotStrategy, Strategy
-from autoplat.core.space import SearchSpace, params_key
+from autoplat.core.space import SearchSpace, params_key, split_dataset_params
 from autoplat.core.store import OBJECTIVES_KEY, Store, Study, StudyState, Trial, TrialState
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,11 @@ def run_trial(config: dict[str, Any], job: Job) -> None:
 
     torch.set_num_threads(job.threads)
     params = dict(config)
-    splits = _load_splits(job.dataset, job.dataset_options, job.seed)
+    data_options, model_params = split_dataset_params(params)
+    options = json.dumps({**json.loads(job.dataset_options), **data_options}, sort_keys=True)
+    splits = _load_splits(job.dataset, options, job.seed)
     arch = get_registry().get("architectures", job.architecture)
-    arch_params, hyper = arch.split_params(params)
+    arch_params, hyper = arch.split_params(model_params)
     seed = trial_seed(job.seed, params)
     torch.manual_seed(seed)
     model = arch.build(arch_params, splits.spec)

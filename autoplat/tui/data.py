@@ -22,6 +22,7 @@ from sqlmodel import Session, create_engine, func, select
 
 from autoplat.core.errors import StoreError
 from autoplat.core.store import (
+    OBJECTIVES_KEY,
     SCHEMA_VERSION,
     ALRound,
     Artifact,
@@ -31,6 +32,7 @@ from autoplat.core.store import (
     Trial,
     TrialMetric,
     TrialState,
+    pareto_front,
 )
 
 LOCK_TIMEOUT_S = 2.0  # a locked SQLite file fails the poll after this, and is retried
@@ -60,6 +62,20 @@ def fmt_seconds(seconds: float | None) -> str:
 
 def fmt_param(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def fmt_objective(value: float | None) -> str:
+    """An objective's value as `platform show` prints the Pareto front."""
+    return "" if value is None else f"{value:.6g}"
+
+
+def objectives_of(study: Study) -> list[tuple[str, str]]:
+    """(metric, direction) of each objective of a multi-objective study; [] otherwise."""
+    try:
+        stored = json.loads(study.config or "{}").get(OBJECTIVES_KEY)
+    except (ValueError, AttributeError):  # not a JSON object: a study without objectives
+        return []
+    return [(name, direction) for name, direction in stored or []]
 
 
 @dataclass(frozen=True)
@@ -240,13 +256,13 @@ class Reader:
             out.update({row[0]: tuple(row[1:]) for row in self._run(q)})
         return out
 
-    def metric_curves(
-        self, study_id: int, metric: str, ids: list[int]
-    ) -> dict[int, list[tuple[int, float]]]:
-        """trial id -> [(step, value)] of one metric, for the given trials of a study."""
-        q = select(TrialMetric.trial_id, TrialMetric.step, TrialMetric.value).where(
-            TrialMetric.name == metric
-        )
+    def _metric_rows(
+        self, study_id: int, names: list[str], ids: list[int]
+    ) -> list[tuple[int, str, int, float]]:
+        """(trial id, name, step, value) of the named metrics of the given trials of a
+        study, by trial and step."""
+        q = select(TrialMetric.trial_id, TrialMetric.name, TrialMetric.step, TrialMetric.value)
+        q = q.where(TrialMetric.name.in_(names))
         if len(ids) > BULK_IN:
             wanted = set(ids)
             q = q.where(
@@ -255,10 +271,26 @@ class Reader:
         else:
             wanted = None
             q = q.where(TrialMetric.trial_id.in_(ids))
+        rows = self._run(q.order_by(TrialMetric.trial_id, TrialMetric.step))
+        return [row for row in rows if wanted is None or row[0] in wanted]
+
+    def metric_curves(
+        self, study_id: int, metric: str, ids: list[int]
+    ) -> dict[int, list[tuple[int, float]]]:
+        """trial id -> [(step, value)] of one metric, for the given trials of a study."""
         out: dict[int, list[tuple[int, float]]] = {tid: [] for tid in ids}
-        for tid, step, value in self._run(q.order_by(TrialMetric.trial_id, TrialMetric.step)):
-            if wanted is None or tid in wanted:
-                out[tid].append((step, value))
+        for tid, _, step, value in self._metric_rows(study_id, [metric], ids):
+            out[tid].append((step, value))
+        return out
+
+    def latest_metrics(
+        self, study_id: int, names: list[str], ids: list[int]
+    ) -> dict[int, dict[str, float]]:
+        """trial id -> name -> latest value of the named metrics (as ``Store.final_metrics``
+        takes them), for the given trials of a study."""
+        out: dict[int, dict[str, float]] = {tid: {} for tid in ids}
+        for tid, name, _, value in self._metric_rows(study_id, names, ids):
+            out[tid][name] = value
         return out
 
     def curation(self, study: Study) -> tuple[dict[str, Any], dict[str, str]]:
@@ -296,6 +328,9 @@ class Reader:
 
 
 COLUMNS = ("number", "state", "latest", "best", "epoch", "duration", "params")
+FRONT_COLUMN = "front"  # multi-objective studies: marks the trials on the Pareto front
+FRONT_MARK = "★"
+OBJECTIVE_PREFIX = "objective:"  # column key of each objective after the study metric
 
 
 @dataclass
@@ -311,6 +346,7 @@ class TrialView:
     params: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     curve: list[tuple[int, float]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)  # latest value of each objective
 
     def duration_s(self, now: datetime) -> float:
         return ((self.ended_at or now) - self.started_at).total_seconds()
@@ -334,13 +370,25 @@ class TrialsModel:
     Only trials that are new, were running, or changed state are re-read in full (params,
     error, metric curve), so a poll of a study with 10,000 finished trials reads one
     narrow row per trial and nothing else.
+
+    A multi-objective study also reads the latest value of each objective and keeps the
+    Pareto front (``store.pareto_front``, as `platform show` prints it): the table gets a
+    front marker column and one column per objective after the study metric.
     """
 
     def __init__(self, study: Study) -> None:
         self.study = study
+        self.objectives = objectives_of(study)
+        extra = [OBJECTIVE_PREFIX + name for name, _ in self.objectives[1:]]
+        self.columns: tuple[str, ...] = (
+            (*COLUMNS[:1], FRONT_COLUMN, *COLUMNS[1:4], *extra, *COLUMNS[4:])
+            if self.objectives
+            else COLUMNS
+        )
         self.trials: dict[int, TrialView] = {}
         self.cells: dict[int, tuple[str, ...]] = {}
         self.best: TrialView | None = None
+        self.front: list[int] = []  # trial numbers on the Pareto front, by first objective
         self._values: dict[str, set[str]] = {}  # param -> distinct JSON values seen
         self._varying: list[str] = []
 
@@ -370,6 +418,8 @@ class TrialsModel:
             ids = [row[0] for row in stale]
             details = reader.trial_details(ids)
             curves = reader.metric_curves(self.study.id, self.study.metric, ids)
+            names = [name for name, _ in self.objectives]
+            finals = reader.latest_metrics(self.study.id, names, ids) if names else {}
             for tid, number, state, value in stale:
                 if tid not in details:  # deleted between the two reads: next poll
                     continue
@@ -385,19 +435,23 @@ class TrialsModel:
                     params=params,
                     error=error,
                     curve=curves.get(tid, []),
+                    metrics=finals.get(tid, {}),
                 )
                 for key, v in params.items():
                     self._values.setdefault(key, set()).add(json.dumps(v, sort_keys=True))
         varying = self._varying_keys()
         renumber = varying != self._varying
         self._varying = varying
-        for number in self.trials if renumber else [r[1] for r in stale if r[1] in self.trials]:
+        redraw = {r[1] for r in stale if r[1] in self.trials}
+        if self.objectives and (study_changed or changes.removed):
+            redraw |= self._update_front(redraw, bool(changes.removed))
+        for number in self.trials if renumber else sorted(redraw):
             cells = self._cells(self.trials[number], now)
             old = self.cells.get(number)
             if old is None:
                 changes.added.append(number)
             elif old != cells:
-                pairs = zip(COLUMNS, cells, old, strict=True)
+                pairs = zip(self.columns, cells, old, strict=True)
                 changes.updated[number] = {col: new for col, new, was in pairs if new != was}
             self.cells[number] = cells
         if study_changed or changes.removed:
@@ -405,6 +459,24 @@ class TrialsModel:
             changes.study_changed = True
         changes.added.sort()
         return changes
+
+    def _update_front(self, changed: set[int], removed: bool) -> set[int]:
+        """Recompute the Pareto front after the trials ``changed`` were re-read; returns
+        the trials still there that joined or left it.
+
+        While no trial of the old front changed or vanished, every other old trial stays
+        dominated, so the new front is the front of the old one and the changed trials.
+        """
+        old = set(self.front)
+        if removed or old & changed:
+            candidates = self.trials.values()
+        else:
+            candidates = [self.trials[n] for n in old | changed if n in self.trials]
+        rows = [
+            {"number": t.number, "state": t.state.value, "metrics": t.metrics} for t in candidates
+        ]
+        self.front = pareto_front(rows, [list(o) for o in self.objectives])
+        return (old ^ set(self.front)) & self.trials.keys()
 
     def _varying_keys(self) -> list[str]:
         keys = list(self._values)
@@ -427,7 +499,7 @@ class TrialsModel:
         values = [v for _, v in t.curve]
         best = (max if self.maximize else min)(values) if values else None
         params = " ".join(f"{k}={fmt_param(t.params[k])}" for k in self._varying if k in t.params)
-        return (
+        cells = (
             str(t.number),
             t.state.value,
             fmt_value(values[-1] if values else None),
@@ -436,6 +508,11 @@ class TrialsModel:
             fmt_seconds(t.duration_s(now)),
             params,
         )
+        if not self.objectives:
+            return cells
+        mark = FRONT_MARK if t.number in self.front else ""
+        extra = tuple(fmt_objective(t.metrics.get(name)) for name, _ in self.objectives[1:])
+        return (*cells[:1], mark, *cells[1:4], *extra, *cells[4:])
 
     def sort_key(self, number: int, column: str, reverse: bool = False) -> tuple[Any, ...]:
         """A key ordering trials by a column's underlying value; blanks sort last either

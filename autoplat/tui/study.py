@@ -21,7 +21,18 @@ from textual_plotext import PlotextPlot
 from autoplat.core.errors import StoreError
 from autoplat.core.store import ALRound, Study, TrialState
 from autoplat.tui.base import PollingScreen
-from autoplat.tui.data import COLUMNS, Changes, Reader, TrialsModel, fmt_param, fmt_value
+from autoplat.tui.data import (
+    COLUMNS,
+    FRONT_COLUMN,
+    FRONT_MARK,
+    OBJECTIVE_PREFIX,
+    Changes,
+    Reader,
+    TrialsModel,
+    fmt_objective,
+    fmt_param,
+    fmt_value,
+)
 
 STATE_STYLES = {
     TrialState.RUNNING.value: "bold cyan",
@@ -31,6 +42,11 @@ STATE_STYLES = {
     TrialState.INTERRUPTED.value: "magenta",
 }
 SORTABLE = ("number", "latest", "best", "duration", "epoch", "state")
+PARETO_HELP = (
+    " This study has several objectives: {mark} in the front column marks the complete "
+    "trials no other complete trial beats on every objective (the Pareto front, as "
+    "`platform show` lists it); the panel lists them with their objective values."
+)
 
 
 class StudyScreen(PollingScreen):
@@ -100,12 +116,6 @@ class SearchStudyScreen(StudyScreen):
         )
         yield Footer()
 
-    def on_mount(self) -> None:
-        table = self.query_one("#trials", DataTable)
-        for column in COLUMNS:
-            table.add_column("#" if column == "number" else column, key=column)
-        super().on_mount()
-
     # -- polling -----------------------------------------------------------------------
     def load(self, reader: Reader) -> Changes:
         if self.model is None:
@@ -113,7 +123,7 @@ class SearchStudyScreen(StudyScreen):
         return self.model.poll(reader)
 
     def show(self, changes: Changes) -> None:
-        table = self.query_one("#trials", DataTable)
+        table = self._table()
         resort = bool(changes.added)
         for number in changes.removed:
             if str(number) in table.rows:
@@ -150,7 +160,11 @@ class SearchStudyScreen(StudyScreen):
         counts: dict[str, int] = defaultdict(int)
         for t in model.trials.values():
             counts[t.state.value] += 1
-        parts = [f"{self.study_name} · {model.study.metric} ({model.study.direction})"]
+        if model.objectives:
+            objectives = ", ".join(f"{name} ({way[:3]})" for name, way in model.objectives)
+            parts = [f"{self.study_name} · {objectives}", f"{len(model.front)} on the Pareto front"]
+        else:
+            parts = [f"{self.study_name} · {model.study.metric} ({model.study.direction})"]
         parts.append(", ".join(f"{n} {s}" for s, n in counts.items()) or "no trials yet")
         if self.states is not None:
             parts.append(f"filter: {' '.join(sorted(self.states)) or 'none match'}")
@@ -159,19 +173,42 @@ class SearchStudyScreen(StudyScreen):
         return " · ".join(parts)
 
     # -- the table -------------------------------------------------------------------
+    def on_mount(self) -> None:
+        self._add_columns(COLUMNS)
+        super().on_mount()
+
+    def _add_columns(self, columns: tuple[str, ...]) -> None:
+        table = self.query_one("#trials", DataTable)
+        for column in columns:
+            label = column.removeprefix(OBJECTIVE_PREFIX)
+            table.add_column("#" if column == "number" else label, key=column)
+
+    def _table(self) -> DataTable:
+        """The trials table; a multi-objective study's columns replace the plain ones once
+        the study is read (before any row)."""
+        table = self.query_one("#trials", DataTable)
+        model = self.model
+        if model is not None and model.objectives and FRONT_COLUMN not in table.columns:
+            table.clear(columns=True)
+            self._add_columns(model.columns)
+            self.HELP = type(self).HELP + PARETO_HELP.format(mark=FRONT_MARK)
+        return table
+
     def _visible(self, number: int) -> bool:
         return self.states is None or self.model.trials[number].state.value in self.states
 
     def _cell(self, column: str, value: str) -> Text:
+        if column == FRONT_COLUMN:
+            return Text(value, "bold yellow", justify="center")
         return Text(value, STATE_STYLES.get(value, "") if column == "state" else "")
 
     def _row(self, number: int) -> list[Text]:
-        cells = self.model.cells[number]
-        return [self._cell(column, value) for column, value in zip(COLUMNS, cells, strict=True)]
+        cells = zip(self.model.columns, self.model.cells[number], strict=True)
+        return [self._cell(column, value) for column, value in cells]
 
     def _rebuild(self) -> None:
         """Refill the table (after the filter changed)."""
-        table = self.query_one("#trials", DataTable)
+        table = self._table()
         table.clear()
         numbers = [n for n in sorted(self.model.cells) if self._visible(n)]
         for number in numbers:
@@ -179,7 +216,7 @@ class SearchStudyScreen(StudyScreen):
         self._sort()
 
     def _sort(self) -> None:
-        table = self.query_one("#trials", DataTable)
+        table = self._table()
         column, reverse = self.sort_column, self.sort_reverse
         table.sort(
             "number",
@@ -292,7 +329,22 @@ class SearchStudyScreen(StudyScreen):
             text.append(f"{model.study.metric} = {fmt_value(best.value)}\n")
             for key, value in best.params.items():
                 text.append(f"{key} = {fmt_param(value)}\n")
+        if model.objectives:
+            self._append_front(text)
         self.query_one("#details-text", Static).update(text)
+
+    def _append_front(self, text: Text) -> None:
+        """The Pareto front, by the first objective, with each trial's objective values."""
+        model = self.model
+        text.append(f"\n{FRONT_MARK} Pareto front: {len(model.front)} trials\n", "bold")
+        for name, direction in model.objectives:
+            text.append(f"  {name} ({direction})\n", "dim")
+        for number in list(model.front):
+            trial = model.trials.get(number)  # None: removed by a poll running right now
+            if trial is None:
+                continue
+            values = [fmt_objective(trial.metrics.get(name)) for name, _ in model.objectives]
+            text.append(f"trial {number}: {'  '.join(values)}\n")
 
 
 class ALStudyScreen(StudyScreen):

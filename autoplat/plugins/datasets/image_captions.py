@@ -13,6 +13,11 @@ split, so no image is in two splits. Images are read with Pillow, converted to g
 RGB (``channels``; default grey only when every image is), resized to ``image_size``
 squared with a box filter and scaled to [0, 1], as ``image_folder`` does.
 
+MoDE data experts: ``experts`` names the ``scores.parquet`` of `platform curate` run with
+the ``mode`` scorer on this table (record ids are table rows from 0), and ``expert``
+keeps only that expert's rows in train (val and test stay whole, so experts compare);
+a search over ``[space] dataset.expert = [0, 1, ...]`` trains one model per expert.
+
 A row whose image is missing or unreadable, or whose caption is empty, is a DataError
 naming the table, its line and the file; with ``skip_bad = true`` such rows are skipped
 instead, and how many (and the first few) are logged as a warning.
@@ -33,7 +38,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from autoplat.core.errors import DataError
 from autoplat.core.hookspecs import Register, hookimpl
@@ -60,12 +65,27 @@ class ImageCaptionsOptions(CaptionOptions):
     skip_bad: bool = Field(
         False, description="skip rows with a missing/unreadable image or empty caption"
     )
+    experts: Path | None = Field(
+        None, description="scores.parquet of `platform curate` with a mode scorer on this table"
+    )
+    expert: int | None = Field(
+        None, ge=0, description="train on this data expert's rows only (default: all rows)"
+    )
 
-    @field_validator("path")
+    @model_validator(mode="after")
+    def _expert_pair(self) -> ImageCaptionsOptions:
+        if self.expert is not None and self.experts is None:
+            raise ValueError(
+                "expert needs experts: the scores.parquet of `platform curate` with a mode "
+                "scorer on this table"
+            )
+        return self
+
+    @field_validator("path", "experts")
     @classmethod
-    def _absolute(cls, path: Path) -> Path:
+    def _absolute(cls, path: Path | None) -> Path | None:
         # Ray runs trials in their own working directories: fix the path now.
-        return path.expanduser().absolute()
+        return None if path is None else path.expanduser().absolute()
 
 
 Row = tuple[int, str, str, str]  # line, image path (as written), caption, label
@@ -142,6 +162,35 @@ def read_table(table: Path) -> list[Row]:
     return rows
 
 
+EXPERT_COLUMN = "mode.expert"  # what `platform curate` with the mode scorer writes
+
+
+def read_experts(scores: Path, table: Path, rows: int) -> np.ndarray:
+    """Each table row's data expert, from a curate ``scores.parquet`` of that table
+    (record ids are row numbers from 0, in table order)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        data = pq.read_table(scores)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise DataError(f"{scores}: cannot read the experts scores file ({exc})") from None
+    if EXPERT_COLUMN not in data.column_names or "id" not in data.column_names:
+        raise DataError(
+            f"{scores}: no '{EXPERT_COLUMN}' column (it has {', '.join(data.column_names)}); "
+            "give the scores.parquet of `platform curate` run with [scorers.mode] on this table"
+        )
+    ids = data.column("id").to_numpy()
+    if len(ids) != rows or not np.array_equal(np.sort(ids), np.arange(rows)):
+        raise DataError(
+            f"{scores}: scores of {len(ids)} records, but {table} has {rows} rows; curate this "
+            "table (the same file, unchanged) with [scorers.mode] to get its experts"
+        )
+    expert = np.empty(rows, dtype=np.int64)
+    expert[ids] = data.column(EXPERT_COLUMN).to_numpy()
+    return expert
+
+
 def _probe(file: Path) -> tuple[str | None, str]:
     """The image's Pillow mode after decoding it fully, or (None, why it cannot be read)."""
     try:
@@ -178,7 +227,8 @@ class ImageCaptions(Dataset):
         bad: list[str] = []
         modes: dict[Path, str | None] = {}  # None: cannot be read
         problems: dict[Path, str] = {}
-        for row in rows:
+        kept_rows: list[int] = []  # index in rows of each good row
+        for index, row in enumerate(rows):
             number, written, caption, _ = row
             where = f"{table}:{number}"
             file = Path(written).expanduser()
@@ -197,6 +247,7 @@ class ImageCaptions(Dataset):
                     problem = f"{where}: {problems[file]}"
             if problem is None:
                 good.append((row, file))
+                kept_rows.append(index)
             elif options.skip_bad:
                 bad.append(problem)
             else:
@@ -233,6 +284,15 @@ class ImageCaptions(Dataset):
         labels = torch.tensor([label_id.get(label, -1) for (_, _, _, label), _ in good])
         which = [int(split_of[index_of[file]]) for _, file in good]
         parts = tuple([i for i, s in enumerate(which) if s == k] for k in range(3))
+        if options.experts is not None and options.expert is not None:
+            expert_of = read_experts(options.experts, table, len(rows))[kept_rows]
+            parts = ([i for i in parts[0] if expert_of[i] == options.expert], *parts[1:])
+            if not parts[0]:
+                found = sorted(set(expert_of.tolist()))
+                raise DataError(
+                    f"{options.experts}: expert {options.expert} has no training rows of "
+                    f"{table}; its experts are {', '.join(map(str, found))}"
+                )
         return caption_splits(images, captions, labels, parts, names, options, seed)  # type: ignore[arg-type]
 
 

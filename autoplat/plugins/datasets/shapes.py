@@ -22,6 +22,8 @@ Layouts (option ``captions``):
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -120,6 +122,28 @@ def generate(
         images += rng.normal(0.0, noise, size=images.shape).astype(np.float32)
         np.clip(images, 0.0, 1.0, out=images)
     return images, captions, shape_i.astype(np.int64), attributes
+
+
+def write_caption_table(
+    folder: Path, n: int, seed: int = 0, image_size: int = 32, noise: float = 0.05
+) -> Path:
+    """Write ``n`` shapes as PNG files under ``folder/images`` and ``folder/captions.csv``
+    (path, caption, label): a table for the ``image-captions`` dataset and `platform
+    curate`. The same seed gives the same files."""
+    from PIL import Image
+
+    images, captions, labels, _ = generate(n, image_size, noise, np.random.default_rng(seed))
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    table = folder / "captions.csv"
+    with table.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "caption", "label"])
+        for k in range(n):
+            path = f"images/{k:06d}.png"
+            pixels = (images[k].transpose(1, 2, 0) * 255).round().astype(np.uint8)
+            Image.fromarray(pixels).save(folder / path)
+            writer.writerow([path, captions[k], SHAPES[labels[k]]])
+    return table
 
 
 class Shapes(Dataset):
