@@ -263,6 +263,11 @@ def test_config_refuses_audio_only_data(write_config) -> None:
     path = write_config(AV_CONFIG.format(metric="val_fused_probe", dataset="audio-visual-events"))
     with pytest.raises(ConfigError, match="val_fused_probe_accuracy"):
         load_config(path, get_registry())
+    robust = AV_CONFIG.format(metric="val_robust_accuracy", dataset="audio-visual-events")
+    for epsilons in ('robust_epsilons = ""', 'robust_epsilons = ["0, 0.05", ""]', ""):
+        path = write_config(robust.replace('robust_epsilons = "0, 0.05"', epsilons))
+        with pytest.raises(ConfigError, match="reports 'val_robust_accuracy' only when"):
+            load_config(path, get_registry())
 
 
 @pytest.mark.slow  # a `platform search` subprocess and two Ray trials

@@ -277,6 +277,8 @@ def load_config(path: str | Path, registry: Registry) -> Resolved:
     else:
         parts = _resolve_model(config, source, lookup)
     _check_metrics(config, metrics_of(parts.get("architecture")), source)
+    if parts.get("architecture") is not None:
+        _check_metric_params(config, parts["architecture"], parts["space"], source)
     _set_scheduler(config, strategy_cls, source)
     if config.scheduler.name == "hyperband_bohb" and "epochs" not in parts["space"].fixed():
         raise source.error(
@@ -329,6 +331,31 @@ def _check_metrics(config: Config, known: dict[str, str], source: _Source) -> No
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise source.error(
                 loc, f"unknown metric '{metric}'; {hint}Available: {', '.join(known)}"
+            )
+
+
+def _check_metric_params(
+    config: Config, arch: Architecture, space: SearchSpace, source: _Source
+) -> None:
+    """A metric reported only with a param set (``Architecture.metric_params``) has every
+    trial of the space set it."""
+    study = config.study
+    for metric in study.objectives or [study.metric]:
+        param = arch.metric_params.get(metric)
+        if param is None:
+            continue
+        dim = space.dims.get(param)
+        try:
+            values = dim.grid() if dim is not None else [None]
+        except SpaceError:
+            values = [dim.sample(random.Random(0))] if dim is not None else [None]
+        if not all(values):
+            key = "objectives" if study.objectives else "metric"
+            raise source.error(
+                ("study", key),
+                f"architecture '{arch.name}' reports '{metric}' only when '{param}' is set, "
+                f"and some trials of this space leave it empty; set {param} in [space] "
+                f'(e.g. {param} = "0, 0.01")',
             )
 
 

@@ -106,6 +106,7 @@ class Architecture(ABC):
     defaults: ClassVar[dict[str, Any]] = {}  # params a trial may leave out
     trainer_params: ClassVar[dict[str, Any]] = {}  # beyond training.TRAINER_PARAMS
     metrics: ClassVar[dict[str, str]] = {}  # beyond config.METRICS
+    metric_params: ClassVar[dict[str, str]] = {}  # metric -> the param every trial must set
 
     @abstractmethod
     def build(self, params: dict[str, Any], spec: DataSpec) -> torch.nn.Module:

@@ -187,6 +187,7 @@ class Audio(Architecture):
     }
     trainer_params: ClassVar[dict[str, Any]] = {**ROBUST_PARAMS, "eval_every": 1}
     metrics: ClassVar[dict[str, str]] = {"val_robust_accuracy": "maximize"}
+    metric_params: ClassVar[dict[str, str]] = {"val_robust_accuracy": "robust_epsilons"}
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Why these params cannot build the model (for ``spec``'s audio, when given), or None."""

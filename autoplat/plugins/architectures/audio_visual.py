@@ -316,6 +316,7 @@ class AudioVisual(Architecture):
         "val_fused_probe_accuracy": "maximize",
         "val_robust_accuracy": "maximize",
     }
+    metric_params: ClassVar[dict[str, str]] = {"val_robust_accuracy": "robust_epsilons"}
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Why these params cannot build the model (for ``spec``'s data, when given), or None."""
