@@ -55,6 +55,15 @@ async def until(pilot: Pilot, check: Callable[[], bool], timeout: float = 10.0) 
         await pilot.pause(POLL)
 
 
+async def study_trials(pilot: Pilot, rows: int) -> DataTable:
+    """The study screen's trials table, once it shows ``rows`` trials."""
+    app = pilot.app
+    await until(pilot, lambda: isinstance(app.screen, SearchStudyScreen))
+    trials = app.screen.query_one("#trials", DataTable)
+    await until(pilot, lambda: trials.row_count == rows)
+    return trials
+
+
 def cell(table: DataTable, row: str, column: str) -> str:
     return str(table.get_cell(row, column))
 
@@ -74,10 +83,8 @@ async def test_studies_then_trials_update_in_place(store: Store) -> None:
         assert row[:7] == ["demo", "search", "running", "1/4", "1", "1", "0.7000"]
 
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, SearchStudyScreen))
+        trials = await study_trials(pilot, 3)
         screen = app.screen
-        trials = screen.query_one("#trials", DataTable)
-        await until(pilot, lambda: trials.row_count == 3)
         assert keys(trials) == ["0", "1", "2"]
         assert [cell(trials, "0", c) for c in ("state", "latest", "best", "epoch")] == [
             "complete",
@@ -122,9 +129,7 @@ async def test_filter_by_state(store: Store) -> None:
     fill(store)
     app = PlatformApp(store.url, study="demo", interval=POLL)
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, SearchStudyScreen))
-        trials = app.screen.query_one("#trials", DataTable)
-        await until(pilot, lambda: trials.row_count == 3)
+        trials = await study_trials(pilot, 3)
         await pilot.press("slash", *"fail", "enter")
         assert keys(trials) == ["2"]
         assert "filter: fail" in str(app.screen.query_one("#status", Static).render())
@@ -172,10 +177,8 @@ async def test_small_terminal_help_theme_and_read_only(store: Store, tmp_path: P
     before = hashlib.sha256(db.read_bytes()).hexdigest()
     app = PlatformApp(store.url, study="demo", interval=POLL)
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, SearchStudyScreen))
+        trials = await study_trials(pilot, 3)
         screen = app.screen
-        trials = screen.query_one("#trials", DataTable)
-        await until(pilot, lambda: trials.row_count == 3)
         for selector in ("#trials", "#trial-plot", "#best-plot", "#details"):
             region = screen.query_one(selector).region
             assert region.width > 10 and region.height >= 5, selector
@@ -310,10 +313,8 @@ async def test_pareto_front_marked_live_and_absent_for_one_objective(store: Stor
     fill(store)  # "demo": a single-objective study in the same store
     app = PlatformApp(store.url, study="mo", interval=POLL)
     async with app.run_test(size=(120, 36)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, SearchStudyScreen))
+        trials = await study_trials(pilot, 5)
         screen = app.screen
-        trials = screen.query_one("#trials", DataTable)
-        await until(pilot, lambda: trials.row_count == 5)
         assert [str(c.label) for c in trials.columns.values()][:6] == [
             "#",
             "front",
