@@ -320,6 +320,39 @@ def chunked(records: list[str], size: int, start: int = 0) -> list[Chunk]:
     ]
 
 
+def embedding_context(work_dir: Path) -> CurationContext:
+    """A curation context for embedding scorers: the ``hashing`` embedder, record files
+    read with ``RecordFile``, work files under ``work_dir/work``."""
+    from autoplat.core.records import RecordFile
+    from autoplat.plugins.embedders import Hashing
+
+    work = work_dir / "work"
+    work.mkdir(exist_ok=True)
+    return CurationContext(
+        embed=Hashing().embed,
+        read_texts=lambda path, column: RecordFile(path, column).texts(),
+        work_dir=work,
+        seed=0,
+    )
+
+
+def embedded_chunks(x: np.ndarray, size: int) -> list[Chunk]:
+    """Embedding rows ``x`` as chunks of ``size`` with global ids."""
+    return [
+        Chunk(ids=np.arange(i, min(i + size, len(x))), embeddings=x[i : i + size])
+        for i in range(0, len(x), size)
+    ]
+
+
+def write_texts(path: Path, texts: list[str]) -> Path:
+    """A Parquet record file with one column, ``text``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": texts}), path)
+    return path
+
+
 class ScorerContract:
     """The contract of a ``Scorer``: one value per record, chunking does not matter,
     the same seed gives the same columns.

@@ -7,17 +7,15 @@ import random
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from autoplat.core.curation import Chunk, CurationContext, bare_context, run_scorer
+from autoplat.core.curation import Chunk, bare_context, run_scorer
 from autoplat.core.errors import ConfigError, DataError
-from autoplat.core.records import RecordFile
 from autoplat.plugins.embedders import Hashing
 from autoplat.plugins.scorers.embedding import Dedup
-from autoplat.testing import ScorerContract
+from autoplat.testing import ScorerContract, embedded_chunks, embedding_context, write_texts
 
 ALT_TEXTS = Path(__file__).parents[1] / "examples/data/alt_texts_10k.parquet"
 THRESHOLD = 0.8  # hashing-embedder cosine: light edits stay above it (checked below)
@@ -34,30 +32,6 @@ def one_thread():
     with threadpool_limits(1):
         yield
     faiss.omp_set_num_threads(threads)
-
-
-def context(tmp_path: Path, embedder: Hashing | None = None) -> CurationContext:
-    embedder = embedder or Hashing()
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
-    return CurationContext(
-        embed=embedder.embed,
-        read_texts=lambda path, column: RecordFile(path, column).texts(),
-        work_dir=work,
-        seed=0,
-    )
-
-
-def write_texts(path: Path, texts: list[str]) -> Path:
-    pq.write_table(pa.table({"text": texts}), path)
-    return path
-
-
-def chunks(x: np.ndarray, size: int) -> list[Chunk]:
-    return [
-        Chunk(ids=np.arange(i, min(i + size, len(x))), embeddings=x[i : i + size])
-        for i in range(0, len(x), size)
-    ]
 
 
 def edit(text: str, rng: random.Random) -> str:
@@ -116,7 +90,7 @@ class TestDedupContract(ScorerContract):
 
     @pytest.fixture
     def context(self, tmp_path):
-        return context(tmp_path)
+        return embedding_context(tmp_path)
 
 
 class TestDedupAgainstContract(ScorerContract):
@@ -128,7 +102,7 @@ class TestDedupAgainstContract(ScorerContract):
 
     @pytest.fixture
     def context(self, tmp_path):
-        return context(tmp_path)
+        return embedding_context(tmp_path)
 
 
 def test_edits_stay_above_threshold(planted) -> None:
@@ -145,7 +119,7 @@ def test_finds_exactly_the_planted_groups(planted, tmp_path, index: str) -> None
     x = Hashing().embed(texts)
     options = Dedup.Options(k=8, threshold=THRESHOLD, index=index, nlist=16, nprobe=4)
     scorer = Dedup(options, seed=0)
-    columns = run_scorer(scorer, chunks(x, 333), context(tmp_path))
+    columns = run_scorer(scorer, embedded_chunks(x, 333), embedding_context(tmp_path))
     np.testing.assert_array_equal(columns["component"], group)
     np.testing.assert_array_equal(columns["keep"], np.arange(len(texts)) == group)
     assert columns["keep"].sum() == 1000
@@ -160,13 +134,21 @@ def test_chunking_and_threshold(planted, tmp_path) -> None:
     texts, _ = planted
     x = Hashing().embed(texts)
     runs = [
-        run_scorer(Dedup(Dedup.Options(threshold=THRESHOLD)), chunks(x, size), context(tmp_path))
+        run_scorer(
+            Dedup(Dedup.Options(threshold=THRESHOLD)),
+            embedded_chunks(x, size),
+            embedding_context(tmp_path),
+        )
         for size in (len(x), 97, 1000)
     ]
     for other in runs[1:]:
         for name in runs[0]:
             np.testing.assert_array_equal(other[name], runs[0][name], err_msg=name)
-    exact = run_scorer(Dedup(Dedup.Options(threshold=0.99999)), chunks(x, 500), context(tmp_path))
+    exact = run_scorer(
+        Dedup(Dedup.Options(threshold=0.99999)),
+        embedded_chunks(x, 500),
+        embedding_context(tmp_path),
+    )
     # the embedder lower-cases and splits on white space: such edits are exact copies
     lower = [" ".join(t.lower().split()) for t in texts]
     assert (~exact["keep"]).sum() == len(lower) - len(set(lower))
@@ -186,7 +168,7 @@ def test_against_evaluation_set(real_texts, tmp_path) -> None:
     options = Dedup.Options(against=str(path), within=False, threshold=THRESHOLD)
     scorer = Dedup(options, seed=0)
     x = Hashing().embed(pool)
-    columns = run_scorer(scorer, chunks(x, 128), context(tmp_path))
+    columns = run_scorer(scorer, embedded_chunks(x, 128), embedding_context(tmp_path))
     assert set(columns) == {"eval_sim", "keep"}
     np.testing.assert_array_equal(np.flatnonzero(~columns["keep"]), leaked)
     assert scorer.summary()["against"] == {"path": str(path), "items": 100, "dropped": 50}
@@ -196,17 +178,17 @@ def test_resumes_from_state(planted, tmp_path) -> None:
     texts, group = planted
     x = Hashing().embed(texts)
     first = Dedup(Dedup.Options(threshold=THRESHOLD), seed=0)
-    first.setup(context(tmp_path))
-    for chunk in chunks(x, 400):
+    first.setup(embedding_context(tmp_path))
+    for chunk in embedded_chunks(x, 400):
         first.fit(chunk)
     first.finish_fit()
     import pickle
 
     state = pickle.loads(pickle.dumps(first.state()))
     second = Dedup(Dedup.Options(threshold=THRESHOLD), seed=0)
-    second.setup(context(tmp_path))
+    second.setup(embedding_context(tmp_path))
     second.load_state(state)
-    parts = [second.score(chunk)["component"] for chunk in chunks(x, 250)]
+    parts = [second.score(chunk)["component"] for chunk in embedded_chunks(x, 250)]
     np.testing.assert_array_equal(np.concatenate(parts), group)
     assert second.summary() == first.summary()
 
@@ -221,9 +203,9 @@ def test_errors(tmp_path) -> None:
         run_scorer(scorer, [Chunk(np.arange(2), text=["a", "b"])], bare_context(tmp_path))
     missing = Dedup(Dedup.Options(against=str(tmp_path / "nope.parquet")), seed=0)
     with pytest.raises(DataError, match="nope.parquet"):
-        missing.setup(context(tmp_path))
+        missing.setup(embedding_context(tmp_path))
     scorer = Dedup(Dedup.Options(), seed=0)
     x = Hashing().embed(["one text", "another"])
-    run_scorer(scorer, chunks(x, 2), context(tmp_path))
+    run_scorer(scorer, embedded_chunks(x, 2), embedding_context(tmp_path))
     with pytest.raises(DataError, match="record 7"):
         scorer.score(Chunk(np.array([7]), embeddings=x[:1]))

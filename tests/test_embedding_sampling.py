@@ -7,17 +7,15 @@ import random
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from autoplat.core.curation import Chunk, CurationContext, run_scorer
+from autoplat.core.curation import run_scorer
 from autoplat.core.errors import ConfigError
-from autoplat.core.records import RecordFile
 from autoplat.plugins.embedders import Hashing
 from autoplat.plugins.scorers.embedding import Balanced, MoDE, Retrieval, expert_weights
 from autoplat.plugins.scorers.embedding.balanced import split_budget
-from autoplat.testing import ScorerContract
+from autoplat.testing import ScorerContract, embedded_chunks, embedding_context, write_texts
 
 ALT_TEXTS = Path(__file__).parents[1] / "examples/data/alt_texts_10k.parquet"
 
@@ -47,29 +45,6 @@ def one_thread():
     faiss.omp_set_num_threads(threads)
 
 
-def context(tmp_path: Path) -> CurationContext:
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
-    return CurationContext(
-        embed=Hashing().embed,
-        read_texts=lambda path, column: RecordFile(path, column).texts(),
-        work_dir=work,
-        seed=0,
-    )
-
-
-def write_texts(path: Path, texts: list[str]) -> Path:
-    pq.write_table(pa.table({"text": texts}), path)
-    return path
-
-
-def chunks(x: np.ndarray, size: int) -> list[Chunk]:
-    return [
-        Chunk(ids=np.arange(i, min(i + size, len(x))), embeddings=x[i : i + size])
-        for i in range(0, len(x), size)
-    ]
-
-
 def captions(counts: list[int], seed: int = 0) -> tuple[list[str], np.ndarray]:
     """``counts[t]`` captions of five words of topic ``t`` each, shuffled; and the topics."""
     rng = np.random.default_rng(seed)
@@ -92,7 +67,7 @@ def real_texts() -> list[str]:
 class EmbeddingContract(ScorerContract):
     @pytest.fixture
     def context(self, tmp_path):
-        return context(tmp_path)
+        return embedding_context(tmp_path)
 
 
 class TestRetrievalKnnContract(EmbeddingContract):
@@ -134,14 +109,14 @@ def test_retrieval_finds_the_seeds_copies_first(real_texts, tmp_path) -> None:
     path = write_texts(tmp_path / "seeds.parquet", seeds)
     x = Hashing().embed(pool)
     scorer = Retrieval(Retrieval.Options(seeds=str(path), k=3), seed=0)
-    columns = run_scorer(scorer, chunks(x, 300), context(tmp_path))
+    columns = run_scorer(scorer, embedded_chunks(x, 300), embedding_context(tmp_path))
     np.testing.assert_array_equal(columns["rank"][picked], 0)
     np.testing.assert_array_equal(columns["seed"][picked], np.arange(30))
     assert (columns["seed_sim"][picked] > 0.9).all()
     assert 30 < columns["keep"].sum() <= 90
     assert (columns["keep"] == (columns["rank"] >= 0)).all()
     strict = Retrieval(Retrieval.Options(seeds=str(path), k=3, min_sim=0.9), seed=0)
-    columns = run_scorer(strict, chunks(x, 500), context(tmp_path))
+    columns = run_scorer(strict, embedded_chunks(x, 500), embedding_context(tmp_path))
     np.testing.assert_array_equal(np.flatnonzero(columns["keep"]), sorted(picked))
 
 
@@ -153,7 +128,9 @@ def test_retrieval_by_cluster_keeps_the_seeds_topics(tmp_path) -> None:
     path = write_texts(tmp_path / "seeds.parquet", seeds)
     options = Retrieval.Options(seeds=str(path), mode="cluster", clusters=16)
     columns = run_scorer(
-        Retrieval(options, seed=0), chunks(Hashing().embed(texts), 250), context(tmp_path)
+        Retrieval(options, seed=0),
+        embedded_chunks(Hashing().embed(texts), 250),
+        embedding_context(tmp_path),
     )
     kept = np.bincount(topic[columns["keep"]], minlength=8)
     assert kept.sum() == kept[[1, 5]].sum(), kept
@@ -184,7 +161,9 @@ def test_balanced_flattens_a_skewed_corpus(tmp_path) -> None:
     largest, small = [], []
     for seed in range(3):
         options = Balanced.Options(target=400, levels=[100, 20], resample_steps=3)
-        columns = run_scorer(Balanced(options, seed=seed), chunks(x, 1000), context(tmp_path))
+        columns = run_scorer(
+            Balanced(options, seed=seed), embedded_chunks(x, 1000), embedding_context(tmp_path)
+        )
         keep = columns["keep"]
         assert keep.sum() == 400
         after = np.bincount(topic[keep], minlength=8) / keep.sum()
@@ -200,13 +179,15 @@ def test_balanced_edges(tmp_path) -> None:
     texts, _ = captions([20] * 8)
     x = Hashing().embed(texts)
     everything = run_scorer(
-        Balanced(Balanced.Options(target=10_000, levels=[10, 3]), seed=0), chunks(x, 50)
+        Balanced(Balanced.Options(target=10_000, levels=[10, 3]), seed=0), embedded_chunks(x, 50)
     )
     assert everything["keep"].all()
-    nothing = run_scorer(Balanced(Balanced.Options(target=0, levels=[10]), seed=0), chunks(x, 50))
+    nothing = run_scorer(
+        Balanced(Balanced.Options(target=0, levels=[10]), seed=0), embedded_chunks(x, 50)
+    )
     assert not nothing["keep"].any()
     closest = Balanced(Balanced.Options(target=16, levels=[8], sample="closest"), seed=0)
-    assert run_scorer(closest, chunks(x, 64))["keep"].sum() == 16
+    assert run_scorer(closest, embedded_chunks(x, 64))["keep"].sum() == 16
     with pytest.raises(ConfigError, match="resample_points"):
         Balanced(Balanced.Options(target=1, levels=[4, 2], resample_points=[3]))
 
@@ -217,7 +198,7 @@ def test_mode_topics_get_their_own_experts(tmp_path) -> None:
     x = Hashing().embed(texts)
     options = MoDE.Options(fine_clusters=16, experts=4, task_classes=["dog", "cat", "puppy"])
     scorer = MoDE(options, seed=0)
-    columns = run_scorer(scorer, chunks(x, 100), context(tmp_path))
+    columns = run_scorer(scorer, embedded_chunks(x, 100), embedding_context(tmp_path))
     expert = columns["expert"]
     # each topic sits in one expert, and the four experts differ
     owners = [np.bincount(expert[topic == t], minlength=4).argmax() for t in range(4)]
@@ -236,7 +217,7 @@ def test_mode_topics_get_their_own_experts(tmp_path) -> None:
     assert weights.sum() == pytest.approx(1, abs=1e-5)
     # centers survive a resume
     again = MoDE(options, seed=0)
-    again.setup(context(tmp_path))
+    again.setup(embedding_context(tmp_path))
     again.load_state(scorer.state())
     assert again.summary() == summary
 
