@@ -344,6 +344,9 @@ name = "{arch}"
 [dataset]
 name = "{dataset}"
 {data}
+
+[space]
+robust_epsilons = "0, 0.01"
 """
 
 

@@ -83,6 +83,47 @@ def start_training(
     return epochs, batch_size, generator, device
 
 
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    n_train: int,
+    batch_size: int,
+    generator: torch.Generator,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    epoch: int,
+    what: str = "loss",
+) -> float:
+    """One pass over ``n_train`` examples in a seeded random order: each batch's
+    ``batch_loss(indices)`` (its mean loss, computed under autocast) is minimized with
+    ``optimizer``, ``scheduler`` stepping per batch.
+
+    Returns:
+        The mean training loss.
+
+    Raises:
+        TrialFailed: It is NaN or infinite ("<what> became NaN at epoch <epoch>").
+    """
+    device = next(model.parameters()).device
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    order = torch.randperm(n_train, generator=generator).to(device)
+    for start in range(0, n_train, batch_size):
+        idx = order[start : start + batch_size]
+        with autocast(device):
+            loss = batch_loss(idx).float()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * len(idx)
+    mean = loss_sum.item() / n_train
+    if not math.isfinite(mean):
+        bad = "NaN" if math.isnan(mean) else "infinite"
+        raise TrialFailed(f"{what} became {bad} at epoch {epoch}")
+    return mean
+
+
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, hp: dict[str, Any], steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -160,25 +201,15 @@ def train_classification(
     scheduler = warmup_cosine(optimizer, hp, math.ceil(n_train / batch_size))
 
     metrics: dict[str, float] = {}
-    for epoch in range(1, epochs + 1):
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        order = torch.randperm(n_train, generator=generator).to(device)
-        for start in range(0, n_train, batch_size):
-            idx = order[start : start + batch_size]
-            with autocast(device):
-                logits = model(x_train[idx])
-            loss = F.cross_entropy(logits.float(), y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * len(idx)
-        train_loss = loss_sum.item() / n_train
-        if not math.isfinite(train_loss):
-            what = "NaN" if math.isnan(train_loss) else "infinite"
-            raise TrialFailed(f"loss became {what} at epoch {epoch}")
 
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(x_train[idx]).float(), y_train[idx])
+
+    for epoch in range(1, epochs + 1):
+        train_loss = train_epoch(
+            model, optimizer, scheduler, n_train, batch_size, generator, batch_loss,
+            epoch,
+        )  # fmt: skip
         val_accuracy, val_loss = evaluate(model, *splits.val, device)
         metrics = {"train_loss": train_loss, "val_accuracy": val_accuracy, "val_loss": val_loss}
         if epoch == epochs:

@@ -58,6 +58,7 @@ from autoplat.core.training import (
     TrialFailed,
     autocast,
     start_training,
+    train_epoch,
     warmup_cosine,
 )
 from autoplat.plugins.architectures.audio import Spectrogram, eval_epochs, frontend_problem
@@ -227,25 +228,15 @@ def train_audio_visual(
 
     measured: dict[str, float] = {}
     metrics: dict[str, float] = {}
-    for epoch in range(1, epochs + 1):
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        order = torch.randperm(n_train, generator=generator).to(device)
-        for start in range(0, n_train, batch_size):
-            idx = order[start : start + batch_size]
-            with autocast(device):
-                logits = model(audio[idx], images[idx])
-            loss = F.cross_entropy(logits.float(), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * len(idx)
-        train_loss = loss_sum.item() / n_train
-        if not math.isfinite(train_loss):
-            what = "NaN" if math.isnan(train_loss) else "infinite"
-            raise TrialFailed(f"loss became {what} at epoch {epoch}")
 
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(audio[idx], images[idx]).float(), labels[idx])
+
+    for epoch in range(1, epochs + 1):
+        train_loss = train_epoch(
+            model, optimizer, scheduler, n_train, batch_size, generator, batch_loss,
+            epoch,
+        )  # fmt: skip
         last = epoch == epochs
         val_accuracy, val_loss = evaluate_av(model, splits.val, device)
         metrics = {"train_loss": train_loss, "val_accuracy": val_accuracy, "val_loss": val_loss}

@@ -44,9 +44,9 @@ from autoplat.core.interfaces import Architecture, DataSpec, OnnxPart, Splits
 from autoplat.core.training import (
     EVAL_BATCH_SIZE,
     TRAINER_PARAMS,
-    TrialFailed,
     autocast,
     start_training,
+    train_epoch,
     warmup_cosine,
 )
 from autoplat.plugins.architectures.vit import Attention, Block, VisionTransformer
@@ -331,25 +331,16 @@ def train_contrastive(
     scheduler = warmup_cosine(optimizer, hp, math.ceil(n_train / batch_size))
 
     metrics: dict[str, float] = {}
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        image_emb, text_emb, scale = model(images[idx], tokens[idx])
+        return contrastive_loss(image_emb, text_emb, scale, same_rows(tokens[idx]))
+
     for epoch in range(1, epochs + 1):
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        order = torch.randperm(n_train, generator=generator).to(device)
-        for start in range(0, n_train, batch_size):
-            idx = order[start : start + batch_size]
-            batch_tokens = tokens[idx]
-            with autocast(device):
-                image_emb, text_emb, scale = model(images[idx], batch_tokens)
-            loss = contrastive_loss(image_emb, text_emb, scale, same_rows(batch_tokens))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * len(idx)
-        train_loss = loss_sum.item() / n_train
-        if not math.isfinite(train_loss):
-            what = "NaN" if math.isnan(train_loss) else "infinite"
-            raise TrialFailed(f"loss became {what} at epoch {epoch}")
+        train_loss = train_epoch(
+            model, optimizer, scheduler, n_train, batch_size, generator, batch_loss,
+            epoch,
+        )  # fmt: skip
         metrics = {"train_loss": train_loss, "logit_scale": model.logit_scale().item()}
         metrics |= {
             f"val_{k}": v for k, v in evaluate_contrastive(model, splits.val, device).items()

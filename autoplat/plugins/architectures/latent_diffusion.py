@@ -75,6 +75,7 @@ from autoplat.core.training import (
     autocast,
     load_checkpoint,
     start_training,
+    train_epoch,
 )
 from autoplat.plugins.architectures.clip import ConvTower
 from autoplat.plugins.architectures.vit import Attention
@@ -582,11 +583,6 @@ def trial_dir() -> Path:
 
 
 # -- training ---------------------------------------------------------------------------
-def _check_finite(value: float, what: str) -> None:
-    if not math.isfinite(value):
-        raise TrialFailed(f"{what} became {'NaN' if math.isnan(value) else 'infinite'}")
-
-
 def _check_trainer_params(hp: dict[str, Any]) -> None:
     for key in ("epochs", "batch_size", "ae_epochs", "sample_steps", "eval_samples"):
         if int(hp[key]) < 1:
@@ -625,33 +621,27 @@ def train_autoencoder(
     steps = epochs * math.ceil(len(images) / batch_size)
     optimizer, scheduler = _optimizer(ae.parameters(), float(hp["ae_lr"]), 0.0, steps, 0)
     kl_weight = float(hp["kl_weight"])
-    loss_sum = 0.0
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        x = images[idx]
+        mean, logvar = ae.encode(x)
+        recon = ae.decode(mean + (0.5 * logvar).exp() * torch.randn_like(mean))
+        return F.mse_loss(recon.float(), x) + kl_weight * kl_divergence(
+            mean.float(), logvar.float()
+        )
+
+    loss = 0.0
     for epoch in range(1, epochs + 1):
-        ae.train()
-        loss_sum = torch.zeros((), device=device)
-        order = torch.randperm(len(images), generator=generator).to(device)
-        for start in range(0, len(images), batch_size):
-            x = images[order[start : start + batch_size]]
-            with autocast(device):
-                mean, logvar = ae.encode(x)
-                z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
-                recon = ae.decode(z)
-            loss = F.mse_loss(recon.float(), x) + kl_weight * kl_divergence(
-                mean.float(), logvar.float()
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * len(x)
-        loss_sum = loss_sum.item() / len(images)
-        _check_finite(loss_sum, f"the autoencoder's loss at epoch {epoch}")
+        loss = train_epoch(
+            ae, optimizer, scheduler, len(images), batch_size, generator, batch_loss,
+            epoch, "the autoencoder's loss",
+        )  # fmt: skip
     ae.eval().requires_grad_(False)
     with torch.inference_mode(), autocast(device):
         batches = images.split(EVAL_BATCH_SIZE)
         means = torch.cat([ae.encode(x)[0].float() for x in batches])
     model.scale_factor.fill_(1.0 / max(float(means.std()), 1e-6))
-    return loss_sum
+    return loss
 
 
 def train_latent_diffusion(
@@ -702,29 +692,22 @@ def train_latent_diffusion(
     )
     cfg_dropout = float(hp["cfg_dropout"])
     metrics: dict[str, Any] = {}
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        n = len(idx)
+        drop = torch.rand(n, generator=generator).to(device) < cfg_dropout
+        y = labels[idx].masked_fill(drop, model.null_class)
+        t = torch.randint(0, timesteps, (n,), generator=generator).to(device)
+        with torch.no_grad():
+            z = model.to_latents(images[idx], sample=True).float()
+        noise = torch.randn_like(z)
+        return F.mse_loss(model.denoiser(ddpm.add_noise(z, noise, t), t, y).float(), noise)
+
     for epoch in range(1, epochs + 1):
-        model.denoiser.train()
-        loss_sum = torch.zeros((), device=device)
-        order = torch.randperm(n_train, generator=generator).to(device)
-        for start in range(0, n_train, batch_size):
-            idx = order[start : start + batch_size]
-            n = len(idx)
-            drop = torch.rand(n, generator=generator).to(device) < cfg_dropout
-            y = labels[idx].masked_fill(drop, model.null_class)
-            t = torch.randint(0, timesteps, (n,), generator=generator).to(device)
-            with torch.no_grad(), autocast(device):
-                z = model.to_latents(images[idx], sample=True).float()
-            noise = torch.randn_like(z)
-            with autocast(device):
-                eps = model.denoiser(ddpm.add_noise(z, noise, t), t, y)
-            loss = F.mse_loss(eps.float(), noise)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * n
-        train_loss = loss_sum.item() / n_train
-        _check_finite(train_loss, f"the denoising loss at epoch {epoch}")
+        train_loss = train_epoch(
+            model.denoiser, optimizer, scheduler, n_train, batch_size, generator, batch_loss,
+            epoch, "the denoising loss",
+        )  # fmt: skip
         metrics = {"train_loss": train_loss, "train_recon_loss": train_recon}
         metrics["train_ae_loss"] = ae_loss  # the last autoencoder epoch: recon + KL term
         val, _, _ = evaluate_generation(model, splits.val, classifier, hp, pixel_range, device)
