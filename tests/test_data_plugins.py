@@ -1,4 +1,4 @@
-"""The image_folder and csv datasets on real files the tests write: layout, splits,
+"""The image-folder and csv datasets on real files the tests write: layout, splits,
 preprocessing, every user error, and an MLP learning from them."""
 
 from __future__ import annotations

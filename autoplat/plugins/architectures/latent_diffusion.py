@@ -17,10 +17,10 @@ Training (``train_latent_diffusion``) has two stages in one trial:
 Sampling uses diffusers' ``DDIMScheduler`` (``sample_steps``, eta 0) with guidance
 ``eps = eps_null + guidance_scale * (eps_class - eps_null)`` and decodes the latents.
 
-Data: any image dataset with class labels (digits, mnist5k, image_folder): the splits are
+Data: any image dataset with class labels (digits, mnist5k, image-folder): the splits are
 ``(images, labels)`` as for classification. Audio, as the scene-transfer setting of the
 audio-visual speech paper (condition on a clip's features, generate its spectrogram), is
-an option through ``image_folder``: save each clip's log-mel spectrogram as a grey PNG in
+an option through ``image-folder``: save each clip's log-mel spectrogram as a grey PNG in
 a folder named after its condition (e.g. the scene or speaker), and the same model
 learns to generate spectrograms per condition; examples/latent_diffusion_spectrograms.toml
 shows the config. Conditioning on continuous clip features (rather than a class) is not

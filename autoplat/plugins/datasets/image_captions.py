@@ -11,7 +11,7 @@ row (a CSV with a header line, or one JSON object per line) has:
 An image may appear on several rows (several captions); all its rows go to the same
 split, so no image is in two splits. Images are read with Pillow, converted to grey or
 RGB (``channels``; default grey only when every image is), resized to ``image_size``
-squared with a box filter and scaled to [0, 1], as ``image_folder`` does.
+squared with a box filter and scaled to [0, 1], as ``image-folder`` does.
 
 MoDE data experts: ``experts`` names the ``scores.parquet`` of `platform curate` run with
 the ``mode`` scorer on this table (record ids are table rows from 0), and ``expert``

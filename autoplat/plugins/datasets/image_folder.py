@@ -147,7 +147,7 @@ def find_images(root: Path) -> dict[str, list[Path]]:
 class ImageFolder(Dataset):
     """Images in class folders; options: path, size, channels, val_fraction, test_fraction."""
 
-    name: ClassVar[str] = "image_folder"
+    name: ClassVar[str] = "image-folder"
     tasks: ClassVar[tuple[str, ...]] = ("classification", "self_supervised", "generation")
     modality: ClassVar[str] = "image"
     Options: ClassVar[type[ImageFolderOptions]] = ImageFolderOptions
