@@ -439,11 +439,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps([p.to_dict() for p in plugins], indent=2))
         return 0
     table = Table(title="plugins")
-    table.add_column("plugin", no_wrap=True)
-    for column in ("package", "version", "status", "hooks", "registers"):
-        table.add_column(column, overflow="fold")
+    for column in ("plugin", "package", "version"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("status", overflow="fold")
+    table.add_column("hooks", overflow="fold")
+    table.add_column("registers", overflow="fold", min_width=30, ratio=1)
     for p in plugins:
-        registers = "; ".join(f"{k}: {', '.join(v)}" for k, v in p.registered.items())
+        registers = "\n".join(f"{k}: {', '.join(v)}" for k, v in p.registered.items())
         status = p.status if not p.errors else "error: " + " | ".join(p.errors)
         hooks = ", ".join(h.removeprefix("register_") for h in p.hooks)
         table.add_row(p.name, p.package or "", p.version or "", status, hooks, registers)
