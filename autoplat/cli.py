@@ -16,7 +16,7 @@ from rich.table import Table
 
 from autoplat import __version__
 from autoplat.core.errors import AutoplatError
-from autoplat.core.store import DEFAULT_URL, Store, Study, StudyState
+from autoplat.core.store import DEFAULT_URL, Store, Study, StudyState, TrialState
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -98,7 +98,7 @@ def _print_study(store: Store, study: Study, top: int | None) -> None:
     out.print("trials: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     for t in summary["trials"]:
         if t["state"] == "fail":
-            out.print(f"trial {t['number']} failed: {t['error']}")
+            out.print(f"trial {t['number']} failed: {t['error']}", markup=False)
     best = summary["best"]
     if best:
         out.print(f"best trial {best['number']}: " + _params_text(best["params"]))
@@ -187,6 +187,16 @@ def cmd_search(args: argparse.Namespace) -> int:
             + (f" --storage {args.storage}" if args.storage else "")
         )
         return 130
+    trials = store.trials(study.id)
+    errors = [t.error or "" for t in trials if t.state == TrialState.FAIL]
+    if errors and not any(t.state == TrialState.COMPLETE for t in trials):
+        err.print(
+            f"no trial completed ({len(errors)} failed, above); fix the cause, then run a new "
+            "study or continue with --resume",
+            markup=False,
+        )
+        # bad data is the user's to fix (exit 2); anything else is a failure
+        return 2 if any(e.split(":", 1)[0].endswith("DataError") for e in errors) else 1
     return 0
 
 
@@ -331,7 +341,7 @@ def _print_curate_study(store: Store, study: Study) -> None:
     out.print(curate_table(summary, artifacts))
     for t in summary["trials"]:
         if t["state"] == "fail":
-            out.print(f"{t['params'].get('scorer')} failed: {t['error']}")
+            out.print(f"{t['params'].get('scorer')} failed: {t['error']}", markup=False)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -427,7 +437,8 @@ def _print_al_study(store: Store, study: Study, curves: dict[str, Any]) -> None:
     for t in store.trials(study.id):
         if t.state == "fail":
             out.print(
-                f"{t.params_dict['acquisition']} seed {t.params_dict['seed']} failed: {t.error}"
+                f"{t.params_dict['acquisition']} seed {t.params_dict['seed']} failed: {t.error}",
+                markup=False,
             )
 
 

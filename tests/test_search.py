@@ -69,6 +69,30 @@ def test_nan_trial_fails_with_reason_and_study_goes_on(write_config, tmp_path, r
     assert "NaN" in failed.error or "nan" in failed.error
 
 
+def test_every_trial_failing_exits_1_without_traceback(write_config, tmp_path, ray_address):
+    path = write_config(name="allfail", trials=1, epochs=1, strategy="grid")
+    path.write_text(
+        path.read_text().replace("lr = { low = 1e-3, high = 5e-3, log = true }", "lr = [1e9]")
+    )
+    url = f"sqlite:///{tmp_path}/allfail.db"
+    result = run_platform("search", str(path), "--storage", url, "--address", ray_address)
+    assert result.returncode == 1, result.stderr
+    assert "no trial completed (1 failed" in result.stderr and "NaN" in result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_missing_data_stops_before_anything_is_stored(write_config, tmp_path, capsys):
+    path = write_config()
+    photos = f'name = "image-folder"\npath = "{tmp_path}/photos"'
+    path.write_text(path.read_text().replace('name = "digits"', photos))
+    url = f"sqlite:///{tmp_path}/keep.db"
+    Store(url).create_study("kept")
+    assert main(["search", str(path), "--storage", url]) == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path}/photos" in error and "Traceback" not in error
+    assert [s.name for s in Store(url).studies()] == ["kept"]
+
+
 def test_resume_continues_without_repeating(write_config, tmp_path, ray_address):
     url = f"sqlite:///{tmp_path}/resume.db"
     path = write_config(name="resume", trials=2, strategy="evolution")

@@ -68,6 +68,13 @@ def _load_splits(dataset: str, options_json: str, seed: int):
     return plugin.load(plugin.Options.model_validate(json.loads(options_json)), seed)
 
 
+def check_data(resolved: Resolved) -> None:
+    """Load a model study's data once in the driver, so a DataError (a missing file, a
+    bad row) stops the search before Ray starts or anything is stored."""
+    if resolved.dataset is not None and resolved.dataset_options is not None:
+        resolved.dataset.load(resolved.dataset_options, resolved.config.study.seed)
+
+
 def run_trial(config: dict[str, Any], job: Job) -> None:
     """The Ray Tune trainable: load data, build the model, train, report every epoch.
 
@@ -339,8 +346,11 @@ def ensure_ray(address: str | None) -> None:
         os.environ.setdefault(key, value)
     # Trial results live in our store; Ray's result files are off (see RAY_ENV_DEFAULTS).
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    # On Ctrl-C Tune suggests Tuner.restore; ours is `platform search --resume` (the CLI says so).
-    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+    # On Ctrl-C Tune suggests Tuner.restore (ours is `platform search --resume`), and it logs
+    # each failed trial's traceback and their list: the CLI prints one line per failed
+    # trial, and the store keeps each error.
+    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
     # A notice printed on every start of a local cluster; not actionable for users.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR
@@ -630,6 +640,7 @@ def run_study(
     on_event = on_event or (lambda kind, data: None)
     cfg = resolved.config
     existing = check_study(store, resolved, resume)
+    check_data(resolved)
     ensure_ray(address)  # before any write: an unreachable cluster leaves the store as it was
     study_id, done = open_study(store, resolved, existing)
     remaining = cfg.study.trials - len(done)

@@ -284,9 +284,10 @@ class ImageCaptions(Dataset):
         labels = torch.tensor([label_id.get(label, -1) for (_, _, _, label), _ in good])
         which = [int(split_of[index_of[file]]) for _, file in good]
         parts = tuple([i for i, s in enumerate(which) if s == k] for k in range(3))
-        if options.experts is not None and options.expert is not None:
+        if options.experts is not None:  # read (and checked) even when training on all rows
             expert_of = read_experts(options.experts, table, len(rows))[kept_rows]
-            parts = ([i for i in parts[0] if expert_of[i] == options.expert], *parts[1:])
+            if options.expert is not None:
+                parts = ([i for i in parts[0] if expert_of[i] == options.expert], *parts[1:])
             if not parts[0]:
                 found = sorted(set(expert_of.tolist()))
                 raise DataError(
