@@ -568,3 +568,5 @@ class DatasetContract:
             if spec.task == "classification":
                 assert y.dtype == torch.int64
                 assert int(y.min()) >= 0 and int(y.max()) < spec.num_classes
+        if splits.train_sources:  # optional; when given, one per train example
+            assert len(splits.train_sources) == len(splits.train[0])

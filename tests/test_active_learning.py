@@ -150,6 +150,15 @@ def test_file_oracle_round_trip_csv_and_jsonl(tmp_path) -> None:
     write_answer(answer, ["2,dog", "4,0"])  # names or indices, any order
     assert oracle.label([4, 2], 1) == [0, 1]
 
+    sourced = FileOracle(tmp_path, "s", ("cat", "dog"), poll_seconds=0.01, timeout_seconds=0.1,
+                         sources=[f"img/{i}.png" for i in range(6)])  # fmt: skip
+    with pytest.raises(DataError, match="no labels"):
+        sourced.label([4, 2], 0)
+    query, answer = sourced.paths(0)
+    assert query.read_text().splitlines() == ["id,source,label", "4,img/4.png,", "2,img/2.png,"]
+    answer.write_text(query.read_text().replace(".png,", ".png,dog"))  # a person fills it in
+    assert sourced.label([4, 2], 0) == [1, 1]
+
     jsonl = FileOracle(tmp_path, "j", ("cat", "dog"), fmt="jsonl", poll_seconds=0.01)
     query, answer = jsonl.paths(0)
     answer.write_text('{"id": 3, "label": "dog"}\n{"id": 5, "label": 0}\n')

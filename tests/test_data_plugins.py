@@ -25,6 +25,7 @@ from autoplat.plugins.datasets.image_folder import (
     IMAGE_SUFFIXES,
     ImageFolder,
     ImageFolderOptions,
+    _read,
     min_per_class,
 )
 from autoplat.testing import DatasetContract, run_platform
@@ -260,7 +261,27 @@ def test_image_folder_errors(tmp_path: Path, case: str, make, fragments: list[st
     assert str(root) in message
 
 
+def test_image_folder_train_sources_are_the_files(folder: Path) -> None:
+    options = ImageFolderOptions(path=folder, size=12)
+    splits = ImageFolder().load(options, seed=0)
+    x, y = splits.train
+    assert len(splits.train_sources) == len(y)
+    for image, label, source in zip(x[:20], y[:20], splits.train_sources[:20], strict=True):
+        path = Path(source)
+        assert path.relative_to(folder).parts[0] == splits.spec.label_names[label]  # class
+        assert torch.equal(image, torch.from_numpy(_read(path, 3, 12)))
+
+
 # -- csv ------------------------------------------------------------------------------------
+def test_csv_train_sources_name_file_and_line(table: Path) -> None:
+    splits = CsvTable().load(CsvOptions(path=table), seed=0)
+    lines = table.read_text().splitlines()
+    names = splits.spec.label_names
+    for label, source in zip(splits.train[1], splits.train_sources, strict=True):
+        file, line = source.rsplit(":", 1)
+        assert file == str(table) and lines[int(line) - 1].endswith("," + names[label])
+
+
 def test_csv_labels_features_and_standardisation(table: Path) -> None:
     splits = CsvTable().load(CsvOptions(path=table), seed=0)
     spec = splits.spec
@@ -273,7 +294,7 @@ def test_csv_labels_features_and_standardisation(table: Path) -> None:
 
     # rows in file order, then the same split of row numbers: val and test are scaled
     # with the train split's mean and std
-    raw, labels, _ = read_table(CsvOptions(path=table))
+    raw, labels, _, _ = read_table(CsvOptions(path=table))
     rows = blob_rows()
     assert np.allclose(raw, [r[:4] for r in rows], atol=1e-3)
     assert [spec.label_names[i] for i in labels] == [r[4] for r in rows]
@@ -296,7 +317,7 @@ def test_csv_integer_labels_sort_numerically_and_features_pick_columns(tmp_path:
     splits = CsvTable().load(options, seed=0)
     assert splits.spec.label_names == ("2", "9", "10")
     assert splits.spec.input_shape == (1,)
-    raw, labels, _ = read_table(options)
+    raw, labels, _, _ = read_table(options)
     assert np.allclose(raw[:, 0], [float(r[1]) for r in rows], atol=1e-6)
     assert labels[:3].tolist() == [0, 2, 1]
 

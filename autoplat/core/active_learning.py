@@ -14,7 +14,7 @@ import json
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -110,8 +110,9 @@ class SimulatedOracle(Oracle):
 class FileOracle(Oracle):
     """Writes each query to a file, waits for its labeled copy, and checks it.
 
-    The query ``<folder>/<name>-round<R>.query.<fmt>`` lists ``id`` (the pool position)
-    and ``label`` (empty). A person (or a labeling tool) writes the answer as
+    The query ``<folder>/<name>-round<R>.query.<fmt>`` lists ``id`` (the pool position),
+    ``source`` (where the item is: a file, or ``file:line``; when the dataset says) and
+    ``label`` (empty). A person (or a labeling tool) writes the answer as
     ``<name>-round<R>.labels.<fmt>`` with every queried id and its label: a class name
     or a class index. An answer with unknown, repeated or missing ids or invalid labels
     raises DataError naming the file and line; fix the file and resume the study.
@@ -125,9 +126,10 @@ class FileOracle(Oracle):
         fmt: str = "csv",
         poll_seconds: float = 2.0,
         timeout_seconds: float | None = None,
+        sources: Sequence[str] = (),
     ) -> None:
         self.folder, self.name, self.fmt = folder, name, fmt
-        self.label_names = label_names
+        self.label_names, self.sources = label_names, sources
         self.poll_seconds, self.timeout_seconds = poll_seconds, timeout_seconds
 
     def paths(self, round_: int) -> tuple[Path, Path]:
@@ -145,13 +147,17 @@ class FileOracle(Oracle):
     def _write_query(self, path: Path, indices: list[int]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
+        rows = [
+            {"id": i, **({"source": self.sources[i]} if self.sources else {}), "label": None}
+            for i in indices
+        ]
         with tmp.open("w", newline="") as f:
             if self.fmt == "csv":
-                writer = csv.writer(f)
-                writer.writerow(["id", "label"])
-                writer.writerows([i, ""] for i in indices)
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id", "label"])
+                writer.writeheader()
+                writer.writerows(rows)  # None is written as an empty cell
             else:
-                f.writelines(json.dumps({"id": i, "label": None}) + "\n" for i in indices)
+                f.writelines(json.dumps(row) + "\n" for row in rows)
         os.replace(tmp, path)
 
     def _wait(self, answer: Path) -> None:

@@ -260,6 +260,7 @@ def run_al_trial(config: dict[str, Any], job: ALJob) -> None:
             fmt=job.oracle["format"],
             poll_seconds=job.oracle["poll_seconds"],
             timeout_seconds=job.oracle["timeout_seconds"],
+            sources=splits.train_sources,
         )
     else:
         oracle = SimulatedOracle(splits.train[1])

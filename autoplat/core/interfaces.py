@@ -49,6 +49,9 @@ class Splits:
     val: tuple[torch.Tensor, ...]
     test: tuple[torch.Tensor, ...]
     spec: DataSpec
+    # where each train example comes from ("file", "file:line"), so a person can find an
+    # item to label (the file oracle of active learning); empty for generated data
+    train_sources: tuple[str, ...] = ()
 
 
 @dataclass

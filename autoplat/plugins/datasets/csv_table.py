@@ -110,8 +110,9 @@ def _float(cell: str) -> float:
         return float("nan")
 
 
-def read_table(options: CsvOptions) -> tuple[np.ndarray, np.ndarray, DataSpec]:
-    """Features (N, D) float32, label indices (N,) and the spec of the CSV file.
+def read_table(options: CsvOptions) -> tuple[np.ndarray, np.ndarray, DataSpec, list[int]]:
+    """Features (N, D) float32, label indices (N,), the spec of the CSV file and each
+    row's line number.
 
     Raises:
         DataError: See ``CsvTable.load``.
@@ -148,7 +149,7 @@ def read_table(options: CsvOptions) -> tuple[np.ndarray, np.ndarray, DataSpec]:
         raise _bad_cell(path, lines[i], names[j], rows[i][columns[j]])
     num_classes = len(label_names)
     spec = DataSpec("classification", "tabular", (len(names),), num_classes, tuple(label_names))
-    return x, y, spec
+    return x, y, spec, lines
 
 
 class CsvTable(Dataset):
@@ -167,7 +168,7 @@ class CsvTable(Dataset):
                 a feature is missing or not a number (the line and column are named);
                 there are fewer than 2 classes, or a class has too few rows to split.
         """
-        x, y, spec = read_table(options)
+        x, y, spec, lines = read_table(options)
         if spec.num_classes < 2:
             raise DataError(
                 f"{options.path}: every row has the label {spec.label_names[0]!r}; "
@@ -182,7 +183,8 @@ class CsvTable(Dataset):
                     f"{options.val_fraction} and test_fraction {options.test_fraction} each "
                     f"class needs at least {needed} to split; add rows or raise the fractions"
                 )
-        splits = stratified_splits(x, y, options, seed, spec)
+        sources = [f"{options.path}:{line}" for line in lines]
+        splits = stratified_splits(x, y, options, seed, spec, sources)
         train = splits.train[0]
         mean = train.mean(dim=0)
         std = train.std(dim=0)
@@ -192,7 +194,13 @@ class CsvTable(Dataset):
             return (part[0] - mean) / std, part[1]
 
         spec = dataclasses.replace(spec, input_scaling=(tuple(mean.tolist()), tuple(std.tolist())))
-        return Splits(scaled(splits.train), scaled(splits.val), scaled(splits.test), spec)
+        return dataclasses.replace(
+            splits,
+            train=scaled(splits.train),
+            val=scaled(splits.val),
+            test=scaled(splits.test),
+            spec=spec,
+        )
 
 
 @hookimpl

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -21,7 +22,12 @@ class SplitOptions(Options):
 
 
 def stratified_splits(
-    x: np.ndarray, y: np.ndarray, options: SplitOptions, seed: int, spec: DataSpec
+    x: np.ndarray,
+    y: np.ndarray,
+    options: SplitOptions,
+    seed: int,
+    spec: DataSpec,
+    sources: Sequence[str] = (),
 ) -> Splits:
     """Split ``(x, y)`` into stratified train/val/test tensors, fixed by ``seed``.
 
@@ -31,6 +37,7 @@ def stratified_splits(
         options: The val and test fractions of all examples.
         seed: The same seed gives the same split.
         spec: The spec the splits carry.
+        sources: Where each example comes from (becomes ``train_sources``), or empty.
     """
     from sklearn.model_selection import train_test_split  # lazy: slow import
 
@@ -48,7 +55,8 @@ def stratified_splits(
     def part(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(x[idx]), torch.from_numpy(y[idx].astype(np.int64))
 
-    return Splits(train=part(train), val=part(val), test=part(test), spec=spec)
+    train_sources = tuple(sources[i] for i in train) if len(sources) else ()
+    return Splits(part(train), part(val), part(test), spec, train_sources)
 
 
 @functools.lru_cache(maxsize=1)

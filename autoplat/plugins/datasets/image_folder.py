@@ -187,10 +187,10 @@ class ImageFolder(Dataset):
             len(classes),
             tuple(classes),
         )
-        return stratified_splits(x, y, options, seed, spec)
+        return stratified_splits(x, y, options, seed, spec, [str(f) for f in files])
 
 
 @hookimpl
 def register_datasets(register: Register) -> None:
-    """Register the image_folder dataset."""
+    """Register the image-folder dataset."""
     register(ImageFolder())
