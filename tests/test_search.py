@@ -93,6 +93,34 @@ def test_missing_data_stops_before_anything_is_stored(write_config, tmp_path, ca
     assert [s.name for s in Store(url).studies()] == ["kept"]
 
 
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (("patch_size = [4]", "patch_size = [3, 5]"), "patch_size 5 does not divide the image"),
+        (
+            ('[architecture]\nname = "vit"', '[architecture]\nname = "audio"'),
+            "sample_rate 8000 is not the data's 16000 Hz",
+        ),
+    ],
+)
+def test_space_that_does_not_fit_the_data_stops_first(
+    write_config, tmp_path, capsys, change, fragment
+):
+    path = write_config()
+    text = path.read_text().replace(*change)
+    if "audio" in change[1]:  # an audio model on 16 kHz sound with the space's 8 kHz front end
+        start = text.index("[space]")
+        end = text.index("[strategy]")
+        text = text[:start] + "[space]\nepochs = 1\n\n" + text[end:]
+        text = text.replace('name = "digits"', 'name = "sound-events"\nsample_rate = 16000')
+    path.write_text(text)
+    url = f"sqlite:///{tmp_path}/fit.db"
+    assert main(["search", str(path), "--storage", url]) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert fragment in error and f"{path}: space:" in error and "Traceback" not in error
+    assert Store(url).studies() == []
+
+
 def test_resume_continues_without_repeating(write_config, tmp_path, ray_address):
     url = f"sqlite:///{tmp_path}/resume.db"
     path = write_config(name="resume", trials=2, strategy="evolution")

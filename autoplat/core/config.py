@@ -22,6 +22,7 @@ from autoplat.core.interfaces import (
     Architecture,
     Benchmark,
     Dataset,
+    DataSpec,
     OneShotStrategy,
     Options,
     Strategy,
@@ -543,18 +544,25 @@ def _dataset_dims(raw: Any, dataset: Dataset, options: Options, source: _Source)
     return space
 
 
-def _check_buildable(space: SearchSpace, arch: Architecture, source: _Source) -> None:
-    """Refuse a space where no sampled params can build the architecture (before any trial)."""
+def unbuildable(space: SearchSpace, arch: Architecture, spec: DataSpec | None = None) -> str | None:
+    """Why no params of 200 sampled from ``space`` can build ``arch`` (for ``spec``'s data,
+    when given): the first sample's reason; None when one can."""
     rng = random.Random(0)
     first_reason = None
     for _ in range(200):
         params, _ = arch.split_params(split_dataset_params(space.sample(rng))[1])
-        reason = arch.check_params(params)
+        reason = arch.check_params(params, spec)
         if reason is None:
-            return
+            return None
         first_reason = first_reason or reason
-    raise source.error(
-        ("space",),
-        f"none of 200 sampled params can build architecture '{arch.name}' (e.g. {first_reason}); "
-        "change the [space] values",
-    )
+    return first_reason
+
+
+def _check_buildable(space: SearchSpace, arch: Architecture, source: _Source) -> None:
+    """Refuse a space where no sampled params can build the architecture (before any trial)."""
+    if (reason := unbuildable(space, arch)) is not None:
+        raise source.error(
+            ("space",),
+            f"none of 200 sampled params can build architecture '{arch.name}' (e.g. {reason}); "
+            "change the [space] values",
+        )

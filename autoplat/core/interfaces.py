@@ -38,6 +38,7 @@ class DataSpec:
     vocab_size: int = 0  # text inputs: token ids are in [0, vocab_size)
     text_length: int = 0  # text inputs: tokens per caption (padded)
     tokenizer: str = ""  # text inputs: the `tokenizers` JSON that made the ids (export ships it)
+    sample_rate: int = 0  # audio inputs: samples per second (0: not said)
 
 
 @dataclass

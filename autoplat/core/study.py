@@ -15,10 +15,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from autoplat.core.config import Resolved
-from autoplat.core.errors import AutoplatError, StoreError
+from autoplat.core.config import Resolved, unbuildable
+from autoplat.core.errors import AutoplatError, ConfigError, StoreError
 from autoplat.core.interfaces import OneShotStrategy, Strategy
-from autoplat.core.space import SearchSpace, params_key, split_dataset_params
+from autoplat.core.space import DATASET_PREFIX, SearchSpace, params_key, split_dataset_params
 from autoplat.core.store import OBJECTIVES_KEY, Store, Study, StudyState, Trial, TrialState
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,21 @@ def _load_splits(dataset: str, options_json: str, seed: int):
 
 def check_data(resolved: Resolved) -> None:
     """Load a model study's data once in the driver, so a DataError (a missing file, a
-    bad row) stops the search before Ray starts or anything is stored."""
-    if resolved.dataset is not None and resolved.dataset_options is not None:
-        resolved.dataset.load(resolved.dataset_options, resolved.config.study.seed)
+    bad row) or a space none of whose params fit the data (a patch size that does not
+    divide the images) stops the search before Ray starts or anything is stored."""
+    if resolved.dataset is None or resolved.dataset_options is None:
+        return
+    assert resolved.architecture is not None
+    splits = resolved.dataset.load(resolved.dataset_options, resolved.config.study.seed)
+    if any(name.startswith(DATASET_PREFIX) for name in resolved.space.dims):
+        return  # trials load the data with other options: their spec may differ
+    reason = unbuildable(resolved.space, resolved.architecture, splits.spec)
+    if reason is not None:
+        raise ConfigError(
+            f"{resolved.path}: space: none of 200 sampled params of architecture "
+            f"'{resolved.architecture.name}' fit the data of dataset '{resolved.dataset.name}' "
+            f"(e.g. {reason}); change the [space] values or the [dataset] options"
+        )
 
 
 def run_trial(config: dict[str, Any], job: Job) -> None:

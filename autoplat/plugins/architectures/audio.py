@@ -15,8 +15,8 @@ PANNs do), and then:
   each stage) with 2x2 max pooling between stages; global average pooling is the feature.
 
 ``model.head`` is the final ``Linear`` from the feature to the logits. The mel scale
-assumes ``sample_rate`` (a model param, default 8000 as the synthetic datasets): set it
-to the dataset's rate. Training is the standard classification trainer; with
+assumes ``sample_rate`` (a model param, default 8000 as the synthetic datasets): it must
+be the dataset's rate (``DataSpec.sample_rate``; a search refuses a space where it is not). Training is the standard classification trainer; with
 ``robust_epsilons`` set, each evaluation also measures PGD robustness on the waveforms
 (``autoplat.plugins.robustness``): ``val_robust_accuracy`` (at the largest epsilon) at
 epoch 1, every ``eval_every`` epochs and the last (carried over between), and at the end
@@ -148,11 +148,16 @@ class AudioClassifier(nn.Module):
         return self.head(self.features(waveforms))
 
 
-def frontend_problem(p: dict[str, Any], name: str) -> str | None:
-    """Why the log-mel params ``p`` cannot work, or None."""
+def frontend_problem(p: dict[str, Any], name: str, spec: DataSpec | None = None) -> str | None:
+    """Why the log-mel params ``p`` cannot work (on ``spec``'s audio, when given), or None."""
     for key in ("sample_rate", "n_mels", "hop_length"):
         if p[key] < 1:
             return f"{name}: {key} must be at least 1, got {p[key]}"
+    if spec is not None and spec.sample_rate and p["sample_rate"] != spec.sample_rate:
+        return (
+            f"{name}: sample_rate {p['sample_rate']} is not the data's {spec.sample_rate} Hz "
+            f"(the mel scale would be wrong); set sample_rate = {spec.sample_rate} in [space]"
+        )
     if p["n_fft"] < 16:
         return f"{name}: n_fft must be at least 16, got {p['n_fft']}"
     if p["n_mels"] > p["n_fft"] // 2 + 1:
@@ -196,7 +201,7 @@ class Audio(Architecture):
         p = {**self.defaults, **params}
         if p["encoder"] not in ENCODERS:
             return f"audio: encoder must be 'ast' or 'cnn', got {p['encoder']!r}"
-        problem = frontend_problem(p, "audio")
+        problem = frontend_problem(p, "audio", spec)
         if problem:
             return problem
         for key in ("depth", "width", "heads", "mlp_ratio", "patch_size"):

@@ -316,7 +316,7 @@ class AudioVisual(Architecture):
         p = {**self.defaults, **params}
         if p["fusion"] not in FUSIONS:
             return f"audio-visual: fusion must be one of {', '.join(FUSIONS)}, got {p['fusion']!r}"
-        problem = frontend_problem(p, "audio-visual")
+        problem = frontend_problem(p, "audio-visual", spec)
         if problem:
             return problem
         for key in ("depth", "width", "heads", "mlp_ratio", "audio_patch", "image_patch"):

@@ -167,7 +167,10 @@ class SoundEvents(Dataset):
         samples = round(options.sample_rate * options.duration)
         labels = rng.integers(len(EVENTS), size=n)
         clips = mix([EVENTS[i] for i in labels], samples, options.sample_rate, options.snr_db, rng)
-        spec = DataSpec("classification", "audio", (samples,), len(EVENTS), EVENTS)
+        spec = DataSpec(
+            "classification", "audio", (samples,), len(EVENTS), EVENTS,
+            sample_rate=options.sample_rate,
+        )  # fmt: skip
         return _split([torch.from_numpy(clips), torch.from_numpy(labels)], options, spec)
 
 
@@ -221,7 +224,10 @@ class AudioVisualEvents(Dataset):
             arrays, shape = [images, y], image_shape
         else:
             arrays, shape = [audio, images, y], (samples, *image_shape)
-        spec = DataSpec("classification", options.modality, shape, len(AV_CLASSES), AV_CLASSES)
+        spec = DataSpec(
+            "classification", options.modality, shape, len(AV_CLASSES), AV_CLASSES,
+            sample_rate=0 if options.modality == "image" else options.sample_rate,
+        )  # fmt: skip
         return _split(arrays, options, spec)
 
 
@@ -350,7 +356,10 @@ class AudioFolder(Dataset):
             )
         index = {name: i for i, name in enumerate(names)}
         y = np.asarray([index[label] for label in labels], dtype=np.int64)
-        spec = DataSpec("classification", "audio", (samples,), len(names), tuple(names))
+        spec = DataSpec(
+            "classification", "audio", (samples,), len(names), tuple(names),
+            sample_rate=options.sample_rate,
+        )  # fmt: skip
         return stratified_splits(np.stack(waves), y, options, seed, spec)
 
 
