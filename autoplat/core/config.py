@@ -549,9 +549,12 @@ def unbuildable(space: SearchSpace, arch: Architecture, spec: DataSpec | None = 
     when given): the first sample's reason; None when one can."""
     rng = random.Random(0)
     first_reason = None
+    takes_spec = len(inspect.signature(arch.check_params).parameters) > 1  # not every plugin's
+    if spec is not None and not takes_spec:
+        return None  # a plugin that checks params alone (the config-time check did)
     for _ in range(200):
         params, _ = arch.split_params(split_dataset_params(space.sample(rng))[1])
-        reason = arch.check_params(params, spec)
+        reason = arch.check_params(params, spec) if spec is not None else arch.check_params(params)
         if reason is None:
             return None
         first_reason = first_reason or reason

@@ -16,8 +16,9 @@ PANNs do), and then:
 
 ``model.head`` is the final ``Linear`` from the feature to the logits. The mel scale
 assumes ``sample_rate`` (a model param, default 8000 as the synthetic datasets): it must
-be the dataset's rate (``DataSpec.sample_rate``; a search refuses a space where it is not). Training is the standard classification trainer; with
-``robust_epsilons`` set, each evaluation also measures PGD robustness on the waveforms
+be the dataset's rate (``DataSpec.sample_rate``; a search refuses a space where it is
+not). Training is the standard classification trainer; with ``robust_epsilons`` set,
+each evaluation also measures PGD robustness on the waveforms
 (``autoplat.plugins.robustness``): ``val_robust_accuracy`` (at the largest epsilon) at
 epoch 1, every ``eval_every`` epochs and the last (carried over between), and at the end
 the test curve ``test_robust_acc_eps_<i>`` (with ``test_robust_eps_<i>``, the epsilon)
