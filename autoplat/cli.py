@@ -129,9 +129,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autoplat.core.study import run_study
 
     if args.tui:
-        from autoplat.tui.launch import search_with_tui
+        from autoplat.tui.launch import run_with_tui
 
-        return search_with_tui(args)
+        return run_with_tui(args, "search")
     registry = get_registry()
     _warn_plugin_errors(registry)
     resolved = load_config(args.config, registry)
@@ -204,6 +204,10 @@ def cmd_al(args: argparse.Namespace) -> int:
     from autoplat.core.al_study import learning_curves, load_al_config, run_al
     from autoplat.core.registry import get_registry
 
+    if args.tui:
+        from autoplat.tui.launch import run_with_tui
+
+        return run_with_tui(args, "al")
     registry = get_registry()
     _warn_plugin_errors(registry)
     resolved = load_al_config(args.config, registry)
@@ -641,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help=storage_help + "; overrides [study].storage")
     p.add_argument("--address", help="join the Ray cluster at this address (or RAY_ADDRESS)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    p.add_argument("--tui", action="store_true", help="watch the experiments live in the TUI")
     p.set_defaults(func=cmd_al)
 
     p = sub.add_parser("curate", help="score and filter record files with data-quality scorers")

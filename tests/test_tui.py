@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import random
@@ -23,7 +24,7 @@ from autoplat.core.store import OBJECTIVES_KEY, SCHEMA_VERSION, ALRound, Store, 
 from autoplat.tui.app import PlatformApp, SearchProcess
 from autoplat.tui.base import HelpScreen, QuitSearchScreen
 from autoplat.tui.data import COLUMNS, FRONT_MARK, Reader, TrialsModel
-from autoplat.tui.launch import stop_search
+from autoplat.tui.launch import detached_command, stop_search
 from autoplat.tui.study import ALStudyScreen, CurateStudyScreen, SearchStudyScreen
 
 POLL = 0.05
@@ -227,10 +228,13 @@ async def test_quit_asks_whether_to_stop_the_search(store: Store, tmp_path: Path
         [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
     )
     try:
-        app = PlatformApp(store.url, interval=POLL, search=SearchProcess(process, tmp_path / "l"))
+        watched = SearchProcess(process, tmp_path / "l", "experiments")  # `platform al --tui`
+        app = PlatformApp(store.url, interval=POLL, search=watched)
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.press("q")
             assert isinstance(app.screen, QuitSearchScreen)
+            question = str(app.screen.query_one("#question", Static).render())
+            assert f"The experiments (PID {process.pid}) is still running" in question
             await pilot.press("escape")
             assert not isinstance(app.screen, QuitSearchScreen)
             await pilot.press("q", "s")
@@ -251,6 +255,13 @@ def test_tui_command_help_and_bad_config(capsys, write_config) -> None:
     bad = write_config(extra="[bogus]\nx = 1\n")
     assert main(["search", str(bad), "--tui"]) == 2
     assert "bogus" in capsys.readouterr().err
+    assert main(["al", str(bad), "--tui"]) == 2  # validated as an active-learning config
+    assert "name, seeds, data_seed" in capsys.readouterr().err
+
+    args = argparse.Namespace(config=bad, storage="sqlite:///x.db", address=None, resume=True)
+    assert detached_command(args, "al")[2:] == [
+        "autoplat.cli", "al", str(bad), "--storage", "sqlite:///x.db", "--resume"
+    ]  # fmt: skip
 
 
 @pytest.mark.asyncio

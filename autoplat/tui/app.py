@@ -38,10 +38,12 @@ HelpScreen, QuitSearchScreen { align: center middle; }
 
 @dataclass
 class SearchProcess:
-    """The detached `platform search` a `--tui` run watches."""
+    """The detached `platform search` (or `al`: ``label`` "experiments") a `--tui` run
+    watches."""
 
     process: Popen
     log: Path
+    label: str = "search"
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -102,14 +104,14 @@ class PlatformApp(App[str | None]):
             return
         self._search_done = True
         code = self.search.process.returncode
-        message = f"the search exited with code {code}; log: {self.search.log}"
+        message = f"the {self.search.label} exited with code {code}; log: {self.search.log}"
         last = self.search.last_line()
         self.notify(
             f"{message}\n{last}" if last else message,
             severity="information" if code == 0 else "error",
             timeout=30,
         )
-        self.sub_title = f"{self.reader.url} · search exited ({code})"
+        self.sub_title = f"{self.reader.url} · {self.search.label} exited ({code})"
 
     def action_toggle_dark(self) -> None:
         self.theme = "textual-light" if self.theme == "textual-dark" else "textual-dark"
@@ -145,7 +147,7 @@ class PlatformApp(App[str | None]):
             if choice is not None:
                 self.leave(choice)
 
-        self.push_screen(QuitSearchScreen(self.search.process.pid), chosen)
+        self.push_screen(QuitSearchScreen(self.search.process.pid, self.search.label), chosen)
 
 
 def run_tui(args: argparse.Namespace) -> int:

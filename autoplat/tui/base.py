@@ -134,27 +134,28 @@ class HelpScreen(ModalScreen[None]):
 
 
 class QuitSearchScreen(ModalScreen[str | None]):
-    """Asked on quit while `platform search --tui` still runs: stop it or leave it."""
+    """Asked on quit while `platform search --tui` (or `al --tui`) still runs: stop it or
+    leave it."""
 
     BINDINGS = [
-        Binding("s", "choose('stop')", "Stop search"),
+        Binding("s", "choose('stop')", "Stop"),
         Binding("l", "choose('leave')", "Leave running"),
         Binding("escape,c", "choose('cancel')", "Cancel"),
     ]
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, label: str = "search") -> None:
         super().__init__()
-        self.pid = pid
+        self.pid, self.label = pid, label
 
     def compose(self) -> ComposeResult:
         with Vertical(id="quit"):
             yield Static(
-                f"The search (PID {self.pid}) is still running. Stop it, or leave it "
+                f"The {self.label} (PID {self.pid}) is still running. Stop it, or leave it "
                 "running in the background?",
                 id="question",
             )
             with Horizontal(id="choices"):
-                yield Button("Stop search (s)", variant="error", id="stop")
+                yield Button(f"Stop {self.label} (s)", variant="error", id="stop")
                 yield Button("Leave running (l)", variant="primary", id="leave")
                 yield Button("Cancel (esc)", id="cancel")
 

@@ -1,4 +1,4 @@
-"""`platform search config.toml --tui`: run the search detached, watch it in the TUI."""
+"""`platform search|al config.toml --tui`: run the study detached, watch it in the TUI."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-STOP_WAIT_S = 60.0  # how long a stopped search gets to record its trials after SIGINT
+STOP_WAIT_S = 60.0  # how long a stopped study gets to record its trials after SIGINT
 
 
-def search_command(args: argparse.Namespace) -> list[str]:
-    """The same `platform search` without --tui, as a module run of this interpreter."""
-    cmd = [sys.executable, "-m", "autoplat.cli", "search", str(args.config)]
+def detached_command(args: argparse.Namespace, command: str) -> list[str]:
+    """The same `platform search` (or `al`) without --tui, as a module run of this
+    interpreter."""
+    cmd = [sys.executable, "-m", "autoplat.cli", command, str(args.config)]
     if args.storage:
         cmd += ["--storage", args.storage]
     if args.address:
@@ -39,45 +40,50 @@ def stop_search(process: subprocess.Popen, wait_s: float = STOP_WAIT_S) -> int:
     return process.wait()
 
 
-def search_with_tui(args: argparse.Namespace) -> int:
-    """Validate the config, start the search detached, open the TUI on its study."""
+def run_with_tui(args: argparse.Namespace, command: str) -> int:
+    """Validate the config, start `platform <command>` (search or al) detached, open the
+    TUI on its study."""
+    from autoplat.core.al_study import load_al_config
     from autoplat.core.config import load_config
     from autoplat.core.registry import get_registry
     from autoplat.core.store import DEFAULT_URL
     from autoplat.tui.app import PlatformApp, SearchProcess
 
-    cfg = load_config(args.config, get_registry()).config  # a bad config exits 2 here
+    load = load_al_config if command == "al" else load_config
+    cfg = load(args.config, get_registry()).config  # a bad config exits 2 here
     name = cfg.study.name
     url = args.storage or cfg.study.storage or DEFAULT_URL
-    log = Path("runs") / f"search-{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log = Path("runs") / f"{command}-{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    detached = detached_command(args, command)
     with log.open("ab") as out:
         process = subprocess.Popen(
-            search_command(args),
+            detached,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    search = SearchProcess(process, log)
-    resume = search_command(args) + ([] if args.resume else ["--resume"])
+    study = SearchProcess(process, log, "experiments" if command == "al" else "search")
+    resume = detached + ([] if args.resume else ["--resume"])
+    what = f"`platform {command}`"
     choice = None
     try:
-        choice = PlatformApp(url, study=name, search=search).run()
+        choice = PlatformApp(url, study=name, search=study).run()
     finally:
         code = process.poll()
         if code is not None:
-            print(f"the search exited with code {code}; log: {log}")
+            print(f"{what} exited with code {code}; log: {log}")
         elif choice == "stop":
-            print(f"stopping the search (PID {process.pid}) ...", flush=True)
+            print(f"stopping {what} (PID {process.pid}) ...", flush=True)
             code = stop_search(process)
             print(
-                f"search stopped (exit code {code}); log: {log}. "
+                f"{what} stopped (exit code {code}); log: {log}. "
                 f"Continue it with: platform {' '.join(resume[3:])}"
             )
         else:
             print(
-                f"the search keeps running in the background: PID {process.pid}, log {log}. "
+                f"{what} keeps running in the background: PID {process.pid}, log {log}. "
                 f"Watch it again with: platform tui --storage {url} --study {name}"
             )
     return 0 if code is None else code
