@@ -129,6 +129,8 @@ def test_bad_experts_files_name_the_file(table, tmp_path) -> None:
     scores = write_scores(tmp_path / "s.parquet", np.arange(N), np.zeros(N, int))
     with pytest.raises(DataError, match="expert 4 has no training rows.*experts are 0"):
         dataset.load(ImageCaptionsOptions(path=table, experts=scores, expert=4), 0)
+    with pytest.raises(DataError, match="experts file .*nothing.parquet does not exist"):
+        dataset.load(ImageCaptionsOptions(path=table, experts=tmp_path / "nothing.parquet"), 0)
     with pytest.raises(ValidationError, match="expert needs experts"):
         ImageCaptionsOptions(path=table, expert=0)
 

@@ -28,7 +28,13 @@ from autoplat.core.interfaces import (
     Strategy,
 )
 from autoplat.core.registry import Registry
-from autoplat.core.space import DATASET_PREFIX, SearchSpace, SpaceError, split_dataset_params
+from autoplat.core.space import (
+    DATASET_PREFIX,
+    Dimension,
+    SearchSpace,
+    SpaceError,
+    split_dataset_params,
+)
 
 Loc = tuple[str | int, ...]
 METRICS = {
@@ -346,10 +352,7 @@ def _check_metric_params(
         if param is None:
             continue
         dim = space.dims.get(param)
-        try:
-            values = dim.grid() if dim is not None else [None]
-        except SpaceError:
-            values = [dim.sample(random.Random(0))] if dim is not None else [None]
+        values = _some_values(dim, random.Random(0)) if dim is not None else [None]
         if not all(values):
             key = "objectives" if study.objectives else "metric"
             raise source.error(
@@ -358,6 +361,14 @@ def _check_metric_params(
                 f"and some trials of this space leave it empty; set {param} in [space] "
                 f'(e.g. {param} = "0, 0.01")',
             )
+
+
+def _some_values(dim: Dimension, rng: random.Random, samples: int = 20) -> list[Any]:
+    """Every value of a dimension a grid can enumerate, else ``samples`` draws from it."""
+    try:
+        return dim.grid()
+    except SpaceError:  # a float range, or a very long int range
+        return [dim.sample(rng) for _ in range(samples)]
 
 
 def _check_form(config: Config, source: _Source) -> None:
@@ -529,11 +540,7 @@ def _dataset_dims(raw: Any, dataset: Dataset, options: Options, source: _Source)
     rng = random.Random(0)
     for name, dim in space.dims.items():
         key = name[len(DATASET_PREFIX) :]
-        try:
-            values = dim.grid()
-        except SpaceError:  # a float range, or a very long int range: check samples
-            values = [dim.sample(rng) for _ in range(20)]
-        for value in values:
+        for value in _some_values(dim, rng):
             try:
                 dataset.Options.model_validate({**base, key: value})
             except ValidationError as exc:

@@ -171,15 +171,21 @@ def read_experts(scores: Path, table: Path, rows: int) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if not scores.is_file():
+        raise DataError(
+            f"experts file {scores} does not exist; run `platform curate` with [scorers.mode] "
+            "on this table first, or fix [dataset] experts"
+        )
     try:
-        data = pq.read_table(scores)
+        names = pq.read_schema(scores).names
+        if EXPERT_COLUMN not in names or "id" not in names:
+            raise DataError(
+                f"{scores}: no '{EXPERT_COLUMN}' column (it has {', '.join(names)}); give the "
+                "scores.parquet of `platform curate` run with [scorers.mode] on this table"
+            )
+        data = pq.read_table(scores, columns=["id", EXPERT_COLUMN])
     except (OSError, pa.ArrowInvalid) as exc:
         raise DataError(f"{scores}: cannot read the experts scores file ({exc})") from None
-    if EXPERT_COLUMN not in data.column_names or "id" not in data.column_names:
-        raise DataError(
-            f"{scores}: no '{EXPERT_COLUMN}' column (it has {', '.join(data.column_names)}); "
-            "give the scores.parquet of `platform curate` run with [scorers.mode] on this table"
-        )
     ids = data.column("id").to_numpy()
     if len(ids) != rows or not np.array_equal(np.sort(ids), np.arange(rows)):
         raise DataError(
