@@ -118,10 +118,15 @@ def train_epoch(
         scheduler.step()
         loss_sum += loss.detach() * len(idx)
     mean = loss_sum.item() / n_train
-    if not math.isfinite(mean):
-        bad = "NaN" if math.isnan(mean) else "infinite"
-        raise TrialFailed(f"{what} became {bad} at epoch {epoch}")
+    check_finite(mean, epoch, what)
     return mean
+
+
+def check_finite(loss: float, epoch: int, what: str = "loss") -> None:
+    """TrialFailed("<what> became NaN at epoch <epoch>") when ``loss`` is NaN or infinite."""
+    if not math.isfinite(loss):
+        bad = "NaN" if math.isnan(loss) else "infinite"
+        raise TrialFailed(f"{what} became {bad} at epoch {epoch}")
 
 
 def warmup_cosine(

@@ -50,6 +50,7 @@ from autoplat.core.training import (
     TRAINER_PARAMS,
     TrialFailed,
     autocast,
+    check_finite,
     load_checkpoint,
     start_training,
     warmup_cosine,
@@ -663,9 +664,7 @@ def train_dino(
             loss_sum += loss.detach() * n
             step += 1
         train_loss = loss_sum.item() / n_train
-        if not math.isfinite(train_loss):
-            what = "NaN" if math.isnan(train_loss) else "infinite"
-            raise TrialFailed(f"loss became {what} at epoch {epoch}")
+        check_finite(train_loss, epoch)
 
         metrics = {"train_loss": train_loss}
         last = epoch == epochs

@@ -44,7 +44,13 @@ from torch import nn
 from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import Architecture, DataSpec, OnnxPart, Splits
 from autoplat.core.training import TRAINER_PARAMS as BASE
-from autoplat.core.training import TrialFailed, autocast, start_training, warmup_cosine
+from autoplat.core.training import (
+    TrialFailed,
+    autocast,
+    check_finite,
+    start_training,
+    warmup_cosine,
+)
 from autoplat.plugins.architectures.vit import Attention, Block
 
 PAD_ID, BOS_ID, EOS_ID = 0, 2, 3  # as autoplat.plugins.datasets.captions
@@ -617,9 +623,7 @@ def train_video_text(
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0) + value.detach().float() * len(idx)
         train = {key: value.item() / n for key, value in sums.items()}
-        if not math.isfinite(train["loss"]):
-            what = "NaN" if math.isnan(train["loss"]) else "infinite"
-            raise TrialFailed(f"loss became {what} at epoch {epoch}")
+        check_finite(train["loss"], epoch)
         metrics = {"train_loss": train.pop("loss")}
         metrics |= {f"train_{key}_loss": value for key, value in train.items()}
         val = evaluate(model, splits.val, device)

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from autoplat.core.interfaces import Options as BaseOptions
 from autoplat.core.interfaces import Splits
-from autoplat.core.training import Report, TrialFailed, autocast, evaluate
+from autoplat.core.training import Report, autocast, check_finite, evaluate
 from autoplat.strategies.search.oneshot import OneShot
 from autoplat.strategies.search.oneshot.supernet import Bound, inherited_score
 
@@ -127,10 +127,7 @@ class DARTS(OneShot):
                 scheduler.step()
                 loss_sum += loss.detach() * len(idx)
             train_loss = loss_sum.item() / len(x)
-            if not math.isfinite(train_loss):
-                raise TrialFailed(
-                    f"darts: the supernet's loss became {train_loss} at epoch {epoch}"
-                )
+            check_finite(train_loss, epoch, "darts: the supernet's loss")
             weights = {e: a.detach().softmax(0) for e, a in alphas.items()}
             val_accuracy, val_loss = evaluate(Bound(supernet, weights), xv, yv, device)
             cell = derive(alphas, self.candidates)

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from autoplat.core.interfaces import Splits
 from autoplat.core.space import Categorical, Fixed, ParamsKey, SearchSpace, params_key
-from autoplat.core.training import Report, TrialFailed, autocast
+from autoplat.core.training import Report, autocast, check_finite
 from autoplat.strategies.search.evolution import RegularizedEvolution
 from autoplat.strategies.search.oneshot import OneShot
 from autoplat.strategies.search.oneshot.supernet import SuperNet, inherited_score
@@ -99,8 +99,7 @@ class SPOS(OneShot):
                 scheduler.step()
                 loss_sum += loss.detach() * len(idx)
             train_loss = loss_sum.item() / len(x)
-            if not math.isfinite(train_loss):
-                raise TrialFailed(f"spos: the supernet's loss became {train_loss} at epoch {epoch}")
+            check_finite(train_loss, epoch, "spos: the supernet's loss")
             scores = [inherited_score(supernet, c, calibration, val, o.batch_size) for c in probes]
             report(
                 epoch,
