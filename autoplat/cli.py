@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autoplat import __version__
-from autoplat.core.errors import AutoplatError
+from autoplat.core.errors import AutoplatError, StoreFault
 from autoplat.core.store import DEFAULT_URL, Store, Study, StudyState, TrialState
 
 out = Console(highlight=False, soft_wrap=True)
@@ -744,6 +744,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except StoreFault as exc:  # the store failed mid-run: not bad input
+        err.print(f"error: {exc}", markup=False)
+        return 1
     except AutoplatError as exc:
         err.print(f"error: {exc}", markup=False)
         return 2

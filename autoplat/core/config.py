@@ -70,6 +70,9 @@ class StudySection(Section):
     storage: str | None = None
     checkpoints: Literal["best", "all", "none"] = "best"  # which trials keep their weights
     checkpoint_dir: str | None = None  # default: checkpoints/ next to a SQLite store
+    # Ray Tune's per-run folder: default ray/ next to a SQLite store, else runs/ray
+    workdir: str | None = None
+    keep_ray_files: bool = False  # keep Ray's per-run folder after the study ends
 
 
 class ArchitectureSection(Section):
@@ -99,6 +102,9 @@ class ResourcesSection(Section):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
     max_concurrent: int | None = Field(None, ge=1)
+    # retries of a trial whose worker died (Ray's FailureConfig); a trial that raised or
+    # produced NaN is never retried
+    max_failures: int = Field(0, ge=0, le=100)
 
 
 class Config(Section):

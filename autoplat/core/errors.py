@@ -19,3 +19,8 @@ class StoreError(AutoplatError):
 
 class DataError(AutoplatError):
     """Data a user supplied cannot be read or used (a file, a folder, labels)."""
+
+
+class StoreFault(StoreError):
+    """The store failed mid-run (locked past its timeout, disk full, server gone, corrupt
+    file). Not the user's input: the CLI exits 1; the study can be continued with --resume."""
