@@ -1,7 +1,43 @@
-"""autoplat: a plugin-based AutoML and active-learning platform (command: `platform`)."""
+"""autoplat: a plugin-based AutoML and active-learning platform (command: `platform`).
 
-from autoplat.core.errors import AutoplatError
+The Python API (``docs/python.md``): ``search``, ``run_al``, ``curate``, ``load_study``
+and ``list_studies``, imported on first use so ``import autoplat`` stays light.
+"""
+
+from typing import Any
+
+from autoplat.core.errors import (
+    AutoplatError,
+    ConfigError,
+    DataError,
+    PluginError,
+    StoreError,
+    StoreFault,
+)
 from autoplat.core.hookspecs import hookimpl
 
-__all__ = ["AutoplatError", "hookimpl"]
+_API = ("search", "run_al", "curate", "load_study", "list_studies")
+__all__ = [
+    "AutoplatError",
+    "ConfigError",
+    "DataError",
+    "PluginError",
+    "StoreError",
+    "StoreFault",
+    "StudyView",
+    "hookimpl",
+    *_API,
+]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from autoplat import api
+
+        return getattr(api, name)
+    if name == "StudyView":
+        from autoplat.core.results import StudyView
+
+        return StudyView
+    raise AttributeError(f"module 'autoplat' has no attribute '{name}'")

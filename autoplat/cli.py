@@ -6,7 +6,9 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,18 +124,68 @@ def _progress():
     )
 
 
+SIGINT_EXIT, SIGTERM_EXIT = 130, 143  # 128 + the signal, as a shell reports it
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[list[int]]:
+    """SIGTERM (kill, systemd, Slurm, Kubernetes) stops a command as Ctrl-C does: it calls
+    the SIGINT handler (Ray Tune's graceful stop, else KeyboardInterrupt). Yields a list
+    that holds SIGTERM once one came."""
+    received: list[int] = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        received.append(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _own_ray(keep_files: bool) -> Iterator[None]:
+    """Shut down the Ray a command started (not one it found running), and remove a local
+    Ray's temp session folder unless ``keep_files``."""
+    import ray
+
+    from autoplat.core.study import shutdown_ray
+
+    started = not ray.is_initialized()
+    try:
+        yield
+    finally:
+        if started and ray.is_initialized():
+            shutdown_ray(keep_files)
+
+
+def _resume_command(command: str, args: argparse.Namespace) -> str:
+    storage = f" --storage {args.storage}" if args.storage else ""
+    return f"platform {command} {args.config} --resume{storage}"
+
+
+def _store_fault(command: str, args: argparse.Namespace, exc: StoreFault) -> int:
+    """The store failed mid-run: one line and how to continue; exit 1."""
+    err.print(f"error: {exc}", markup=False)
+    err.print(f"Continue with: {_resume_command(command, args)}", markup=False)
+    return 1
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from autoplat.core.config import load_config
     from autoplat.core.interfaces import OneShotStrategy
-    from autoplat.core.registry import get_registry
     from autoplat.core.study import run_study
 
     if args.tui:
         from autoplat.tui.launch import run_with_tui
 
         return run_with_tui(args, "search")
-    registry = get_registry()
-    _warn_plugin_errors(registry)
+    registry = _registry(args)
     resolved = load_config(args.config, registry)
     cfg = resolved.config
     store = Store(_storage(args, cfg.study.storage))
@@ -155,6 +207,12 @@ def cmd_search(args: argparse.Namespace) -> int:
                         task,
                         status=f"trial {data['number']} epoch {data['step']} {metric}={value:.4f}",
                     )
+            elif kind == "retry":
+                progress.console.print(
+                    f"trial {data['number']}: its worker died ({data['error']}); retry "
+                    f"{data['retries']} of {cfg.resources.max_failures}",
+                    markup=False,
+                )
             elif kind == "end":
                 progress.advance(task)
                 value = data.get("value")
@@ -171,22 +229,37 @@ def cmd_search(args: argparse.Namespace) -> int:
                 if best:
                     progress.update(task, status=f"best {metric}={best[0]:.4f}")
 
-        # Tune stops on the first Ctrl-C by itself; a second one lands here
-        with contextlib.suppress(KeyboardInterrupt):
-            run_study(resolved, store, address=args.address, resume=args.resume, on_event=on_event)
-    study = store.get_study(cfg.study.name)
-    _print_study(store, study, top=10)
-    out.print(
-        f"results stored in {store.url} (study '{study.name}'); "
-        f"view again with: platform show {study.name}"
-    )
-    if study.state == StudyState.INTERRUPTED:
+        # Tune stops on the first Ctrl-C (or SIGTERM) by itself; a second one lands here
+        try:
+            with (
+                _sigterm_as_ctrl_c() as sigterm,
+                contextlib.suppress(KeyboardInterrupt),
+                _own_ray(cfg.study.keep_ray_files),
+            ):
+                run_study(
+                    resolved, store, address=args.address, resume=args.resume, on_event=on_event
+                )
+        except StoreFault as exc:
+            progress.stop()
+            return _store_fault("search", args, exc)
+    study = store.find_study(cfg.study.name)
+    if study is None:  # stopped while Ray started, before the study was stored
+        err.print("interrupted before the study started: nothing was stored")
+        return SIGTERM_EXIT if sigterm else SIGINT_EXIT
+    if args.json:
+        print(json.dumps(store.summary(study), indent=2))
+    else:
+        _print_study(store, study, top=10)
+        out.print(
+            f"results stored in {store.display_url} (study '{study.name}'); "
+            f"view again with: platform show {study.name}"
+        )
+    if study.state == StudyState.INTERRUPTED or sigterm:
         err.print(
             "interrupted: finished trials are stored. Continue with: "
-            f"platform search {args.config} --resume"
-            + (f" --storage {args.storage}" if args.storage else "")
+            + _resume_command("search", args)
         )
-        return 130
+        return SIGTERM_EXIT if sigterm else SIGINT_EXIT
     trials = store.trials(study.id)
     errors = [t.error or "" for t in trials if t.state == TrialState.FAIL]
     if errors and not any(t.state == TrialState.COMPLETE for t in trials):
@@ -202,14 +275,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_al(args: argparse.Namespace) -> int:
     from autoplat.core.al_study import learning_curves, load_al_config, run_al
-    from autoplat.core.registry import get_registry
 
     if args.tui:
         from autoplat.tui.launch import run_with_tui
 
         return run_with_tui(args, "al")
-    registry = get_registry()
-    _warn_plugin_errors(registry)
+    registry = _registry(args)
     resolved = load_al_config(args.config, registry)
     cfg = resolved.config
     store = Store(_storage(args, cfg.study.storage))
@@ -220,7 +291,13 @@ def cmd_al(args: argparse.Namespace) -> int:
 
         def on_event(kind: str, data: dict[str, Any]) -> None:
             who = f"{data['acquisition']} seed {data['seed']}"
-            if kind == "round":
+            if kind == "retry":
+                progress.console.print(
+                    f"{who}: its worker died ({data['error']}); retry {data['retries']} of "
+                    f"{cfg.resources.max_failures}",
+                    markup=False,
+                )
+            elif kind == "round":
                 accuracy = data.get("test_accuracy", float("nan"))
                 progress.update(
                     task, status=f"{who}: {data['n_labeled']} labels, test acc {accuracy:.3f}"
@@ -240,26 +317,38 @@ def cmd_al(args: argparse.Namespace) -> int:
                 f"file oracle: queries appear in {folder}/ as *.query.{cfg.oracle.format}; "
                 f"write the labeled copy as *.labels.{cfg.oracle.format} next to each"
             )
-        with contextlib.suppress(KeyboardInterrupt):
-            run_al(resolved, store, address=args.address, resume=args.resume, on_event=on_event)
-    study = store.get_study(cfg.study.name)
-    _print_al_study(store, study, learning_curves(store.al_rounds(study.id)))
-    out.print(
-        f"results stored in {store.url} (study '{study.name}'); "
-        f"view again with: platform show {study.name}"
-    )
-    if study.state == StudyState.INTERRUPTED:
-        err.print(
-            "interrupted: finished rounds are stored. Continue with: "
-            f"platform al {args.config} --resume"
-            + (f" --storage {args.storage}" if args.storage else "")
+        try:
+            with (
+                _sigterm_as_ctrl_c() as sigterm,
+                contextlib.suppress(KeyboardInterrupt),
+                _own_ray(cfg.study.keep_ray_files),
+            ):
+                run_al(resolved, store, address=args.address, resume=args.resume, on_event=on_event)
+        except StoreFault as exc:
+            progress.stop()
+            return _store_fault("al", args, exc)
+    study = store.find_study(cfg.study.name)
+    if study is None:  # stopped while Ray started, before the study was stored
+        err.print("interrupted before the study started: nothing was stored")
+        return SIGTERM_EXIT if sigterm else SIGINT_EXIT
+    curves = learning_curves(store.al_rounds(study.id))
+    if args.json:
+        print(json.dumps(_al_json(store, study, curves), indent=2))
+    else:
+        _print_al_study(store, study, curves)
+        out.print(
+            f"results stored in {store.display_url} (study '{study.name}'); "
+            f"view again with: platform show {study.name}"
         )
-        return 130
+    if study.state == StudyState.INTERRUPTED or sigterm:
+        err.print(
+            "interrupted: finished rounds are stored. Continue with: " + _resume_command("al", args)
+        )
+        return SIGTERM_EXIT if sigterm else SIGINT_EXIT
     if failures:
         err.print(
             f"{len(failures)} experiments failed (above); fix the cause and continue with: "
-            f"platform al {args.config} --resume"
-            + (f" --storage {args.storage}" if args.storage else "")
+            + _resume_command("al", args)
         )
         # bad labels or data are the user's to fix (exit 2); anything else is a failure
         return 2 if any(f.split(":", 1)[0].endswith("DataError") for f in failures) else 1
@@ -268,10 +357,8 @@ def cmd_al(args: argparse.Namespace) -> int:
 
 def cmd_curate(args: argparse.Namespace) -> int:
     from autoplat.core.curation import load_curate_config, run_curation
-    from autoplat.core.registry import get_registry
 
-    registry = get_registry()
-    _warn_plugin_errors(registry)
+    registry = _registry(args)
     resolved = load_curate_config(args.config, registry)
     store = Store(_storage(args, resolved.config.study.storage))
     names = ", ".join(cls.name for cls, _ in resolved.scorers)
@@ -284,21 +371,26 @@ def cmd_curate(args: argparse.Namespace) -> int:
         progress.update(task, completed=done, total=total, status=status)
 
     try:
-        run_curation(resolved, store, resume=args.resume, progress=on_progress)
+        with _sigterm_as_ctrl_c() as sigterm:
+            run_curation(resolved, store, resume=args.resume, progress=on_progress)
     except KeyboardInterrupt:
         progress.stop()
         err.print(
             "interrupted: finished chunks are kept. Continue with: "
-            f"platform curate {args.config} --resume"
-            + (f" --storage {args.storage}" if args.storage else "")
+            + _resume_command("curate", args)
         )
-        return 130
+        return SIGTERM_EXIT if sigterm else SIGINT_EXIT
     finally:
         progress.stop()
     study = store.get_study(resolved.config.study.name)
+    if args.json:
+        from autoplat.core.results import curation_info
+
+        print(json.dumps(curation_info(store, study), indent=2))
+        return 0
     _print_curate_study(store, study)
     out.print(
-        f"results stored in {store.url} (study '{study.name}'); "
+        f"results stored in {store.display_url} (study '{study.name}'); "
         f"view again with: platform show {study.name}"
     )
     return 0
@@ -356,7 +448,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summaries, indent=2))
         return 0
-    table = Table(title=f"studies in {store.url}")
+    table = Table(title=f"studies in {store.display_url}")
     table.add_column("name", no_wrap=True)
     for column in ("kind", "state", "done", "running", "failed", "best", "started"):
         table.add_column(column)
@@ -385,12 +477,16 @@ def _best_value(store: Store, study: Study) -> float | None:
 def cmd_show(args: argparse.Namespace) -> int:
     store = Store(_storage(args), create=False)
     study = store.get_study(args.study)
+    if args.csv or args.history:
+        from autoplat.cli_results import show_rows
+
+        return show_rows(store, study, args)
     if study.kind == "al":
         from autoplat.core.al_study import learning_curves
 
         curves = learning_curves(store.al_rounds(study.id))
         if args.json:
-            print(json.dumps({"study": store.summary(study)["study"], "curves": curves}, indent=2))
+            print(json.dumps(_al_json(store, study, curves), indent=2))
         else:
             _print_al_study(store, study, curves)
         return 0
@@ -407,6 +503,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     else:
         _print_study(store, study, args.top)
     return 0
+
+
+def _al_json(store: Store, study: Study, curves: dict[str, Any]) -> dict[str, Any]:
+    """An AL study as JSON: the study, mean/std curves, and every seed's rounds (labels,
+    metrics, queried ids and their labels) under ``per_seed``."""
+    from autoplat.core.results import al_curves_by_seed, al_rows
+
+    per_seed = al_curves_by_seed(al_rows(store, study))
+    return {"study": store.summary(study)["study"], "curves": curves, "per_seed": per_seed}
 
 
 def _print_al_study(store: Store, study: Study, curves: dict[str, Any]) -> None:
@@ -447,9 +552,7 @@ def _print_al_study(store: Store, study: Study, curves: dict[str, Any]) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from autoplat.core.registry import get_registry
-
-    plugins = sorted(get_registry().plugins.values(), key=lambda p: p.name)
+    plugins = sorted(_registry(args, warn=False).plugins.values(), key=lambda p: p.name)
     if args.json:
         print(json.dumps([p.to_dict() for p in plugins], indent=2))
         return 0
@@ -503,14 +606,36 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from autoplat.core.export import (
+        check_out,
+        export_trial,
+        find_trial,
+        load_trial_model,
+        protected_files,
+    )
 
-    from autoplat.core.export import export_trial, load_trial_model
-
-    store = Store(_storage(args), create=False)
-    tm = load_trial_model(store, args.study, args.trial)
-    target = Path(args.out or f"{tm.study.name}-trial{tm.trial.number}.onnx")
-    done = export_trial(tm, target, tolerance=args.tolerance, opset=args.opset)
+    _registry(args)  # --plugin: the modules the study's architecture and dataset come from
+    store = Store(_storage(args), create=False)  # read only: export writes nothing to it
+    study, trial = find_trial(store, args.study, args.trial)
+    target = Path(args.out or f"{study.name}-trial{trial.number}.onnx")
+    protected = protected_files(store)
+    check_out(target, protected, args.force)  # before any work; each part's file again below
+    tm = load_trial_model(store, study.name, trial.number)
+    try:
+        done = export_trial(
+            tm,
+            target,
+            tolerance=args.tolerance,
+            opset=args.opset,
+            force=args.force,
+            protected=protected,
+        )
+    except OSError as exc:
+        err.print(f"error: cannot write the ONNX file(s) for {target}: {exc}", markup=False)
+        return 1
+    if args.json:
+        print(json.dumps(_export_json(tm, done, args), indent=2))
+        return 0
     value = f"{tm.trial.value:.4f}" if tm.trial.value is not None else "?"
     head = f"exported trial {tm.trial.number} of study '{tm.study.name}' "
     head += f"({tm.study.metric}={value})"
@@ -541,6 +666,28 @@ def cmd_export(args: argparse.Namespace) -> int:
         texts = ' --texts "a caption" ...' if ranks else ""
         out.print(f"predict with: platform predict {d.path} {example} ...{texts}")
     return 0
+
+
+def _export_json(tm: Any, done: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """What `export --json` prints: the trial exported and each file with its parity."""
+    return {
+        "study": tm.study.name,
+        "trial": tm.trial.number,
+        "metric": tm.study.metric,
+        "value": tm.trial.value,
+        "opset": args.opset,
+        "tolerance": args.tolerance,
+        "files": [
+            {
+                "part": d.part,
+                "path": str(d.path),
+                "bytes": d.path.stat().st_size,
+                "parity_inputs": d.parity_inputs,
+                "max_abs_diff": d.max_abs_diff,
+            }
+            for d in done
+        ],
+    }
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -615,6 +762,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace, warn: bool = True):
+    """The plugin registry with the ``--plugin`` modules and the config's ``[plugins]``
+    modules loaded (one that is not there: exit 2); with ``warn``, plugins that failed are
+    warned about."""
+    from autoplat.core.config import load_plugins, read_config
+    from autoplat.core.errors import PluginError
+    from autoplat.core.registry import get_registry
+
+    registry = get_registry()
+    try:
+        for spec in getattr(args, "plugin", None) or []:
+            try:
+                registry.load_module(spec)
+            except PluginError as exc:
+                raise PluginError(f"--plugin {spec}: {exc}") from None
+        if getattr(args, "config", None):
+            load_plugins(*read_config(Path(args.config)), registry)
+    finally:  # also before an error in the config: a broken plugin may be its cause
+        if warn:
+            _warn_plugin_errors(registry)
+    return registry
+
+
 def _warn_plugin_errors(registry) -> None:
     for plugin, message in registry.errors():
         package = f" (package {plugin.package} {plugin.version})" if plugin.package else ""
@@ -622,6 +792,15 @@ def _warn_plugin_errors(registry) -> None:
             f"warning: plugin '{plugin.name}'{package} skipped part of its load: {message}; "
             "see `platform plugins`"
         )
+
+
+def _add_plugin_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plugin",
+        action="append",
+        metavar="PATH_OR_MODULE",
+        help="load a local plugin module (a .py file, or a module name); repeatable",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -638,6 +817,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join the Ray cluster at this address (or RAY_ADDRESS)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
     p.add_argument("--tui", action="store_true", help="watch the search live in the TUI")
+    _add_plugin_option(p)
+    p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("al", help="run active-learning experiments (acquisitions x seeds)")
@@ -646,12 +827,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join the Ray cluster at this address (or RAY_ADDRESS)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
     p.add_argument("--tui", action="store_true", help="watch the experiments live in the TUI")
+    _add_plugin_option(p)
+    p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     p.set_defaults(func=cmd_al)
 
     p = sub.add_parser("curate", help="score and filter record files with data-quality scorers")
     p.add_argument("config", help="path to a curation config TOML file")
     p.add_argument("--storage", help=storage_help + "; overrides [study].storage")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    _add_plugin_option(p)
+    p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     p.set_defaults(func=cmd_curate)
 
     p = sub.add_parser("runs", help="list studies in the store")
@@ -664,6 +849,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help=storage_help)
     p.add_argument("--top", type=int, default=None, help="show only the best N trials")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--csv", action="store_true", help="print the trials table (an AL study: its rounds) as CSV"
+    )
+    p.add_argument(
+        "--history",
+        action="store_true",
+        help="print every metric of every epoch (trial, step, metric, value): CSV, or --json",
+    )
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser(
@@ -684,9 +877,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", type=int, help="trial number (default: the best trial)")
     p.add_argument(
         "--out",
-        help="output file (default: STUDY-trialN.onnx); a model of several parts (towers) "
-        "writes OUT.<part>.onnx for each, e.g. model.image.onnx and model.text.onnx",
+        help="output file (default: STUDY-trialN.onnx) in an existing folder; a model of "
+        "several parts (towers) writes OUT.<part>.onnx for each, e.g. model.image.onnx and "
+        "model.text.onnx. Files are written only when every part passed its parity check "
+        "(to a temporary name, then renamed): a failed export leaves no file. Never "
+        "overwrites an existing file without --force, nor ever the store's own files or "
+        "the checkpoints it records",
     )
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--storage", help=storage_help)
     p.add_argument(
         "--tolerance",
@@ -695,6 +893,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest |onnxruntime - torch| allowed on the test inputs (default 1e-4)",
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    _add_plugin_option(p)
+    p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -722,8 +922,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
 
+    from autoplat.cli_results import add_commands
+
+    add_commands(sub, storage_help)
+
     p = sub.add_parser("plugins", help="list plugins, what they register, and load errors")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _add_plugin_option(p)
     p.set_defaults(func=cmd_plugins)
     plugin_sub = p.add_subparsers(dest="plugins_command", metavar="ACTION")
     p = plugin_sub.add_parser("new", help="scaffold a plugin package from the template")

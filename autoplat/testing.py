@@ -409,6 +409,27 @@ class ScorerContract:
         for name in first:
             np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
+    def test_state_survives_its_files(self, make_scorer, texts, context, tmp_path) -> None:
+        """A two-pass scorer's ``state()`` is plain data (saved as JSON and .npz, never
+        pickle), and a fresh scorer given it back scores the same."""
+        from autoplat.core.curation import load_states, save_states
+
+        scorer = make_scorer()
+        if not scorer.two_pass:
+            return
+        chunks = chunked(texts, 9)
+        whole = run_scorer(scorer, chunks, context)  # fills the chunks' embeddings
+        folder = tmp_path / "state"
+        folder.mkdir()
+        save_states(folder, {scorer.name: scorer.state()})
+        fresh = make_scorer()
+        fresh.setup(context)
+        fresh.load_state(load_states(folder)[scorer.name])
+        parts = [fresh.score(chunk) for chunk in chunks]
+        for name, values in whole.items():
+            got = np.concatenate([part[name] for part in parts])
+            np.testing.assert_allclose(got, values, atol=1e-6, err_msg=name)
+
 
 # -- architectures -----------------------------------------------------------------------
 def corner(space: SearchSpace, high: bool) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -83,8 +84,47 @@ def ray_address() -> str:
     """Start one local Ray for the whole run; subprocesses join it with --address."""
     import ray
 
-    from autoplat.core.study import ensure_ray
+    from autoplat.core.study import ensure_ray, shutdown_ray
 
     ensure_ray(None)
     yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    shutdown_ray()
+
+
+PG_SKIP = (
+    "PostgreSQL tests need AUTOPLAT_TEST_PG=postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB "
+    "(a role with CREATEDB); .ci/run starts a server and sets it"
+)
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    """An AUTOCOMMIT engine on AUTOPLAT_TEST_PG's server (skips when it is unset)."""
+    base = os.environ.get("AUTOPLAT_TEST_PG")
+    if not base:
+        pytest.skip(PG_SKIP)
+    from sqlalchemy import create_engine
+
+    engine = create_engine(base, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_admin):
+    """A fresh, empty PostgreSQL database for one test (dropped after it)."""
+    name = f"autoplat_test_{uuid.uuid4().hex[:12]}"
+    with pg_admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    yield pg_admin.url.set(database=name).render_as_string(hide_password=False)
+    with pg_admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    """A fresh store URL for one test, on each backend: a new SQLite file, a new PostgreSQL
+    database (skipped without AUTOPLAT_TEST_PG)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    return request.getfixturevalue("pg_url")

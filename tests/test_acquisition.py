@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from autoplat.core.active_learning import Acquisition
+from autoplat.core.active_learning import (
+    Acquisition,
+    LoopSettings,
+    SimulatedOracle,
+    run_experiment,
+)
+from autoplat.core.interfaces import DataSpec, Splits
 from autoplat.core.registry import get_registry
 from autoplat.strategies.acquisition import (
     BADGE,
@@ -25,7 +31,11 @@ from autoplat.strategies.acquisition import (
     VariationRatios,
     VoteEntropy,
 )
-from autoplat.strategies.acquisition.hybrid import GradientEmbeddings
+from autoplat.strategies.acquisition.hybrid import (
+    GradientEmbeddings,
+    average_linkage,
+    round_robin,
+)
 from autoplat.testing import AcquisitionContract
 
 NAMES = [
@@ -330,6 +340,47 @@ def test_typiclust_picks_typical_points_of_uncovered_clusters() -> None:
         assert blob[mean_knn.argmin()] == item
 
 
+def test_typiclust_visits_small_clusters_last() -> None:
+    """Clusters of at most min_cluster_size (5) items: the paper drops them, we go last,
+    even after covered clusters."""
+    points, ids = blobs([4, 20, 10])
+    for seed in range(3):  # nothing labeled, 3 clusters: largest first, the 4-item blob last
+        picked = pick(TypiClust(neighbors=5), {"embeddings": points}, 3, seed)
+        assert ids[picked].tolist() == [1, 2, 0]
+    pool = [i for i in range(len(points)) if i != 4]
+    outputs = {"embeddings": points[pool], "labeled_embeddings": points[4:5]}  # one of blob 1
+    for seed in range(3):  # L + k = 3 clusters: uncovered blob 2, covered 1, then small 0
+        picked = pick(TypiClust(neighbors=5), outputs, 2, seed)
+        assert ids[pool][picked].tolist() == [2, 1]
+
+
+def many_blobs(blobs: int, per: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``blobs`` far-apart tight blobs of ``per`` points each in 32-d; points and blob ids."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = 100 * torch.randn(blobs, 32, generator=gen, dtype=torch.float64)
+    points = centers.repeat_interleave(per, 0)
+    points += torch.randn(points.shape, generator=gen, dtype=torch.float64)
+    return points, torch.arange(blobs).repeat_interleave(per)
+
+
+def test_typiclust_uses_l_plus_k_clusters_beyond_500() -> None:
+    """L + k clusters, not at most 500 (the paper's code's cap): one pick per blob.
+
+    With 500 clusters for 510 blobs, ten clusters hold two blobs, and their second visit
+    may take the same blob again (measured: 505 distinct blobs)."""
+    points, ids = many_blobs(510, 6)
+    picked = TypiClust(neighbors=3).select({"embeddings": points}, 510, torch.Generator())
+    assert sorted(ids[picked].tolist()) == list(range(510))
+    points, ids = many_blobs(505, 6)
+    labeled = torch.arange(300) * 6  # one item of each of blobs 0..299: 505 clusters
+    pool = torch.ones(len(points), dtype=torch.bool)
+    pool[labeled] = False
+    pool = pool.nonzero().squeeze(1)
+    outputs = {"embeddings": points[pool], "labeled_embeddings": points[labeled]}
+    picked = pool[TypiClust(neighbors=3).select(outputs, 205, torch.Generator())]
+    assert sorted(ids[picked].tolist()) == list(range(300, 505))  # the uncovered blobs 300..504
+
+
 # -- hybrid -----------------------------------------------------------------------------
 def test_badge_implicit_distances_equal_explicit_ones() -> None:
     gen = torch.Generator().manual_seed(0)
@@ -378,17 +429,164 @@ def test_ranked_batch_weighs_distance_by_alpha() -> None:
     assert pick(RankedBatch(), outputs(16), 1) == [1]
 
 
+def margin_probs(margins: torch.Tensor) -> torch.Tensor:
+    """Two-class probabilities whose top-1 minus top-2 gaps are ``margins``."""
+    return torch.stack([(1 + margins) / 2, (1 - margins) / 2], 1)
+
+
+def test_round_robin_visits_the_smallest_group_first() -> None:
+    groups = torch.tensor([7, 7, 7, 3, 9, 9])  # sizes: 7 -> 3, 3 -> 1, 9 -> 2
+    orders = set()
+    for seed in range(6):
+        picked = round_robin(groups, 6, torch.Generator().manual_seed(seed)).tolist()
+        assert groups[picked].tolist() == [3, 9, 7, 9, 7, 7]  # pass 1: 3, 9, 7; 2: 9, 7; 3: 7
+        orders.add(tuple(picked))
+    assert len(orders) > 1  # members are drawn at random
+    assert groups[round_robin(groups, 2, torch.Generator())].tolist() == [3, 9]
+    tied = torch.tensor([0, 0, 1, 1])  # equal sizes: the first group is drawn too
+    firsts = {int(tied[round_robin(tied, 1, torch.Generator().manual_seed(s))]) for s in range(8)}
+    assert firsts == {0, 1}
+
+
+def upgma(x: torch.Tensor, clusters: int | None = None, threshold: float = math.inf):
+    """Average linkage the slow way: merge the two closest clusters (mean pairwise
+    distance) until ``clusters`` are left or the closest two are farther than ``threshold``.
+    Returns the clusters as a set of frozensets of row indices."""
+    distance = torch.cdist(x, x)
+    groups = [[i] for i in range(len(x))]
+    while len(groups) > (clusters or 1):
+        pairs = [
+            (distance[a][:, b].mean().item(), i, j)
+            for i, a in enumerate(groups)
+            for j, b in enumerate(groups)
+            if i < j
+        ]
+        d, i, j = min(pairs)
+        if d > threshold:
+            break
+        groups[i] = groups[i] + groups.pop(j)
+    return {frozenset(g) for g in groups}
+
+
+def partition(ids: torch.Tensor) -> set[frozenset[int]]:
+    return {frozenset((ids == c).nonzero().squeeze(1).tolist()) for c in ids.unique()}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_average_linkage_is_upgma(seed: int) -> None:
+    x = torch.randn(30, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    rng = torch.Generator().manual_seed(seed)
+    assert partition(average_linkage(x, 4, None, 1000, rng)) == upgma(x, clusters=4)
+    assert partition(average_linkage(x, 4, 1.5, 1000, rng)) == upgma(x, threshold=1.5)
+
+
+def test_average_linkage_above_max_items_joins_the_nearest_sampled_row() -> None:
+    points, ids = blobs([10, 10, 10])
+    for seed in range(3):
+        rng = torch.Generator().manual_seed(seed)
+        assert partition(average_linkage(points, 3, None, 15, rng)) == partition(ids)
+    lone = average_linkage(points[:3], 3, None, 1, torch.Generator())  # one row: one cluster
+    assert lone.tolist() == [0, 0, 0]
+
+
 def test_cluster_margin_spreads_over_clusters_among_low_margins() -> None:
     points, ids = blobs([12, 8, 5])
     order = torch.randperm(len(points), generator=torch.Generator().manual_seed(0))
     margins = torch.linspace(0.0, 0.5, len(points))[order]
-    probs = torch.stack([(1 + margins) / 2, (1 - margins) / 2], 1)
-    outputs = {"probs": probs, "embeddings": points}
+    outputs = {"probs": margin_probs(margins), "embeddings": points}
     for seed in range(3):  # every item a candidate: one per blob, the smallest blob first
-        picked = pick(ClusterMargin(candidates=9), outputs, 3, seed)
+        picked = pick(ClusterMargin(candidates=9, clusters=3), outputs, 3, seed)
         assert ids[picked].tolist() == [2, 1, 0]
-    few = pick(ClusterMargin(candidates=2), outputs, 3)  # only the 6 smallest margins
-    assert set(few) <= set(torch.argsort(margins)[:6].tolist())
+    low = torch.full((25,), 0.5)  # the 6 smallest margins: 3 in blob 0, 2 in blob 1, 1 in 2
+    low[[0, 1, 2, 12, 13, 20]] = torch.tensor([0.01, 0.02, 0.03, 0.04, 0.05, 0.06])
+    outputs = {"probs": margin_probs(low), "embeddings": points}
+    for seed in range(3):  # k_m = 2 k = 6 candidates, groups of 1, 2 and 3
+        picked = pick(ClusterMargin(candidates=2, clusters=3), outputs, 3, seed)
+        assert ids[picked].tolist() == [2, 1, 0]
+        assert set(picked) <= {0, 1, 2, 12, 13, 20}
+        picked = pick(ClusterMargin(candidates=1, clusters=3), outputs, 6, seed)
+        assert ids[picked].tolist() == [2, 1, 0, 1, 0, 0]  # passes: 2, 1, 0; 1, 0; 0
+
+
+def test_cluster_margin_clusters_the_pool_once() -> None:
+    """Round 2 reuses round 1's clusters of the whole pool, not its own embeddings."""
+    points, ids = blobs([12, 8, 5])
+    margins = torch.linspace(0.0, 0.5, len(points))
+    known = points[:0]
+    first = {"probs": margin_probs(margins), "embeddings": points, "labeled_embeddings": known}
+    acquisition = ClusterMargin(candidates=9, clusters=3)
+    picked = pick(acquisition, first, 3)
+    assert ids[picked].tolist() == [2, 1, 0]
+    rest = [i for i in range(len(points)) if i not in picked]
+    # the next model embeds the pool differently: two blobs, by index parity
+    moved = 100 * torch.eye(8)[torch.tensor(rest) % 2] + torch.randn(len(rest), 8)
+    second = {
+        "probs": margin_probs(margins[rest]),
+        "embeddings": moved,
+        "labeled_embeddings": points[picked],
+    }
+    again = [rest[i] for i in pick(acquisition, second, 3, seed=1)]
+    assert ids[again].tolist() == [2, 1, 0]  # round 1's blobs, smallest first
+    fresh = [rest[i] for i in pick(ClusterMargin(candidates=9, clusters=3), second, 3, seed=1)]
+    assert ids[fresh].tolist() != [2, 1, 0]
+    # a pool that is not round 1's less its picks (here: no new labels) is clustered afresh
+    unexpected = {**second, "labeled_embeddings": known}
+    redo = ClusterMargin(candidates=9, clusters=3)
+    pick(redo, first, 3)
+    assert pick(redo, unexpected, 3, 1) == pick(
+        ClusterMargin(candidates=9, clusters=3), unexpected, 3, 1
+    )
+
+
+def test_cluster_margin_clusters_the_labeled_items_too() -> None:
+    """The tree is built on labeled + pool items: labeled items can join pool groups."""
+    pool = torch.tensor([[0.0], [0.1], [10.0], [10.1], [24.0], [24.1]])
+    outputs = {"probs": margin_probs(torch.zeros(6)), "embeddings": pool}
+    # alone, the pairs at 0 and 10 merge (10 apart) before 10 and 24 (14 apart)
+    firsts = {pick(ClusterMargin(clusters=2), outputs, 1, seed)[0] for seed in range(8)}
+    assert firsts == {4, 5}  # the smaller group, {4, 5}, first
+    # labeled items between 10 and 24 chain them: the groups become {0, 1} and {2, .., 5}
+    bridged = {**outputs, "labeled_embeddings": torch.tensor([[13.0], [16.0], [19.0], [22.0]])}
+    firsts = {pick(ClusterMargin(clusters=2), bridged, 1, seed)[0] for seed in range(8)}
+    assert firsts == {0, 1}
+
+
+class CountingClusterMargin(ClusterMargin):
+    """Cluster-Margin that counts its HAC runs."""
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.runs = 0
+
+    def cluster(self, x, k, rng):
+        self.runs += 1
+        return super().cluster(x, k, rng)
+
+
+def test_cluster_margin_clusters_once_per_experiment_in_the_loop() -> None:
+    """Through the real loop (a new model every round): one HAC per experiment."""
+    points, ids = blobs([30, 20, 10])
+    splits = Splits(
+        train=(points, ids),
+        val=(points[:5], ids[:5]),
+        test=(points, ids),
+        spec=DataSpec("classification", "tabular", (8,), 3),
+    )
+
+    def train(labeled, labels, seed, model):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+        return net, {"test_accuracy": 0.0}
+
+    acquisition = CountingClusterMargin(clusters=3)
+    rows: list[dict] = []
+    settings = LoopSettings(initial=5, batch_size=4, rounds=3)
+    for seed in (0, 1):  # a second experiment with the same instance clusters afresh
+        run_experiment(
+            splits, acquisition, SimulatedOracle(ids), settings, seed, train, rows.append
+        )
+        assert acquisition.runs == seed + 1
+    assert [len(r["queried"]) for r in rows] == [5, 4, 4, 4] * 2
 
 
 # -- committee -------------------------------------------------------------------------

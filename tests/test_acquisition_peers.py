@@ -247,6 +247,26 @@ def test_skactiveml_typiclust(skal) -> None:
     assert [pool[i] for i in ours.tolist()] == theirs.tolist()
 
 
+def test_skactiveml_typiclust_beyond_500_clusters(skal) -> None:
+    """Both use L + k = 505 clusters (no cap): the same most typical item of each blob."""
+    from threadpoolctl import threadpool_limits
+
+    gen = generator(10)
+    centers = 100 * torch.randn(505, 8, generator=gen, dtype=torch.float64)
+    points = centers.repeat_interleave(4, 0)
+    points += torch.randn(points.shape, generator=gen, dtype=torch.float64)
+    labeled = np.arange(300) * 4  # one item of each of blobs 0..299
+    pool = np.setdiff1d(np.arange(len(points)), labeled)
+    y = np.full(len(points), np.nan)
+    y[labeled] = 0
+    with threadpool_limits(1):  # scikit-learn's KMeans; 2 BLAS threads stall on busy cores
+        theirs = skal.TypiClust(random_state=0, k=2).query(points.numpy(), y, batch_size=205)
+    outputs = {"embeddings": points[pool], "labeled_embeddings": points[labeled]}
+    ours = pool[TypiClust(neighbors=2).select(outputs, 205, generator()).numpy()]
+    assert sorted(ours.tolist()) == sorted(theirs.tolist())
+    assert sorted((ours // 4).tolist()) == list(range(300, 505))
+
+
 def test_skactiveml_committee_measures(skal) -> None:
     committee = random_probs(7, 250, 4, seed=9)
     votes = committee.argmax(-1).T.numpy()  # (N, members)

@@ -13,7 +13,7 @@ import pytest
 
 from autoplat import hookimpl
 from autoplat.cli import main
-from autoplat.core.curation import Chunk, Scorer, load_curate_config, run_curation
+from autoplat.core.curation import Chunk, Scorer, load_curate_config, run_curation, run_scorer
 from autoplat.core.errors import ConfigError, DataError
 from autoplat.core.interfaces import Options
 from autoplat.core.records import RecordFile
@@ -211,6 +211,8 @@ def test_text_formats_keep_their_lines_verbatim(tmp_path, fmt):
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     result = run_curation(load_curate_config(toml, get_registry()), store)
     assert result.kept == 3
+    again = run_curation(load_curate_config(toml, get_registry()), store, resume=True)
+    assert again.kept == 3, "a finished run's outputs are counted again on --resume"
     kept = result.kept_path.read_text()
     if fmt == "jsonl":
         assert [json.loads(line)["id"] for line in kept.splitlines()] == [1, 3, 4]
@@ -296,3 +298,106 @@ def test_config_errors_say_where(tmp_path, edit, message):
     path.write_text(path.read_text().replace(*edit))
     with pytest.raises(ConfigError, match=message):
         load_curate_config(path, get_registry())
+
+
+# -- scorer states on disk: JSON + .npz, never pickle --------------------------------------
+def two_pass_builtin(tmp_path: Path, name: str) -> Scorer:
+    """A built-in two-pass scorer, with small options."""
+    from autoplat.plugins.scorers.embedding import Balanced, Dedup, MoDE, Retrieval
+    from autoplat.plugins.scorers.metaclip import MetaCLIP, MetaCLIPOptions
+    from autoplat.plugins.scorers.text_quality import TextQuality, TextQualityOptions
+    from autoplat.testing import write_texts
+
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps(["a", "the", "of", "with", "photo", "black", "new"]))
+    seeds = write_texts(tmp_path / "seeds.parquet", ["a dog on a beach", "a red car for sale"])
+    return {
+        "metaclip": lambda: MetaCLIP(MetaCLIPOptions(metadata=meta, t=20), seed=1),
+        "text-quality": lambda: TextQuality(TextQualityOptions(prune_percentile=20), seed=1),
+        "dedup": lambda: Dedup(Dedup.Options(threshold=0.9), seed=1),
+        "balanced": lambda: Balanced(Balanced.Options(target=150, levels=[12, 3]), seed=1),
+        "retrieval": lambda: Retrieval(Retrieval.Options(seeds=str(seeds), k=20), seed=1),
+        "mode": lambda: MoDE(MoDE.Options(fine_clusters=12, experts=3), seed=1),
+    }[name]()
+
+
+@pytest.mark.parametrize(
+    "name", ["metaclip", "text-quality", "dedup", "balanced", "retrieval", "mode"]
+)
+def test_every_builtin_scorer_state_survives_the_files(tmp_path, name):
+    from autoplat.core.curation import load_states, save_states
+    from autoplat.testing import chunked, embedding_context
+
+    records = texts()[:400]
+    fitted, fresh = two_pass_builtin(tmp_path, name), two_pass_builtin(tmp_path, name)
+    context = embedding_context(tmp_path)
+    whole = run_scorer(fitted, chunked(records, 150), context)
+    save_states(tmp_path, {name: fitted.state()})
+    assert sorted(p.name for p in tmp_path.glob("fit.*")) == ["fit.json", "fit.npz"]
+    fresh.setup(context)
+    fresh.load_state(load_states(tmp_path)[name])
+    chunks = chunked(records, 150)
+    for chunk in chunks:
+        chunk.embeddings = context.embed(chunk.text) if "embedding" in fresh.needs else None
+    parts = [fresh.score(chunk) for chunk in chunks]
+    for column, values in whole.items():
+        np.testing.assert_array_equal(np.concatenate([p[column] for p in parts]), values)
+    assert fresh.summary() == fitted.summary()
+
+
+def test_a_state_that_is_not_plain_data_is_refused(tmp_path):
+    from autoplat.core.curation import save_states
+    from autoplat.core.errors import PluginError
+
+    for bad, where in [
+        ({"f": {1, 2}}, r"\['f'\] is a set"),
+        ({"x": np.array([object()])}, r"\['x'\]: an array of Python objects"),
+        ({3: 1}, "keys must be strings"),
+    ]:
+        with pytest.raises(PluginError, match=where):
+            save_states(tmp_path, {"s": bad})
+    assert not list(tmp_path.iterdir()), "nothing is written for a state that cannot be saved"
+
+
+def test_state_files_round_trip_and_name_what_is_wrong(tmp_path):
+    import pickle
+
+    from autoplat.core.curation import load_states, save_states
+
+    state = {"n": np.int64(3), "t": (1.5, None, "x"), "a": np.arange(4), "d": {"b": [True]}}
+    save_states(tmp_path, {"s": state})
+    back = load_states(tmp_path)["s"]
+    np.testing.assert_array_equal(back.pop("a"), np.arange(4))
+    assert back == {"n": 3, "t": [1.5, None, "x"], "d": {"b": [True]}}
+    npz = (tmp_path / "fit.npz").read_bytes()
+    doc = tmp_path / "fit.json"
+    cases = [
+        ("fit.json", b"{not json", "fit.json: not valid JSON"),
+        ("fit.json", b'{"format": 2, "scorers": {}}', "fit.json: not a scorer state file"),
+        ("fit.json", b'{"format": 1, "scorers": {"s": {"$array": "zz"}}}', "names no array"),
+        ("fit.npz", pickle.dumps({"a": 1}), "fit.npz: not a readable .npz"),
+        ("fit.npz", npz[:100], "fit.npz: not a readable .npz"),
+    ]
+    good = doc.read_bytes()
+    for name, content, message in cases:
+        doc.write_bytes(good)
+        (tmp_path / "fit.npz").write_bytes(npz)
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError) as info:
+            load_states(tmp_path)
+        path, detail = info.value.args
+        assert message in f"{Path(path).name}: {detail}"
+    # an object array inside an otherwise valid .npz is not unpickled
+    doc.write_bytes(good)
+    with open(tmp_path / "fit.npz", "wb") as f:
+        np.savez(f, a0=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        load_states(tmp_path)
+
+
+def test_an_input_without_records_says_so(tmp_path):
+    empty = tmp_path / "none.parquet"
+    pq.write_table(pa.table({"TEXT": pa.array([], pa.string())}), empty)
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with pytest.raises(DataError, match=r"none\.parquet holds no records"):
+        run_curation(load_curate_config(config(tmp_path, empty), get_registry()), store)

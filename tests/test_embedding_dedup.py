@@ -182,9 +182,10 @@ def test_resumes_from_state(planted, tmp_path) -> None:
     for chunk in embedded_chunks(x, 400):
         first.fit(chunk)
     first.finish_fit()
-    import pickle
+    from autoplat.core.curation import load_states, save_states
 
-    state = pickle.loads(pickle.dumps(first.state()))
+    save_states(tmp_path, {"dedup": first.state()})
+    state = load_states(tmp_path)["dedup"]
     second = Dedup(Dedup.Options(threshold=THRESHOLD), seed=0)
     second.setup(embedding_context(tmp_path))
     second.load_state(state)

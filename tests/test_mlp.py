@@ -84,10 +84,10 @@ def test_defaults_fill_missing_params() -> None:
 @pytest.mark.parametrize(
     ("params", "fragment"),
     [
-        ({"hidden": 0}, "hidden must be an integer of at least 1, got 0"),
-        ({"hidden": 32.5}, "hidden must be an integer of at least 1, got 32.5"),
-        ({"depth": True}, "depth must be an integer of at least 1, got True"),
-        ({"depth": -1}, "depth must be an integer of at least 1"),
+        ({"hidden": 0}, "hidden must be an integer in [1, 65536]"),
+        ({"hidden": 32.5}, "absurd allocations), got 32.5"),
+        ({"depth": True}, "depth must be an integer in [1, 1024]"),
+        ({"depth": -1}, "depth must be an integer in [1, 1024]"),
         ({"dropout": 1.0}, "dropout must be a number in [0, 1), got 1.0"),
         ({"dropout": "0.1"}, "dropout must be a number in [0, 1), got '0.1'"),
         ({"activation": "tanh"}, "activation must be one of gelu, relu, got 'tanh'"),

@@ -25,19 +25,23 @@ from autoplat.core.active_learning import (
 )
 from autoplat.core.config import (
     PluginSection,
+    PluginsSection,
     ResourcesSection,
     Section,
     _plugin_options,
+    _Source,
     _validation_message,
+    params_problem,
     read_config,
 )
-from autoplat.core.errors import ConfigError, StoreError
-from autoplat.core.interfaces import Architecture, Dataset, Options
+from autoplat.core.errors import StoreError
+from autoplat.core.interfaces import Architecture, Dataset, Options, Splits
 from autoplat.core.registry import Registry
 from autoplat.core.store import ALRound, Store, StudyState, TrialState
 
 KIND = "al"
 METRIC = "test_accuracy"
+MAX_SEEDS = 10_000
 
 
 class ALStudySection(Section):
@@ -45,14 +49,18 @@ class ALStudySection(Section):
     seeds: int | list[int] = Field(3, description="how many seeds (0..n-1), or a list")
     data_seed: int = Field(0, ge=0, description="fixes the pool/val/test split")
     storage: str | None = None
+    workdir: str | None = None  # Ray Tune's per-run folder, as in a search's [study]
+    keep_ray_files: bool = False
 
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, value: int | list[int]) -> int | list[int]:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("needs at least 1 seed")
+        if isinstance(value, int) and not 1 <= value <= MAX_SEEDS:
+            raise ValueError(f"give 1 to {MAX_SEEDS} seeds (each is a run of every acquisition)")
         if isinstance(value, list) and (not value or len(set(value)) != len(value)):
             raise ValueError("needs a non-empty list of distinct seeds")
+        if isinstance(value, list) and min(value) < 0:
+            raise ValueError("seeds must be >= 0; list seeds such as [0, 1, 2], or give a count")
         return value
 
     def seed_list(self) -> list[int]:
@@ -67,8 +75,8 @@ class LoopSection(Section):
     budget: int | None = Field(None, ge=1, description="total labels, the initial ones included")
     rounds: int | None = Field(None, ge=0, description="query rounds after the initial one")
     warm_start: bool = False
-    mc_samples: int = Field(20, ge=2)
-    committee_size: int = Field(3, ge=2)
+    mc_samples: int = Field(20, ge=2, le=10_000, description="forward passes per MC-dropout")
+    committee_size: int = Field(3, ge=2, le=100, description="models trained per QBC round")
 
 
 class OracleSection(Section):
@@ -95,6 +103,7 @@ class ALConfig(Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     oracle: OracleSection = Field(default_factory=OracleSection)
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    plugins: PluginsSection = Field(default_factory=PluginsSection)
 
 
 @dataclass
@@ -108,6 +117,21 @@ class ResolvedAL:
     dataset: Dataset
     dataset_options: Options
     acquisitions: list[Acquisition]
+    source: _Source
+
+    def check_data(self, splits: Splits) -> None:
+        """Refuse, before Ray starts, params that cannot build the model for this data, and
+        an initial set that leaves nothing in the pool to query (ConfigError)."""
+        reason = params_problem(self.architecture, self.params, splits.spec)
+        if reason is not None:
+            raise self.source.error(("model",), reason)
+        initial, pool = self.config.al.initial, len(splits.train[0])
+        if initial >= pool:
+            raise self.source.error(
+                ("al", "initial"),
+                f"{initial} initial labels, but the pool of dataset '{self.dataset.name}' has "
+                f"only {pool} examples, which leaves nothing to query; set initial below {pool}",
+            )
 
     @property
     def settings(self) -> LoopSettings:
@@ -186,11 +210,25 @@ def load_al_config(path: str | Path, registry: Registry) -> ResolvedAL:
         dataset=dataset,
         dataset_options=dataset_options,
         acquisitions=acquisitions,
+        source=source,
     )
-    reason = arch.check_params(resolved.params)
+    _check_ranges(config, arch, source)
+    reason = params_problem(arch, resolved.params)
     if reason is not None:
         raise source.error(("model",), reason)
     return resolved
+
+
+def _check_ranges(config: ALConfig, arch: Architecture, source: _Source) -> None:
+    """Every ``[model]`` and ``[training]`` value is in its param's range (``arch.ranges``)."""
+    ranges = arch.ranges()
+    for section, values in (
+        ("model", config.model.options()),
+        ("training", config.training.model_dump()),
+    ):
+        for key, value in values.items():
+            if key in ranges and (problem := ranges[key].problem(value)) is not None:
+                raise source.error((section, key), f"{problem}; change it in [{section}]")
 
 
 # -- the Ray trial -------------------------------------------------------------------
@@ -295,24 +333,29 @@ TRAINING_KEYS = set(TrainingSection.model_fields)
 def _callback(store: Store, study_id: int, on_event):
     from ray.tune import Callback
 
-    from autoplat.core.study import _error_text
+    from autoplat.core.study import TRIAL_ERROR, Retries, _error_text
 
     class ALCallback(Callback):
         """Stores each experiment as a trial and each of its rounds as an al_rounds row."""
 
         def __init__(self) -> None:
             self.ids: dict[str, int] = {}
+            self.retries = Retries(store)
 
         def __reduce__(self):
             return (Callback, ())  # see study._store_callback: a restored copy writes nothing
 
         def on_trial_start(self, iteration, trials, trial, **info):
+            if trial.trial_id in self.ids:  # a retry after its worker died: same row
+                return
             params = dict(trial.config["experiment"])
             row = store.start_trial(study_id, params, ray_trial_id=trial.trial_id)
             self.ids[trial.trial_id] = row.id
             on_event("start", params)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            if TRIAL_ERROR in result:  # stored as the trial's error when it completes
+                return
             trial_id = self.ids[trial.trial_id]
             numeric = {
                 k: float(result[k])
@@ -342,13 +385,22 @@ def _callback(store: Store, study_id: int, on_event):
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             last = trial.last_result or {}
+            if TRIAL_ERROR in last:
+                self._failed(trial, last[TRIAL_ERROR])
+                return
             finished = bool(last.get("finished"))
             state = TrialState.COMPLETE if finished else TrialState.INTERRUPTED
             store.finish_trial(self.ids[trial.trial_id], state, value=last.get(METRIC))
             on_event("end", {**trial.config["experiment"], "state": state.value})
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            error = _error_text(trial)
+            self._failed(trial, _error_text(trial))
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            retries = self.retries.record(trial.trial_id, self.ids[trial.trial_id], trial)
+            on_event("retry", {**trial.config["experiment"], **retries})
+
+        def _failed(self, trial, error: str) -> None:
             store.finish_trial(self.ids[trial.trial_id], TrialState.FAIL, error=error)
             on_event("end", {**trial.config["experiment"], "state": "fail", "error": error})
 
@@ -375,9 +427,7 @@ def run_al(
     on_event=None,
 ) -> int:
     """Run (or resume) every (acquisition, seed) experiment of a config; returns the study id."""
-    from ray import tune
-
-    from autoplat.core.study import _default_concurrency, ensure_ray, fit, run_config
+    from autoplat.core.study import check_resources, driving, ensure_ray
 
     on_event = on_event or (lambda kind, data: None)
     cfg = resolved.config
@@ -386,12 +436,13 @@ def run_al(
     existing = store.find_study(cfg.study.name)
     if existing is None and resume:
         raise StoreError(
-            f"--resume: no study named '{cfg.study.name}' in {store.url}; run without --resume"
+            f"--resume: no study named '{cfg.study.name}' in {store.display_url}; "
+            "run without --resume"
         )
     if existing is not None and not resume:
         raise StoreError(
-            f"study '{cfg.study.name}' already exists in {store.url}; pass --resume to continue "
-            "it, or change [study].name"
+            f"study '{cfg.study.name}' already exists in {store.display_url}; pass --resume "
+            "to continue it, or change [study].name"
         )
     if existing is not None and (
         existing.kind != KIND or json.loads(existing.config) != resolved.raw
@@ -403,15 +454,18 @@ def run_al(
     # bad data or params fail here, before Ray starts or anything is stored
     from autoplat.core.study import _load_splits
 
-    spec = _load_splits(
-        resolved.dataset.name, resolved.dataset_options.model_dump_json(), cfg.study.data_seed
-    ).spec
-    reason = resolved.architecture.check_params(resolved.params, spec)
-    if reason is not None:
-        raise ConfigError(f"{resolved.path}: [model]: {reason}")
-    ensure_ray(address)
-    if existing is None:
-        study_id = store.create_study(
+    resolved.check_data(
+        _load_splits(
+            resolved.dataset.name, resolved.dataset_options.model_dump_json(), cfg.study.data_seed
+        )
+    )
+
+    def start() -> None:  # before any write: a cluster that cannot run it leaves no trace
+        ensure_ray(address)
+        check_resources(resolved.path, cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial)
+
+    def create() -> int:
+        return store.create_study(
             cfg.study.name,
             kind=KIND,
             direction="maximize",
@@ -419,10 +473,30 @@ def run_al(
             target_trials=len(names) * len(seeds),
             config=json.dumps(resolved.raw),
         ).id
-    else:
-        study_id = existing.id
-        store.interrupt_running(study_id)
-        store.set_study_state(study_id, StudyState.RUNNING)
+
+    with driving(store, existing, start, create) as study_id:
+        if existing is not None:
+            store.interrupt_running(study_id)
+            store.set_study_state(study_id, StudyState.RUNNING)
+        _run_experiments(resolved, store, study_id, on_event)
+    return study_id
+
+
+def _run_experiments(resolved: ResolvedAL, store: Store, study_id: int, on_event) -> None:
+    """Run the (acquisition, seed) experiments a study has not finished."""
+    from ray import tune
+
+    from autoplat.core.study import (
+        _default_concurrency,
+        fit,
+        ray_folder,
+        reporting_errors,
+        run_config,
+    )
+
+    cfg = resolved.config
+    names = [a.name for a in resolved.acquisitions]
+    seeds = cfg.study.seed_list()
     finished = {
         experiment_key(t.params_dict["acquisition"], t.params_dict["seed"])
         for t in store.trials(study_id)
@@ -436,7 +510,7 @@ def run_al(
     ]
     if not todo:
         store.set_study_state(study_id, StudyState.FINISHED)
-        return study_id
+        return
     res = cfg.resources
     job = ALJob(
         study=cfg.study.name,
@@ -450,21 +524,21 @@ def run_al(
         oracle=cfg.oracle.model_dump(),
         done=stored_rounds(store, study_id),
     )
-    fn = tune.with_parameters(run_al_trial, job=job)
+    fn = tune.with_parameters(reporting_errors(run_al_trial), job=job)
     fn = tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
-    tuner = tune.Tuner(
-        fn,
-        param_space={"experiment": tune.grid_search(todo)},
-        tune_config=tune.TuneConfig(
-            num_samples=1,
-            max_concurrent_trials=res.max_concurrent
-            or _default_concurrency(res.cpus_per_trial, res.gpus_per_trial),
-            reuse_actors=True,
-        ),
-        run_config=run_config(cfg.study.name, _callback(store, study_id, on_event)),
-    )
-    fit(tuner, store, study_id)
-    return study_id
+    with ray_folder(cfg.study, store.url) as folder:
+        tuner = tune.Tuner(
+            fn,
+            param_space={"experiment": tune.grid_search(todo)},
+            tune_config=tune.TuneConfig(
+                num_samples=1,
+                max_concurrent_trials=res.max_concurrent
+                or _default_concurrency(res.cpus_per_trial, res.gpus_per_trial),
+                reuse_actors=True,
+            ),
+            run_config=run_config(folder, _callback(store, study_id, on_event), res.max_failures),
+        )
+        fit(tuner, store, study_id)
 
 
 # -- curves --------------------------------------------------------------------------

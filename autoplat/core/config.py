@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 import random
 import re
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -107,11 +109,19 @@ class ResourcesSection(Section):
     max_failures: int = Field(0, ge=0, le=100)
 
 
+class PluginsSection(Section):
+    """``[plugins] modules``: local plugin modules to load (files relative to the config
+    file, or importable module names), as ``--plugin`` does."""
+
+    modules: list[str] = Field(default_factory=list)
+
+
 class Config(Section):
     """A whole config: a model and data (``[architecture]`` + ``[dataset]``) or a
     ``[benchmark]``, the search, and how to run it."""
 
     study: StudySection
+    plugins: PluginsSection = Field(default_factory=PluginsSection)
     architecture: ArchitectureSection | None = None
     dataset: PluginSection | None = None
     benchmark: BenchmarkSection | None = None
@@ -221,7 +231,8 @@ def _validation_message(
     elif err["type"] == "missing":
         message = "is required but missing; add it"
     else:
-        message = f"{err['msg']} (got {err.get('input')!r})"
+        reason = err["msg"].removeprefix("Value error, ")  # a field_validator's own words
+        message = f"{reason} (got {err.get('input')!r})"
     return source.error(loc, message)
 
 
@@ -250,8 +261,33 @@ def _plugin_options(
         raise _validation_message(exc, options_cls, source, (section,)) from None
 
 
+DICT_PATH = Path("<config dict>")  # where errors of a config given as a dict point
+_IN_MEMORY: dict[Path, dict[str, Any]] = {}  # configs given as dicts (the Python API)
+
+
+@contextmanager
+def config_dict(raw: dict[str, Any]) -> Iterator[Path]:
+    """Make a dict with a TOML file's structure readable by ``read_config`` for a block,
+    under the path it yields (errors name it and the key). Values must be JSON types."""
+    try:
+        plain = json.loads(json.dumps(raw, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{DICT_PATH}: not TOML-like data ({exc}); use str, int, float, bool, lists and dicts"
+        ) from None
+    if not isinstance(plain, dict):
+        raise ConfigError(f"{DICT_PATH}: a config is a dict of sections, got {type(raw).__name__}")
+    _IN_MEMORY[DICT_PATH] = plain
+    try:
+        yield DICT_PATH
+    finally:
+        _IN_MEMORY.pop(DICT_PATH, None)
+
+
 def read_config(path: Path) -> tuple[dict[str, Any], _Source]:
     """A config file's TOML and its source (for errors); ConfigError when unreadable."""
+    if Path(path) in _IN_MEMORY:
+        return json.loads(json.dumps(_IN_MEMORY[Path(path)])), _Source(Path(path), "")
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -268,6 +304,7 @@ def load_config(path: str | Path, registry: Registry) -> Resolved:
     """Read, validate and resolve a config file; raises ConfigError with file:line: key."""
     path = Path(path)
     raw, source = read_config(path)
+    load_plugins(raw, source, registry)
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
@@ -315,6 +352,23 @@ def load_config(path: str | Path, registry: Registry) -> Resolved:
     except AutoplatError as exc:
         raise source.error(("strategy", "name"), str(exc)) from None
     return resolved
+
+
+def load_plugins(raw: dict[str, Any], source: _Source, registry: Registry) -> None:
+    """Load the ``[plugins] modules`` of a config (``read_config``'s pair) into
+    ``registry``: files relative to the config file (a dict config's: to the working
+    directory) or module names. A module that is not there is a ConfigError naming the
+    key; one that fails to import is recorded as a broken plugin, as installed ones are."""
+    section = raw.get("plugins", {})
+    modules = section.get("modules", []) if isinstance(section, dict) else []
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        return  # validation reports the wrong type, with the key
+    base = Path.cwd() if source.path == DICT_PATH else source.path.resolve().parent
+    for index, spec in enumerate(modules):
+        try:
+            registry.load_module(spec, base)
+        except AutoplatError as exc:
+            raise source.error(("plugins", "modules", index), str(exc)) from None
 
 
 def _first_objective(config: Config, raw: dict[str, Any], source: _Source) -> None:
@@ -436,6 +490,7 @@ def _resolve_model(config: Config, source: _Source, lookup: Lookup) -> dict[str,
     space = _build_space(named.load(), overrides, source, what, trainer_params)
     if "dataset" in config.space:
         space = space.merged(_dataset_dims(config.space["dataset"], dataset, options, source))
+    _check_ranges(space, arch, source)
     _check_buildable(space, arch, source)
     return {"architecture": arch, "dataset": dataset, "dataset_options": options, "space": space}
 
@@ -516,7 +571,8 @@ def _build_space(
         return base.merged(SearchSpace.from_dict(overrides))
     except SpaceError as exc:
         key = str(exc).split("'")[1] if str(exc).startswith("'") else ""
-        raise source.error(("space", key) if key else ("space",), str(exc)) from None
+        message = str(exc).removeprefix(f"'{key}': ")  # the location names the key
+        raise source.error(("space", key) if key else ("space",), message) from None
 
 
 def _dataset_dims(raw: Any, dataset: Dataset, options: Options, source: _Source) -> SearchSpace:
@@ -557,6 +613,26 @@ def _dataset_dims(raw: Any, dataset: Dataset, options: Options, source: _Source)
     return space
 
 
+def params_problem(
+    arch: Architecture, params: dict[str, Any], spec: DataSpec | None = None
+) -> str | None:
+    """``arch.check_params`` (with ``spec`` when given), where a plugin that trips over a
+    value of the wrong type (a TypeError or ValueError) gives that as its reason."""
+    try:
+        return arch.check_params(params, spec) if spec is not None else arch.check_params(params)
+    except (TypeError, ValueError) as exc:
+        return f"{arch.name}: cannot check params {params}: {exc}"
+
+
+def _check_ranges(space: SearchSpace, arch: Architecture, source: _Source) -> None:
+    """Every value a dimension can take is in its param's range (``Architecture.ranges``),
+    so no trial starts with a value that can never work."""
+    ranges = arch.ranges()
+    for key, dim in space.dims.items():
+        if key in ranges and (problem := ranges[key].dimension_problem(dim)) is not None:
+            raise source.error(("space", key), f"{problem}; change it in [space]")
+
+
 def unbuildable(space: SearchSpace, arch: Architecture, spec: DataSpec | None = None) -> str | None:
     """Why no params of 200 sampled from ``space`` can build ``arch`` (for ``spec``'s data,
     when given): the first sample's reason; None when one can."""
@@ -567,7 +643,7 @@ def unbuildable(space: SearchSpace, arch: Architecture, spec: DataSpec | None = 
         return None  # a plugin that checks params alone (the config-time check did)
     for _ in range(200):
         params, _ = arch.split_params(split_dataset_params(space.sample(rng))[1])
-        reason = arch.check_params(params, spec) if spec is not None else arch.check_params(params)
+        reason = params_problem(arch, params, spec)
         if reason is None:
             return None
         first_reason = first_reason or reason

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import secrets
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -171,6 +172,18 @@ def _checkpoint(store: Store, study: Study, trial: Trial, retention: str) -> Pat
     return path
 
 
+def find_trial(store: Store, study_name: str, number: int | None = None) -> tuple[Study, Trial]:
+    """The study and its trial ``number`` (None: the best) that export would load.
+
+    Raises:
+        StoreError: No such study.
+        ExportError: The study trains no models, no such trial, or it did not complete.
+    """
+    study = store.get_study(study_name)
+    _check_has_models(study, json.loads(study.config or "{}"))
+    return study, _pick_trial(store, study, number)
+
+
 def load_trial_model(store: Store, study_name: str, number: int | None = None) -> TrialModel:
     """Rebuild a completed trial's model from the store, load its checkpoint, and find
     its ONNX parts (and, for text parts, the tokenizer the dataset trains at load).
@@ -189,10 +202,8 @@ def load_trial_model(store: Store, study_name: str, number: int | None = None) -
     from autoplat.core.registry import get_registry
     from autoplat.core.training import load_checkpoint
 
-    study = store.get_study(study_name)
+    study, trial = find_trial(store, study_name, number)
     raw = json.loads(study.config or "{}")
-    _check_has_models(study, raw)
-    trial = _pick_trial(store, study, number)
     retention = str(raw.get("study", {}).get("checkpoints", "best"))
     path = _checkpoint(store, study, trial, retention)
     arch_name = raw["architecture"]["name"]
@@ -426,21 +437,149 @@ def part_paths(out: Path, names: Sequence[str]) -> dict[str, Path]:
     return {name: out.with_name(f"{stem}.{name}{suffix}") for name in names}
 
 
+STORE_FILES = {
+    "": "database",
+    "-wal": "write-ahead log",
+    "-shm": "shared-memory file",
+    "-journal": "rollback journal",
+}
+
+
+def protected_files(store: Store) -> dict[Path, str]:
+    """The files export never writes, even with --force, each with what it is: a SQLite
+    store's database and its -wal/-shm/-journal files, and every file the store records
+    (checkpoints and other artifacts of every study)."""
+    from sqlalchemy.engine import make_url
+
+    files: dict[Path, str] = {}
+    url = make_url(store.url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        db = Path(url.database).expanduser()
+        for suffix, what in STORE_FILES.items():
+            files[db.with_name(db.name + suffix)] = f"the results store's {what}"
+    for study in store.studies():
+        for artifact in store.artifacts(study.id):
+            where = f"a {artifact.kind} file of study '{study.name}' recorded in the store"
+            files.setdefault(Path(artifact.path), where)
+    return files
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same inode when both exist (hard and
+    symbolic links included), else the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def check_out(path: Path, protected: Mapping[Path, str], force: bool) -> None:
+    """Refuse an output path that export must not write: a folder, one in a folder that
+    does not exist or is not writable, a protected file (``protected_files``; even with
+    ``force``), or an existing file unless ``force``.
+
+    Raises:
+        ExportError: The path is refused; the message says why and what to do.
+    """
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder; give --out a file name, e.g. {path / 'model.onnx'}")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ExportError(
+            f"the folder of --out {path} does not exist ({folder}); create it first, or "
+            "choose another --out"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write to the folder {folder}; choose another --out")
+    what = next((w for p, w in protected.items() if _same_file(path, p)), None)
+    if what is not None:
+        raise ExportError(
+            f"{path} is {what}; export never overwrites it, even with --force: choose another --out"
+        )
+    if not force and (path.exists() or path.is_symlink()):
+        raise ExportError(_exists(path))
+
+
+def _exists(path: Path) -> str:
+    return f"{path} exists; pass --force to overwrite it, or choose another --out"
+
+
+def _stage(data: bytes, path: Path) -> Path:
+    """Write ``data`` to a new temporary file beside ``path``, fsynced; return its name."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _publish(tmp: Path, path: Path, force: bool) -> None:
+    """Give the finished ``tmp`` its final name; an existing file is replaced only with
+    ``force`` (without it, a hard link refuses even a file that appeared meanwhile)."""
+    if force:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise ExportError(_exists(path)) from None
+    except OSError:  # a filesystem without hard links
+        if path.exists() or path.is_symlink():
+            raise ExportError(_exists(path)) from None
+        os.replace(tmp, path)
+
+
+def write_files(files: Sequence[tuple[Path, bytes]], force: bool = False) -> None:
+    """Write each (path, data): all to temporary names first, then each renamed to its
+    path, so a crash or an error never leaves a half-written file under a final name."""
+    from autoplat.core.training import sync_folder
+
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files:
+            staged.append((_stage(data, path), path))
+        for tmp, path in staged:
+            _publish(tmp, path, force)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    for folder in {path.parent for path, _ in files}:
+        sync_folder(folder)
+
+
 def export_trial(
-    tm: TrialModel, out: Path, tolerance: float = TOLERANCE, opset: int = OPSET
+    tm: TrialModel,
+    out: Path,
+    tolerance: float = TOLERANCE,
+    opset: int = OPSET,
+    *,
+    force: bool = False,
+    protected: Mapping[Path, str] | None = None,
 ) -> list[Exported]:
     """Export each part of a trial's model with metadata, after checking its parity on the
     test split; one part writes ``out``, several write ``out.<part>.onnx``.
 
+    Every path is checked first (``check_out``: existing files only with ``force``, never
+    a ``protected`` one), and the files are written only once every part passed its
+    parity check, each to a temporary name then renamed.
+
     Raises:
-        ExportError: A part failed to export (the message names the part and the op), or
-            onnxruntime's outputs on the test inputs differ from torch's by more than
-            ``tolerance``. Then no file is written.
+        ExportError: A path is refused, a part failed to export (the message names the
+            part and the op), or onnxruntime's outputs on the test inputs differ from
+            torch's by more than ``tolerance``. Then no file is written.
     """
     import onnx
 
     parts = tm.parts or {"model": OnnxPart(tm.model, (tm.test[0],))}
     paths = part_paths(out, list(parts))
+    for path in paths.values():
+        check_out(path, protected or {}, force)
     study, trial = tm.study, tm.trial
     common = {
         "study": study.name,
@@ -500,9 +639,7 @@ def export_trial(
         what = f"{tm.architecture}, part '{name}'" if len(parts) > 1 else tm.architecture
         proto.doc_string = f"autoplat: study '{study.name}', trial {trial.number} ({what})"
         staged.append((Exported(paths[name], diff, count, metadata, name), proto))
-    for done, proto in staged:
-        done.path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(proto, str(done.path))
+    write_files([(done.path, proto.SerializeToString()) for done, proto in staged], force)
     return [done for done, _ in staged]
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from autoplat.core.space import SearchSpace
+from autoplat.core.space import Dimension, FloatRange, SearchSpace
 
 if TYPE_CHECKING:
     import torch
@@ -77,6 +79,93 @@ class OnnxPart:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric param may take (see ``Architecture.param_ranges``): an int
+    (``kind`` int) or any number between ``low`` and ``high`` (None: unbounded), each bound
+    included unless ``open_low`` / ``open_high``; ``note`` says why a bound is there."""
+
+    kind: type[int] | type[float]
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    note: str = ""
+
+    def __str__(self) -> str:
+        what = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            left = "(" if self.open_low else "["
+            right = ")" if self.open_high else "]"
+            what += f" in {left}{self.low}, {self.high}{right}"
+        elif self.low is not None:
+            what += f" {'>' if self.open_low else '>='} {self.low}"
+        elif self.high is not None:
+            what += f" {'<' if self.open_high else '<='} {self.high}"
+        return f"{what} ({self.note})" if self.note else what
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is a finite number of this kind within the bounds."""
+        number = isinstance(value, Integral if self.kind is int else Real)  # numpy's too
+        if isinstance(value, bool) or not number or not math.isfinite(value):
+            return False
+        low, high = self.low, self.high
+        above = low is None or value > low or (value == low and not self.open_low)
+        below = high is None or value < high or (value == high and not self.open_high)
+        return above and below
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is out of this range ("must be ..., got ..."), or None."""
+        return None if self.contains(value) else f"must be {self}, got {value!r}"
+
+    def dimension_problem(self, dim: Dimension) -> str | None:
+        """Why some value of a search dimension is out of this range (every choice of a
+        list; a range's low and high), or None."""
+        if self.kind is int and isinstance(dim, FloatRange):
+            return f"must be {self}, got a float range [{dim.low}, {dim.high}]"
+        for value in dim.edges():
+            if (problem := self.problem(value)) is not None:
+                return problem
+        return None
+
+
+def ints(low: int, high: int | None = None, note: str = "") -> Range:
+    """An int param in [low, high]."""
+    return Range(int, low, high, note=note)
+
+
+def floats(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> Range:
+    """A number param between low and high."""
+    return Range(float, low, high, open_low, open_high)
+
+
+ALLOCATION = "the cap prevents absurd allocations"
+SIZE = ints(1, 65_536, ALLOCATION)  # widths, channels, embedding sizes
+LAYERS = ints(1, 1024, ALLOCATION)  # depths, layers, heads
+RATIO = ints(1, 64, ALLOCATION)  # MLP expansion ratios
+PATCH = ints(1, 1024)
+DROPOUT = floats(0, 1, open_high=True)
+PROBABILITY = floats(0, 1)
+POSITIVE = floats(0, open_low=True)
+NON_NEGATIVE = floats(0)
+EPOCHS = ints(1, 100_000, "the cap catches a typo that would train for ever")
+
+TRAINER_RANGES: dict[str, Range] = {
+    "lr": POSITIVE,
+    "weight_decay": NON_NEGATIVE,
+    "batch_size": ints(1, 1_048_576, ALLOCATION),
+    "epochs": EPOCHS,
+    "warmup_epochs": ints(0, 100_000),
+}
+"""The values of ``training.TRAINER_PARAMS`` every architecture's trainer reads."""
+
+
 class Dataset(ABC):
     """A named dataset; ``load`` returns fixed splits for a seed."""
 
@@ -111,6 +200,9 @@ class Architecture(ABC):
     trainer_params: ClassVar[dict[str, Any]] = {}  # beyond training.TRAINER_PARAMS
     metrics: ClassVar[dict[str, str]] = {}  # beyond config.METRICS
     metric_params: ClassVar[dict[str, str]] = {}  # metric -> the param every trial must set
+    # param -> the values it may take (its own and trainer params; beyond TRAINER_RANGES);
+    # a param without one is not range-checked
+    param_ranges: ClassVar[dict[str, Range]] = {}
 
     @abstractmethod
     def build(self, params: dict[str, Any], spec: DataSpec) -> torch.nn.Module:
@@ -118,6 +210,19 @@ class Architecture(ABC):
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Return why these params cannot build a model (for ``spec``'s data), or None."""
+        return None
+
+    def ranges(self) -> dict[str, Range]:
+        """Every range-checked param: the common trainer's, then ``param_ranges``."""
+        return {**TRAINER_RANGES, **self.param_ranges}
+
+    def range_problem(self, params: dict[str, Any]) -> str | None:
+        """A ``check_params`` reason naming the first value of ``params`` out of its range
+        ("mlp: hidden must be ..."); None when all are in range."""
+        ranges = self.ranges()
+        for key, value in params.items():
+            if key in ranges and (problem := ranges[key].problem(value)) is not None:
+                return f"{self.name}: {key} {problem}"
         return None
 
     def split_params(self, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

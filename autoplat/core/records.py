@@ -6,9 +6,11 @@ Every reader error is a ``DataError`` naming the file and the row (or line) at f
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,36 +273,69 @@ def kept_suffix(source: RecordFile) -> str:
     return ".txt" if source.format == "images" else source.path.suffix
 
 
+def sync_dir(folder: Path) -> None:
+    """fsync a folder, so a rename in it survives a power loss (where the OS allows)."""
+    with contextlib.suppress(OSError):  # some file systems cannot fsync a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def durable(path: Path) -> Iterator[Path]:
+    """A temporary name (``path`` + ``.tmp``) to write; on success it is fsynced and renamed
+    to ``path``, so ``path`` is never seen half-written, even after a crash or power loss."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    sync_dir(path.parent)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as JSON to ``path``, durably (temporary name, fsync, rename)."""
+    with durable(path) as tmp:
+        tmp.write_text(json.dumps(value))
+
+
 def write_kept(source: RecordFile, part: Part, keep: np.ndarray, path: Path) -> None:
-    """Write the kept records of one part to ``path`` (CSV parts have no header)."""
+    """Write the kept records of one part to ``path``, durably (CSV parts have no header)."""
     rows = np.flatnonzero(keep)
-    if source.format == "parquet":
-        pq.write_table(part.raw.take(pa.array(rows, type=pa.int64())), path)
-        return
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        if source.format == "csv":
-            csv.writer(f, delimiter=source.delimiter).writerows(part.raw[i] for i in rows)
-        elif source.format == "jsonl":
-            f.writelines(part.raw[i] for i in rows)
-        else:
-            f.writelines(part.raw[i] + "\n" for i in rows)
+    with durable(path) as tmp:
+        if source.format == "parquet":
+            pq.write_table(part.raw.take(pa.array(rows, type=pa.int64())), tmp)
+            return
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            if source.format == "csv":
+                csv.writer(f, delimiter=source.delimiter).writerows(part.raw[i] for i in rows)
+            elif source.format == "jsonl":
+                f.writelines(part.raw[i] for i in rows)
+            else:
+                f.writelines(part.raw[i] + "\n" for i in rows)
 
 
 def merge_parts(parts: list[Path], out: Path, fmt: str, header: str | None = None) -> None:
-    """Concatenate part files into ``out``, streaming (one part in memory at a time);
-    ``header`` is written first (a CSV header line)."""
-    tmp = out.with_name(out.name + ".tmp")
-    if fmt == "parquet":
-        writer: pq.ParquetWriter | None = None
-        for part in parts:
-            table = pq.read_table(part)
+    """Concatenate part files into ``out``, streaming (one part in memory at a time) and
+    durably; ``header`` is written first (a CSV header line)."""
+    with durable(out) as tmp:
+        if fmt == "parquet":
+            writer: pq.ParquetWriter | None = None
+            for part in parts:
+                table = pq.read_table(part)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
             if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table)
-        if writer is None:
-            raise ValueError("no parts to merge")
-        writer.close()
-    else:
+                raise ValueError("no parts to merge")
+            writer.close()
+            return
         with open(tmp, "wb") as f:
             if header is not None:
                 f.write(header.encode("utf-8"))
@@ -308,4 +343,18 @@ def merge_parts(parts: list[Path], out: Path, fmt: str, header: str | None = Non
                 with open(part, "rb") as src:
                     while block := src.read(1 << 20):
                         f.write(block)
-    tmp.replace(out)
+
+
+def count_rows(path: Path, fmt: str, delimiter: str = ",") -> int | None:
+    """Records in a merged output (a CSV file has a header line); None when it is missing
+    or unreadable."""
+    try:
+        if fmt == "parquet":
+            return pq.ParquetFile(path).metadata.num_rows
+        if fmt == "csv":
+            with open(path, encoding="utf-8", newline="") as f:
+                return max(sum(1 for _ in csv.reader(f, delimiter=delimiter)) - 1, 0)
+        with open(path, "rb") as f:
+            return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    except (OSError, ValueError, csv.Error, pa.ArrowException):
+        return None

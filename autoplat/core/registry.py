@@ -4,13 +4,17 @@ broken ones, and looks registered things up by kind and name."""
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.metadata as md
+import importlib.util
 import logging
 import os
 import sys
 import time
 import traceback
+import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -104,6 +108,7 @@ class Registry:
         self.plugins: dict[str, PluginInfo] = {}
         self.items: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
         self.owners: dict[tuple[str, str], str] = {}
+        self.local: list[str] = []  # local modules loaded (absolute .py paths, module names)
         self.trace = os.environ.get(TRACE_ENV) == "1"
         if self.trace:
             self.pm.trace.root.setwriter(lambda message: _trace(message.rstrip()))
@@ -146,9 +151,36 @@ class Registry:
             self._collect(name, module, info)
         return info
 
+    def load_module(self, spec: str, base: Path | None = None) -> PluginInfo:
+        """Load a local plugin module (``[plugins] modules``, ``--plugin``): a ``.py`` file
+        (relative to ``base``, default the working directory) or an importable module name.
+        PluginError when it is not there; an import error is recorded, as for entry points.
+        ``local`` lists it, for Ray workers to load (``load_local``)."""
+        target = _module_target(spec, base or Path.cwd())
+        known = next((p for p in self.plugins.values() if p.module == target), None)
+        if known is not None:
+            return known
+        stem = Path(target).stem if target.endswith(".py") else target
+        name = stem if stem not in self.plugins else target
+        info = PluginInfo(name=name, module=target)
+        self.plugins[name] = info
+        self.local.append(target)
+        if name in disabled_plugins():
+            info.disabled = True
+            return info
+        try:
+            module = _import_local(target)
+        except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's
+            info.errors.append(f"failed to import: {_first_line_error(exc)}")
+            return info
+        self._collect(name, module, info)
+        return info
+
     def remove_plugin(self, name: str) -> None:
         """Forget a plugin and everything it registered (tests; see autoplat.testing)."""
         info = self.plugins.pop(name)
+        if info.module in self.local:
+            self.local.remove(info.module)
         if self.pm.has_plugin(name):
             self.pm.unregister(name=name)
         for kind, names in info.registered.items():
@@ -221,6 +253,48 @@ def unknown_name_message(what: str, name: str, available: list[str]) -> str:
     return f"unknown {what} '{name}'{hint} Available: {listed}"
 
 
+def _module_target(spec: str, base: Path) -> str:
+    """A local plugin's absolute file path, or its module name; PluginError if absent."""
+    if spec.endswith(".py") or "/" in spec or os.sep in spec:
+        path = (base / Path(spec).expanduser()).resolve()
+        if not path.is_file():
+            raise PluginError(
+                f"plugin file '{path}' not found; give a .py file (relative to the config "
+                "file, or to the working directory for --plugin) or an importable module name"
+            )
+        return str(path)
+    try:
+        found = importlib.util.find_spec(spec)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise PluginError(
+            f"no module named '{spec}'; install it, put its folder on PYTHONPATH, or give "
+            "the path of its .py file"
+        )
+    return spec
+
+
+def _import_local(target: str) -> ModuleType:
+    """Import a local plugin: a file under a name fixed by its path (so Ray workers that
+    load the same file unpickle its classes), or a module by name."""
+    if not target.endswith(".py"):
+        return importlib.import_module(target)
+    name = f"autoplat_local_{Path(target).stem}_{zlib.crc32(target.encode()):08x}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, target)
+    assert spec is not None and spec.loader is not None  # a .py file that exists
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
 _REGISTRY: Registry | None = None
 
 
@@ -232,3 +306,14 @@ def get_registry() -> Registry:
         registry.load_entry_points()
         _REGISTRY = registry
     return _REGISTRY
+
+
+def load_local(targets: list[str]) -> None:
+    """Load the driver's local plugin modules (its ``Registry.local``) into this process's
+    registry, e.g. in a Ray worker; one this node lacks is recorded as a plugin error."""
+    registry = get_registry()
+    for target in targets:
+        try:
+            registry.load_module(target)
+        except PluginError as exc:
+            registry.plugins[target] = PluginInfo(target, target, errors=[str(exc)])

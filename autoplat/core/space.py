@@ -65,6 +65,10 @@ class Categorical:
     def grid(self) -> list[Value]:
         return list(self.choices)
 
+    def edges(self) -> list[Value]:
+        """The values to check against a param's range: every choice."""
+        return list(self.choices)
+
     def to_optuna(self):
         import optuna
 
@@ -105,6 +109,10 @@ class IntRange:
             if candidate != value:
                 return candidate
         return candidate
+
+    def edges(self) -> list[int]:
+        """The values to check against a param's range: low and high."""
+        return [self.low, self.high]
 
     def grid(self) -> list[int]:
         values = list(range(self.low, self.high + 1, self.step))
@@ -154,6 +162,10 @@ class FloatRange:
     def mutate(self, value: float, rng: random.Random) -> float:
         return self.sample(rng)
 
+    def edges(self) -> list[float]:
+        """The values to check against a param's range: low and high."""
+        return [self.low, self.high]
+
     def grid(self) -> list[float]:
         raise SpaceError(
             f"float range [{self.low}, {self.high}] cannot be enumerated by a grid; "
@@ -187,6 +199,10 @@ class Fixed:
     def grid(self) -> list[Value]:
         return [self.value]
 
+    def edges(self) -> list[Value]:
+        """The values to check against a param's range: the value."""
+        return [self.value]
+
     def to_optuna(self):
         import optuna
 
@@ -205,6 +221,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _kind(value: Value) -> str:
+    """What a choice is, for a mixed-type message: numbers, strings or booleans."""
+    if isinstance(value, bool):
+        return "booleans"
+    return "strings" if isinstance(value, str) else "numbers"
+
+
 def parse_dimension(key: str, raw: Any) -> Dimension:
     """Turn one TOML value into a dimension; ``key`` names it in errors."""
     if isinstance(raw, list):
@@ -212,6 +235,12 @@ def parse_dimension(key: str, raw: Any) -> Dimension:
             raise SpaceError(f"'{key}': an empty list has nothing to choose from")
         if not all(isinstance(choice, Value) for choice in raw):
             raise SpaceError(f"'{key}': choices must be numbers, strings or booleans, got {raw!r}")
+        kinds = sorted({_kind(choice) for choice in raw})
+        if len(kinds) > 1:
+            raise SpaceError(
+                f"'{key}': the choices {raw!r} mix {' and '.join(kinds)}; give values of one "
+                "type (e.g. all numbers)"
+            )
         return Categorical(tuple(raw))
     if isinstance(raw, dict):
         if set(raw) == {"choices"}:

@@ -3,20 +3,25 @@ writes every trial event to the store (the driver is the only writer)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
+import shutil
+import signal
 import socket
+import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from autoplat.core.config import Resolved, unbuildable
-from autoplat.core.errors import AutoplatError, ConfigError, StoreError
+from autoplat.core.errors import AutoplatError, ConfigError, StoreError, StoreFault
 from autoplat.core.interfaces import OneShotStrategy, Strategy
 from autoplat.core.space import DATASET_PREFIX, SearchSpace, params_key, split_dataset_params
 from autoplat.core.store import OBJECTIVES_KEY, Store, Study, StudyState, Trial, TrialState
@@ -28,7 +33,10 @@ RAY_ENV_DEFAULTS = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard files per trial
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_AIR_NEW_OUTPUT": "0",
+    # a trial that raised reports TRIAL_ERROR (without the metric) as its last result
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
 }
+TRIAL_ERROR = "trial_error"  # a result key: the trial raised this error (it is not retried)
 NUMERIC = (int, float)
 
 
@@ -85,6 +93,29 @@ def check_data(resolved: Resolved) -> None:
             f"'{resolved.architecture.name}' fit the data of dataset '{resolved.dataset.name}' "
             f"(e.g. {reason}); change the [space] values or the [dataset] options"
         )
+
+
+def reporting_errors(fn: Callable[..., None]) -> Callable[..., None]:
+    """The trainable ``fn`` reporting an exception it raises as its last result (under
+    TRIAL_ERROR, with ``done``) instead of raising it: Tune then ends the trial without a
+    retry, as [resources] max_failures retries only a trial whose worker died. The worker
+    first loads the driver's local plugin modules (``[plugins]``, ``--plugin``)."""
+    from autoplat.core.registry import get_registry, load_local
+
+    local = list(get_registry().local)
+
+    @functools.wraps(fn)
+    def trainable(config: dict[str, Any], job: Any) -> None:
+        from ray import tune
+
+        load_local(local)
+        try:
+            fn(config, job)
+        except Exception as exc:  # noqa: BLE001 - reported to the driver, which stores it
+            log.exception("trial failed")  # the traceback, in the worker's Ray log
+            tune.report({TRIAL_ERROR: f"{type(exc).__name__}: {exc}", "done": True})
+
+    return trainable
 
 
 def run_trial(config: dict[str, Any], job: Job) -> None:
@@ -230,11 +261,17 @@ def _searcher_class():
         trials but not paused ones, so HyperBand can fill a bracket while trials wait.
         """
 
-        def __init__(self, strategy: Strategy, objectives: list[str]) -> None:
+        def __init__(
+            self,
+            strategy: Strategy,
+            objectives: list[str],
+            known: dict[str, list[float] | None] | None = None,
+        ) -> None:
             mode = "max" if strategy.direction == "maximize" else "min"
             super().__init__(metric=objectives[0], mode=mode)
             self.objectives = objectives
             self.strategy = strategy
+            self.known = dict(known or {})  # params key -> values of completed trials
             self.live: dict[str, dict[str, Any]] = {}
             self.last: dict[str, dict] = {}  # the last result of each live trial
             self.paused: set[str] = set()
@@ -260,6 +297,11 @@ def _searcher_class():
             if self.max_concurrent and running >= self.max_concurrent:
                 return None
             params = self.strategy.ask()
+            while params is not None and params_key(params) in self.known:
+                # a resumed strategy proposes a trial the store holds (its replay met the
+                # trials in another order than it asked them): it gets the stored result
+                self.strategy.tell_values(params, self.known.pop(params_key(params)))
+                params = self.strategy.ask()
             if params is None:
                 return Searcher.FINISHED
             self.live[trial_id] = params
@@ -290,7 +332,7 @@ def _searcher_class():
             self.paused.discard(trial_id)
             if params is None:
                 return
-            if error:
+            if error or (result or {}).get(TRIAL_ERROR):
                 self.strategy.tell(params, None)
                 return
             result = result or last
@@ -312,9 +354,14 @@ def _searcher_class():
     return StrategySearcher
 
 
-def strategy_searcher(strategy: Strategy, objectives: list[str]):
-    """Wrap a Strategy as a ``ray.tune.search.Searcher`` (the first objective: its metric)."""
-    return _searcher_class()(strategy, objectives)
+def strategy_searcher(
+    strategy: Strategy,
+    objectives: list[str],
+    known: dict[str, list[float] | None] | None = None,
+):
+    """Wrap a Strategy as a ``ray.tune.search.Searcher`` (the first objective: its metric);
+    ``known``: the completed trials of a resumed study, never run again."""
+    return _searcher_class()(strategy, objectives, known)
 
 
 def make_scheduler(resolved: Resolved):
@@ -373,19 +420,93 @@ def ensure_ray(address: str | None) -> None:
     # `ray start` last left behind on this machine.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     _check_reachable(address)
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-            configure_logging=True,
-        )
+        with _sigterm_blocked(address == "local"):
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                configure_logging=True,
+            )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise AutoplatError(
             f"cannot reach the Ray cluster at '{address}': {exc}. Start it with "
             "`ray start --head` there, or drop --address to run locally"
         ) from None
+    if callable(sigterm) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, sigterm)  # ray.init replaced it with sys.exit
+    node = getattr(ray._private.worker, "_global_node", None)
+    if address == "local" and node is not None:
+        _LOCAL_SESSION[0] = Path(node.get_session_dir_path())
+
+
+_LOCAL_SESSION: list[Path | None] = [None]  # the temp folder of the local Ray we started
+
+
+@contextlib.contextmanager
+def _sigterm_blocked(block: bool) -> Iterator[None]:
+    """Start a local Ray's processes with SIGTERM blocked: a SIGTERM to the driver's whole
+    process group (systemd, Slurm) then stops the study as Ctrl-C does, instead of killing
+    Ray under it (they still end with the driver: Ray ties them to its life)."""
+    if not block or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def shutdown_ray(keep_files: bool = False) -> None:
+    """Stop Ray; a local Ray this process started also loses its temp session folder
+    (``/tmp/ray/session_*``, its logs) unless ``keep_files``. Other sessions stay."""
+    import ray
+
+    session, _LOCAL_SESSION[0] = _LOCAL_SESSION[0], None
+    node = getattr(ray._private.worker, "_global_node", None)
+    if session is not None and node is not None:
+        # its processes block SIGTERM (see _sigterm_blocked): skip the 1 s wait per process
+        # for a graceful exit they cannot make; they get SIGKILL, as after that wait
+        kill = node.kill_all_processes
+        node.kill_all_processes = lambda **kw: kill(**{**kw, "allow_graceful": False})
+    ray.shutdown()
+    if session is None or keep_files:
+        return
+    shutil.rmtree(session, ignore_errors=True)
+    latest = session.parent / "session_latest"
+    if latest.is_symlink() and Path(os.readlink(latest)) in (session, Path(session.name)):
+        latest.unlink(missing_ok=True)
+
+
+def check_resources(path: Path | str, cpus: float, gpus: float) -> None:
+    """Refuse a trial no Ray node can hold (it would wait forever), before anything is
+    stored: ``cpus`` and ``gpus`` per trial against each live node of the cluster."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        return
+    most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    if gpus > most_gpus:
+        has = "no GPU" if not most_gpus else f"at most {most_gpus:g} GPUs on one node"
+        raise ConfigError(
+            f"{path}: resources.gpus_per_trial = {gpus:g} but the Ray cluster has {has}; set "
+            f"gpus_per_trial = {most_gpus:g} or join a cluster with more GPUs (--address)"
+        )
+    if cpus > most_cpus:
+        raise ConfigError(
+            f"{path}: resources.cpus_per_trial = {cpus:g} but the Ray cluster has at most "
+            f"{most_cpus:g} CPUs on one node; set cpus_per_trial = {most_cpus:g} or less, or "
+            "join a bigger cluster (--address)"
+        )
+    raise ConfigError(
+        f"{path}: resources: no Ray node has {cpus:g} CPUs and {gpus:g} GPUs at once; lower "
+        "cpus_per_trial or gpus_per_trial, or join a bigger cluster (--address)"
+    )
 
 
 def _check_reachable(address: str) -> None:
@@ -413,23 +534,39 @@ def checkpoint_dir(resolved: Resolved, store_url: str) -> Path | None:
     ``runs/checkpoints``; then a folder per study. Workers write there and the driver reads
     and deletes there, so on a multi-node cluster it must be storage every node shares.
     """
-    from sqlalchemy.engine import make_url
-
     cfg = resolved.config.study
     if cfg.checkpoints == "none":
         return None
+    base = Path(cfg.checkpoint_dir).expanduser() if cfg.checkpoint_dir else None
+    return ((base or beside_store(store_url, "checkpoints")) / cfg.name).resolve()
+
+
+def beside_store(store_url: str, name: str) -> Path:
+    """The folder ``name`` next to a SQLite store's file, else ``runs/<name>``."""
+    from sqlalchemy.engine import make_url
+
     url = make_url(store_url)
-    if cfg.checkpoint_dir:
-        base = Path(cfg.checkpoint_dir).expanduser()
-    elif url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        base = Path(url.database).expanduser().parent / "checkpoints"
-    else:
-        base = Path("runs/checkpoints")
-    return (base / cfg.name).resolve()
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return Path(url.database).expanduser().parent / name
+    return Path("runs") / name
 
 
-def record_checkpoint(store: Store, study: Study, trial_id: int, path: str, retention: str) -> None:
-    """Record a finished trial's checkpoint; with retention "best" keep only the best's."""
+_NOT_OURS: set[str] = set()  # checkpoint paths outside the study's folder, warned about once
+
+
+def record_checkpoint(
+    store: Store,
+    study: Study,
+    trial_id: int,
+    path: str,
+    retention: str,
+    folder: Path | None = None,
+) -> None:
+    """Record a finished trial's checkpoint; with retention "best" keep only the best's.
+
+    Only files inside ``folder`` (the study's checkpoint folder; default: that of ``path``)
+    are ever deleted: a listed file elsewhere is left, with its row, and a warning.
+    """
     if not Path(path).exists():
         log.warning(
             "checkpoint %s is not visible to the driver: put [study].checkpoint_dir on "
@@ -440,11 +577,23 @@ def record_checkpoint(store: Store, study: Study, trial_id: int, path: str, rete
     store.add_artifact(study.id, trial_id, CHECKPOINT, path)
     if retention != "best":
         return
+    folder = (folder or Path(path).parent).resolve()
     best = store.best_trial(study)
     for artifact in store.artifacts(study.id, kind=CHECKPOINT):
-        if best is None or artifact.trial_id != best.id:
-            Path(artifact.path).unlink(missing_ok=True)
-            store.delete_artifact(artifact.id)
+        if best is not None and artifact.trial_id == best.id:
+            continue
+        if not Path(artifact.path).resolve().is_relative_to(folder):
+            if artifact.path not in _NOT_OURS:
+                _NOT_OURS.add(artifact.path)
+                log.warning(
+                    "not deleting checkpoint %s of study '%s': it is outside the study's folder %s",
+                    artifact.path,
+                    study.name,
+                    folder,
+                )
+            continue
+        Path(artifact.path).unlink(missing_ok=True)
+        store.delete_artifact(artifact.id)
 
 
 def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: Progress):
@@ -455,6 +604,9 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
     metric = resolved.config.study.metric
     name = resolved.config.study.name
     retention = resolved.config.study.checkpoints
+    folder = checkpoint_dir(resolved, store.url)
+    ray_base = ray_workdir(resolved.config.study, store.url)
+    artifacts = beside_store(store.url, "artifacts").resolve() / name
     hooks = get_registry().pm.hook
 
     def call_hook(hook_name: str, **kwargs: Any) -> None:
@@ -470,6 +622,7 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
             self.ids: dict[str, int] = {}
             self.numbers: dict[str, int] = {}
             self.placed: set[str] = set()  # Tune trial ids whose node is stored
+            self.retries = Retries(store)
 
         def __reduce__(self):
             # Ray pickles callbacks into its experiment snapshot; the store is not picklable
@@ -484,6 +637,12 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
             on_event("start", {"number": row.number, "params": dict(trial.config)})
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            if TRIAL_ERROR in result:  # stored as the trial's error when it completes
+                # the scheduler sees this result at the trial's end: give it the last
+                # report's metrics (NaN for none), as it keeps a trial that raised
+                result.update({k: v for k, v in trial.last_result.items() if k not in result})
+                result.setdefault(metric, float("nan"))
+                return
             trial_id = self.ids[trial.trial_id]
             step = int(result.get("epoch", result.get("training_iteration", 0)))
             values = {
@@ -504,6 +663,9 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             last = trial.last_result or {}
+            if TRIAL_ERROR in last:
+                self._failed(trial, last[TRIAL_ERROR])
+                return
             finished = bool(last.get("finished"))
             value = last.get(metric)
             state = TrialState.COMPLETE if finished else TrialState.PRUNED
@@ -514,7 +676,9 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
                 for key, path in last.items():
                     if key.startswith(ARTIFACT_PREFIX) and isinstance(path, str):
                         kind = key.removeprefix(ARTIFACT_PREFIX)
-                        store.add_artifact(study_id, self.ids[trial.trial_id], kind, path)
+                        number = self.numbers[trial.trial_id]
+                        kept = keep_artifact(path, ray_base, artifacts / f"trial-{number}")
+                        store.add_artifact(study_id, self.ids[trial.trial_id], kind, kept)
             if finished and last.get("checkpoint"):
                 record_checkpoint(
                     store,
@@ -522,6 +686,7 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
                     self.ids[trial.trial_id],
                     last["checkpoint"],
                     retention,
+                    folder,
                 )
             on_event(
                 "end",
@@ -529,13 +694,35 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
             )
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            error = _error_text(trial)
+            self._failed(trial, _error_text(trial))
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            retries = self.retries.record(trial.trial_id, self.ids[trial.trial_id], trial)
+            number = self.numbers[trial.trial_id]
+            on_event("retry", {"number": number, **retries})
+
+        def _failed(self, trial, error: str) -> None:
             store.finish_trial(self.ids[trial.trial_id], TrialState.FAIL, error=error)
             on_event(
                 "end", {"number": self.numbers[trial.trial_id], "state": "fail", "error": error}
             )
 
     return StoreCallback()
+
+
+class Retries:
+    """The retries of trials whose worker died, stored as trial attrs ``retries`` (a count)
+    and ``retry_errors`` (why each attempt ended)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.errors: dict[str, list[str]] = {}  # Tune trial id -> errors
+
+    def record(self, tune_id: str, trial_id: int, trial: Any) -> dict[str, Any]:
+        errors = self.errors.setdefault(tune_id, [])
+        errors.append(_error_text(trial))
+        self.store.set_trial_attrs(trial_id, retries=len(errors), retry_errors=errors)
+        return {"retries": len(errors), "error": errors[-1].splitlines()[0]}
 
 
 # What a trial's reports store: the trainers' own metrics (train_/val_/test_ names, so an
@@ -564,12 +751,12 @@ def check_study(store: Store, resolved: Resolved, resume: bool) -> Study | None:
     existing = store.find_study(cfg.name)
     if existing is None and resume:
         raise StoreError(
-            f"--resume: no study named '{cfg.name}' in {store.url}; run without --resume"
+            f"--resume: no study named '{cfg.name}' in {store.display_url}; run without --resume"
         )
     if existing is not None and not resume:
         raise StoreError(
-            f"study '{cfg.name}' already exists in {store.url}; pass --resume to continue it, "
-            "or change [study].name"
+            f"study '{cfg.name}' already exists in {store.display_url}; pass --resume to "
+            "continue it, or change [study].name"
         )
     if existing is not None and _without_trials(json.loads(existing.config)) != _without_trials(
         resolved.raw
@@ -581,30 +768,58 @@ def check_study(store: Store, resolved: Resolved, resume: bool) -> Study | None:
     return existing
 
 
-def open_study(store: Store, resolved: Resolved, existing: Study | None) -> tuple[int, list]:
-    """Create the study, or reopen ``existing``; returns its id and its finished trials."""
+def create_study(store: Store, resolved: Resolved) -> int:
+    """Store a new search study; returns its id."""
     cfg = resolved.config.study
-    if existing is None:
-        stored = dict(resolved.raw)
-        if cfg.objectives:  # with their directions, for show's Pareto front
-            stored[OBJECTIVES_KEY] = resolved.objectives
-        study = store.create_study(
-            cfg.name,
-            kind="search",
-            direction=resolved.direction,
-            metric=cfg.metric,
-            target_trials=cfg.trials,
-            config=json.dumps(stored),
-        )
-        return study.id, []
-    store.interrupt_running(existing.id)
-    store.set_study_state(existing.id, StudyState.RUNNING)
-    done = [
+    stored = dict(resolved.raw)
+    if cfg.objectives:  # with their directions, for show's Pareto front
+        stored[OBJECTIVES_KEY] = resolved.objectives
+    return store.create_study(
+        cfg.name,
+        kind="search",
+        direction=resolved.direction,
+        metric=cfg.metric,
+        target_trials=cfg.trials,
+        config=json.dumps(stored),
+    ).id
+
+
+def reopen_study(store: Store, study_id: int) -> list[Trial]:
+    """Mark a resumed study's trials left running interrupted and the study running again
+    (its driver lease held); returns its finished trials."""
+    store.interrupt_running(study_id)
+    store.set_study_state(study_id, StudyState.RUNNING)
+    return [
         t
-        for t in store.trials(existing.id)
+        for t in store.trials(study_id)
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     ]
-    return existing.id, done
+
+
+@contextlib.contextmanager
+def driving(
+    store: Store, existing: Study | None, start: Callable[[], None], create: Callable[[], int]
+) -> Iterator[int]:
+    """Be the one driver of a study for a block (yields its id). A resumed study's lease is
+    taken first (a live driver's study stays as it is: StoreError naming it), then
+    ``start`` runs (Ray, checks that write nothing); a new study is stored by ``create``
+    after ``start``, then leased. A block that fails or is interrupted leaves the study
+    interrupted where the store allows it, for ``--resume``."""
+    with contextlib.ExitStack() as stack:
+        if existing is not None:
+            stack.enter_context(store.lease(existing.id))
+        start()
+        study_id = existing.id if existing is not None else create()
+        if existing is None:
+            stack.enter_context(store.lease(study_id))
+        try:
+            yield study_id
+        except BaseException:
+            with contextlib.suppress(Exception):  # the store may be what failed
+                store.interrupt_running(study_id)
+                store.set_study_state(study_id, StudyState.INTERRUPTED)
+                _study_end_hook(store, study_id)
+            raise
 
 
 def _without_trials(raw: dict[str, Any]) -> dict[str, Any]:
@@ -614,9 +829,12 @@ def _without_trials(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _trainable(
     resolved: Resolved, store_url: str, trainable: Callable[..., None] | None
-) -> tuple[Callable[..., None], Job | BenchmarkJob]:
-    """The trainable of a study (``trainable`` replaces it) and its ``job`` argument."""
+) -> tuple[Callable[..., None], Job | BenchmarkJob | None]:
+    """The trainable of a study (``trainable`` replaces it) and its ``job`` argument (None
+    for a study of the user's own function, which has no architecture or benchmark)."""
     cfg = resolved.config
+    if trainable is not None and resolved.architecture is None and resolved.benchmark is None:
+        return trainable, None
     if resolved.benchmark is not None:
         assert resolved.benchmark_options is not None
         job = BenchmarkJob(
@@ -649,12 +867,30 @@ def run_study(
 ) -> int:
     """Run (or resume) the search of a resolved config; returns the study id."""
 
-    on_event = on_event or (lambda kind, data: None)
     cfg = resolved.config
     existing = check_study(store, resolved, resume)
     check_data(resolved)
-    ensure_ray(address)  # before any write: an unreachable cluster leaves the store as it was
-    study_id, done = open_study(store, resolved, existing)
+
+    def start() -> None:  # before any write: a cluster that cannot run it leaves no trace
+        ensure_ray(address)
+        check_resources(resolved.path, cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial)
+
+    with driving(store, existing, start, lambda: create_study(store, resolved)) as study_id:
+        done = reopen_study(store, study_id) if existing is not None else []
+        _search(resolved, store, study_id, done, on_event or (lambda kind, data: None), trainable)
+    return study_id
+
+
+def _search(
+    resolved: Resolved,
+    store: Store,
+    study_id: int,
+    done: list[Trial],
+    on_event: Progress,
+    trainable: Callable[..., None] | None,
+) -> None:
+    """Run the trials a study still needs (``done``: its finished ones)."""
+    cfg = resolved.config
     remaining = cfg.study.trials - len(done)
     strategy = resolved.make_strategy()
     if isinstance(strategy, OneShotStrategy):
@@ -674,7 +910,7 @@ def run_study(
                 if store.get_study(cfg.study.name).state == StudyState.RUNNING:
                     store.set_study_state(study_id, StudyState.FINISHED)
                     _study_end_hook(store, study_id)
-                return study_id
+                return
         derived = supernet.attrs_dict["derived"]
         trained = {params_key(t.params_dict) for t in done if t.state == TrialState.COMPLETE}
         strategy = FixedParams(resolved.space, derived, trained)
@@ -683,11 +919,15 @@ def run_study(
         strategy.replay_values((t.params_dict, _objective_values(store, t, resolved)) for t in done)
     if remaining <= 0:
         store.set_study_state(study_id, StudyState.FINISHED)
-        return study_id
-
+        return
+    known = {
+        params_key(t.params_dict): _objective_values(store, t, resolved)
+        for t in done
+        if t.state == TrialState.COMPLETE
+    }
+    searcher = strategy_searcher(strategy, [name for name, _ in resolved.objectives], known)
     fn, job = _trainable(resolved, store.url, trainable)
-    _fit(resolved, store, study_id, on_event, fn, job, remaining, strategy)
-    return study_id
+    _fit(resolved, store, study_id, on_event, fn, job, remaining, searcher)
 
 
 def _objective_values(store: Store, trial: Trial, resolved: Resolved) -> list[float] | None:
@@ -707,9 +947,10 @@ def _fit(
     fn: Callable[..., None],
     job: Any,
     num_samples: int,
-    strategy: Strategy | None,
+    searcher: Any,
 ) -> None:
-    """Run ``num_samples`` trials of ``fn`` (proposed by ``strategy``) and store them."""
+    """Run ``num_samples`` trials of ``fn`` (proposed by ``searcher``, a StrategySearcher;
+    None: one trial of a one-shot strategy) and store them."""
     from ray import tune
 
     cfg = resolved.config
@@ -721,60 +962,113 @@ def _fit(
         if resolved.benchmark is not None
         else _default_concurrency(res.cpus_per_trial, res.gpus_per_trial)
     )
-    fn = tune.with_parameters(fn, job=job)
+    fn = tune.with_parameters(reporting_errors(fn), job=job)
     fn = tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
-    tuner = tune.Tuner(
-        fn,
-        param_space=None if strategy else {"one_shot": cfg.strategy.name},
-        tune_config=tune.TuneConfig(
-            search_alg=(
-                strategy_searcher(strategy, [name for name, _ in resolved.objectives])
-                if strategy
-                else None
+    with ray_folder(cfg.study, store.url) as folder:
+        tuner = tune.Tuner(
+            fn,
+            param_space=None if searcher else {"one_shot": cfg.strategy.name},
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=make_scheduler(resolved) if searcher else None,
+                num_samples=num_samples,
+                max_concurrent_trials=concurrency,
+                reuse_actors=True,
             ),
-            scheduler=make_scheduler(resolved) if strategy else None,
-            num_samples=num_samples,
-            max_concurrent_trials=concurrency,
-            reuse_actors=True,
-        ),
-        run_config=run_config(cfg.study.name, _store_callback(store, study_id, resolved, on_event)),
-    )
-    # the supernet phase of a one-shot study is not its end (unless it was interrupted)
-    fit(tuner, store, study_id, ends_study=strategy is not None)
+            run_config=run_config(
+                folder, _store_callback(store, study_id, resolved, on_event), res.max_failures
+            ),
+        )
+        # the supernet phase of a one-shot study is not its end (unless it was interrupted)
+        fit(tuner, store, study_id, ends_study=searcher is not None)
 
 
-def run_config(study_name: str, callback: Any) -> Any:
-    """Tune's RunConfig for a study: our callback stores everything, Ray keeps no files."""
+def ray_workdir(study: Any, store_url: str) -> Path:
+    """Where Ray Tune's per-run folders go: ``[study] workdir``, else ``ray/`` beside the
+    store."""
+    workdir = study.workdir
+    return (Path(workdir).expanduser() if workdir else beside_store(store_url, "ray")).resolve()
+
+
+def keep_artifact(path: str, ray_base: Path, dest: Path) -> str:
+    """A trainer's file written inside Ray's per-run folder (removed after the run) is
+    copied into ``dest`` (temp name, then rename) and that path returned; a file elsewhere
+    stays where it is."""
+    source = Path(path).resolve()
+    if not source.is_file() or not source.is_relative_to(ray_base):
+        return path
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / source.name
+    tmp = dest / f".{source.name}.tmp-{os.getpid()}"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+    return str(target)
+
+
+@contextlib.contextmanager
+def ray_folder(study: Any, store_url: str) -> Iterator[Path]:
+    """Ray Tune's folder for one run of a study: ``<workdir>/<name>-<time>``, where workdir
+    is ``[study] workdir``, else ``ray/`` next to a SQLite store, else ``runs/ray``. It and
+    the folders made for it are removed afterwards, unless ``[study] keep_ray_files``."""
+    base = ray_workdir(study, store_url)
+    made = [p for p in (base, *base.parents) if not p.exists()]  # deepest first
+    folder = base / f"{study.name}-{int(time.time())}"
+    try:
+        yield folder
+    finally:
+        if not study.keep_ray_files:
+            shutil.rmtree(folder, ignore_errors=True)
+            for path in made:
+                with contextlib.suppress(OSError):  # a folder someone else wrote to stays
+                    path.rmdir()
+
+
+def run_config(folder: Path, callback: Any, max_failures: int = 0) -> Any:
+    """Tune's RunConfig for a run in ``folder``: our callback stores everything; a trial
+    whose worker died is retried ``max_failures`` times."""
     from ray import tune
 
     return tune.RunConfig(
-        name=f"{study_name}-{int(time.time())}",
-        storage_path=str(Path("runs/ray").resolve()),
+        name=folder.name,
+        storage_path=str(folder.parent),
         callbacks=[callback],
-        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+        failure_config=tune.FailureConfig(max_failures=max_failures, fail_fast=False),
         verbose=0,
         log_to_file=False,
     )
 
 
 def fit(tuner: Any, store: Store, study_id: int, ends_study: bool = True) -> None:
-    """Run the trials; mark trials left running and the study interrupted on Ctrl-C.
+    """Run the trials; mark trials left running and the study interrupted after Ctrl-C.
 
     With ``ends_study`` the study is then finished (or interrupted) and ``on_study_end``
-    runs; without, only an interruption is recorded.
+    runs; without, only an interruption is recorded. A store that failed under Tune
+    surfaces as its StoreFault (``driving`` then marks what it can).
     """
-    state = StudyState.FINISHED
     try:
         tuner.fit()
-    except KeyboardInterrupt:
-        state = StudyState.INTERRUPTED
+    except Exception as exc:
+        fault = _store_fault(exc)
+        if fault is not None and fault is not exc:
+            raise fault from None
         raise
-    finally:
-        if store.interrupt_running(study_id):
-            state = StudyState.INTERRUPTED
-        if ends_study or state == StudyState.INTERRUPTED:
-            store.set_study_state(study_id, state)
-            _study_end_hook(store, study_id)
+    interrupted = store.interrupt_running(study_id) > 0
+    if ends_study or interrupted:
+        store.set_study_state(
+            study_id, StudyState.INTERRUPTED if interrupted else StudyState.FINISHED
+        )
+        _study_end_hook(store, study_id)
+
+
+def _store_fault(exc: BaseException | None) -> StoreFault | None:
+    """The StoreFault behind an exception Tune raised (a callback's write failed)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, StoreFault):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _study_end_hook(store: Store, study_id: int) -> None:

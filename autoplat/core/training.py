@@ -38,13 +38,41 @@ class TrialFailed(Exception):
 
 
 def save_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Write ``model``'s state_dict (on the CPU) to ``path`` atomically."""
+    """Write ``model``'s state_dict (on the CPU) to ``path`` atomically and durably: to a
+    temporary name beside it, fsynced, then renamed; a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        save_tensors(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    sync_folder(path.parent)
+
+
+def save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    """``torch.save`` a dict of tensors to ``path`` and fsync it (no Python objects in it,
+    so ``load_checkpoint`` reads it with ``weights_only=True``)."""
+    with open(path, "wb") as file:
+        torch.save(state, file)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync ``folder`` so that a rename in it survives a power loss (where supported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a folder; the rename is still atomic
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:

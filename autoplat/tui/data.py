@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from sqlalchemy import String, event, inspect, type_coerce
+from sqlalchemy import String, inspect, type_coerce
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlmodel import Session, create_engine, func, select
+from sqlmodel import Session, func, select
 
 from autoplat.core.errors import StoreError
 from autoplat.core.store import (
@@ -32,6 +31,7 @@ from autoplat.core.store import (
     Trial,
     TrialMetric,
     TrialState,
+    engine_for,
     pareto_front,
 )
 
@@ -139,22 +139,12 @@ class Reader:
                     f"no results store at {path} yet: start a search "
                     "(platform search CONFIG) or pass --storage URL"
                 )
-            ro = f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&uri=true"
-            engine = create_engine(
-                ro, connect_args={"timeout": LOCK_TIMEOUT_S, "check_same_thread": False}
-            )
-
-            @event.listens_for(engine, "connect")
-            def _query_only(dbapi_conn, _record) -> None:  # pragma: no cover - every test
-                dbapi_conn.execute("PRAGMA query_only=ON")
-
-        else:
-            try:
-                engine = create_engine(self.url, pool_pre_ping=True)
-            except ModuleNotFoundError as exc:
-                raise StoreError(
-                    f"the database driver for '{self.url}' is not installed ({exc.name})"
-                ) from None
+        try:
+            engine = engine_for(self.url, readonly=True, busy_timeout_s=LOCK_TIMEOUT_S)
+        except ModuleNotFoundError as exc:
+            raise StoreError(
+                f"the database driver for '{self.url}' is not installed ({exc.name})"
+            ) from None
         try:
             self._check_schema(engine)
         except BaseException:

@@ -35,7 +35,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.core.interfaces import Architecture, DataSpec, OnnxPart, Splits
+from autoplat.core.interfaces import (
+    ALLOCATION,
+    DROPOUT,
+    EPOCHS,
+    LAYERS,
+    PATCH,
+    RATIO,
+    SIZE,
+    Architecture,
+    DataSpec,
+    OnnxPart,
+    Range,
+    Splits,
+    ints,
+)
 from autoplat.core.training import TRAINER_PARAMS, TrialFailed, train_classification
 from autoplat.plugins.architectures.vit import Block
 from autoplat.plugins.audio.frontend import LogMel
@@ -149,18 +163,30 @@ class AudioClassifier(nn.Module):
         return self.head(self.features(waveforms))
 
 
+FRONTEND_RANGES: dict[str, Range] = {
+    "sample_rate": ints(1, 384_000),
+    "n_fft": ints(16, 65_536, ALLOCATION),
+    "hop_length": ints(1, 65_536),
+    "n_mels": ints(1, 1024, ALLOCATION),
+}
+"""The log-mel front end's params (``frontend_problem`` checks how they fit together)."""
+
+ROBUST_TRAINER_RANGES: dict[str, Range] = {
+    "robust_steps": ints(1, 10_000, "each step is another forward and backward pass"),
+    "robust_samples": ints(1, 1_000_000, ALLOCATION),
+    "eval_every": EPOCHS,
+}
+"""The trainer params of ``ROBUST_PARAMS`` and ``eval_every`` (audio and audio-visual)."""
+
+
 def frontend_problem(p: dict[str, Any], name: str, spec: DataSpec | None = None) -> str | None:
-    """Why the log-mel params ``p`` cannot work (on ``spec``'s audio, when given), or None."""
-    for key in ("sample_rate", "n_mels", "hop_length"):
-        if p[key] < 1:
-            return f"{name}: {key} must be at least 1, got {p[key]}"
+    """Why the log-mel params ``p`` (each in ``FRONTEND_RANGES``) cannot work together (on
+    ``spec``'s audio, when given), or None."""
     if spec is not None and spec.sample_rate and p["sample_rate"] != spec.sample_rate:
         return (
             f"{name}: sample_rate {p['sample_rate']} is not the data's {spec.sample_rate} Hz "
             f"(the mel scale would be wrong); set sample_rate = {spec.sample_rate} in [space]"
         )
-    if p["n_fft"] < 16:
-        return f"{name}: n_fft must be at least 16, got {p['n_fft']}"
     if p["n_mels"] > p["n_fft"] // 2 + 1:
         return f"{name}: n_mels {p['n_mels']} exceeds the {p['n_fft'] // 2 + 1} FFT bins of n_fft"
     return None
@@ -194,27 +220,34 @@ class Audio(Architecture):
     trainer_params: ClassVar[dict[str, Any]] = {**ROBUST_PARAMS, "eval_every": 1}
     metrics: ClassVar[dict[str, str]] = {"val_robust_accuracy": "maximize"}
     metric_params: ClassVar[dict[str, str]] = {"val_robust_accuracy": "robust_epsilons"}
+    param_ranges: ClassVar[dict[str, Range]] = {
+        **FRONTEND_RANGES,
+        **ROBUST_TRAINER_RANGES,
+        "depth": LAYERS,
+        "width": SIZE,
+        "heads": LAYERS,
+        "mlp_ratio": RATIO,
+        "patch_size": PATCH,
+        "dropout": DROPOUT,
+    }
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Why these params cannot build the model (for ``spec``'s audio, when given), or None."""
         if (reason := self.unknown_params(params)) is not None:
             return reason
         p = {**self.defaults, **params}
+        if (reason := self.range_problem(p)) is not None:
+            return reason
         if p["encoder"] not in ENCODERS:
             return f"audio: encoder must be 'ast' or 'cnn', got {p['encoder']!r}"
         problem = frontend_problem(p, "audio", spec)
         if problem:
             return problem
-        for key in ("depth", "width", "heads", "mlp_ratio", "patch_size"):
-            if p[key] < 1:
-                return f"audio: {key} must be at least 1, got {p[key]}"
         if p["encoder"] == "ast":
             if p["width"] % p["heads"]:
                 return f"audio: width {p['width']} is not divisible by heads {p['heads']}"
             if p["n_mels"] % p["patch_size"]:
                 return f"audio: patch_size {p['patch_size']} does not divide n_mels {p['n_mels']}"
-        if not 0 <= p["dropout"] < 1:
-            return f"audio: dropout must be in [0, 1), got {p['dropout']}"
         if spec is not None and (len(spec.input_shape) != 1 or spec.input_shape[0] < p["n_fft"]):
             return (
                 f"audio: needs waveforms shaped (samples,) with at least n_fft = {p['n_fft']} "

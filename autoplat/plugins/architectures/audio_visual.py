@@ -51,7 +51,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.core.interfaces import Architecture, DataSpec, OnnxPart, Splits
+from autoplat.core.interfaces import (
+    DROPOUT,
+    LAYERS,
+    PATCH,
+    RATIO,
+    SIZE,
+    Architecture,
+    DataSpec,
+    OnnxPart,
+    Range,
+    Splits,
+)
 from autoplat.core.training import (
     EVAL_BATCH_SIZE,
     TRAINER_PARAMS,
@@ -61,7 +72,13 @@ from autoplat.core.training import (
     train_epoch,
     warmup_cosine,
 )
-from autoplat.plugins.architectures.audio import Spectrogram, eval_epochs, frontend_problem
+from autoplat.plugins.architectures.audio import (
+    FRONTEND_RANGES,
+    ROBUST_TRAINER_RANGES,
+    Spectrogram,
+    eval_epochs,
+    frontend_problem,
+)
 from autoplat.plugins.architectures.dino import linear_probe
 from autoplat.plugins.architectures.vit import Block
 from autoplat.plugins.robustness import ROBUST_PARAMS, check_robust_params, robust_metrics
@@ -308,20 +325,30 @@ class AudioVisual(Architecture):
         "val_robust_accuracy": "maximize",
     }
     metric_params: ClassVar[dict[str, str]] = {"val_robust_accuracy": "robust_epsilons"}
+    param_ranges: ClassVar[dict[str, Range]] = {
+        **FRONTEND_RANGES,
+        **ROBUST_TRAINER_RANGES,
+        "depth": LAYERS,
+        "width": SIZE,
+        "heads": LAYERS,
+        "mlp_ratio": RATIO,
+        "audio_patch": PATCH,
+        "image_patch": PATCH,
+        "dropout": DROPOUT,
+    }
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Why these params cannot build the model (for ``spec``'s data, when given), or None."""
         if (reason := self.unknown_params(params)) is not None:
             return reason
         p = {**self.defaults, **params}
+        if (reason := self.range_problem(p)) is not None:
+            return reason
         if p["fusion"] not in FUSIONS:
             return f"audio-visual: fusion must be one of {', '.join(FUSIONS)}, got {p['fusion']!r}"
         problem = frontend_problem(p, "audio-visual", spec)
         if problem:
             return problem
-        for key in ("depth", "width", "heads", "mlp_ratio", "audio_patch", "image_patch"):
-            if p[key] < 1:
-                return f"audio-visual: {key} must be at least 1, got {p[key]}"
         if p["fusion"] == "mid" and p["depth"] < 2:
             return "audio-visual: mid fusion needs depth >= 2 (one block alone, one shared)"
         if p["width"] % p["heads"]:
@@ -330,8 +357,6 @@ class AudioVisual(Architecture):
             return (
                 f"audio-visual: audio_patch {p['audio_patch']} does not divide n_mels {p['n_mels']}"
             )
-        if not 0 <= p["dropout"] < 1:
-            return f"audio-visual: dropout must be in [0, 1), got {p['dropout']}"
         if spec is not None:
             if spec.modality != "audio-image" or len(spec.input_shape) != 4:
                 return (

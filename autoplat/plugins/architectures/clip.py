@@ -40,7 +40,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.core.interfaces import Architecture, DataSpec, OnnxPart, Splits
+from autoplat.core.interfaces import (
+    DROPOUT,
+    LAYERS,
+    PATCH,
+    RATIO,
+    SIZE,
+    Architecture,
+    DataSpec,
+    OnnxPart,
+    Range,
+    Splits,
+    floats,
+)
 from autoplat.core.training import (
     EVAL_BATCH_SIZE,
     TRAINER_PARAMS,
@@ -382,42 +394,41 @@ class CLIP(Architecture):
         "val_zeroshot_accuracy": "maximize",
         "val_loss": "minimize",
     }
+    param_ranges: ClassVar[dict[str, Range]] = {
+        "image_depth": LAYERS,
+        "image_width": SIZE,
+        "image_heads": LAYERS,
+        "patch_size": PATCH,
+        "text_depth": LAYERS,
+        "text_width": SIZE,
+        "text_heads": LAYERS,
+        "mlp_ratio": RATIO,
+        "dropout": DROPOUT,
+        "embed_dim": SIZE,
+        "temperature_init": floats(0, 1, open_low=True),
+    }
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Why these params cannot build CLIP (for ``spec``'s data, when given), or None."""
         if (reason := self.unknown_params(params)) is not None:
             return reason
         p = {**self.defaults, **params}
+        if (reason := self.range_problem(p)) is not None:
+            return reason
         if p["image_tower"] not in ("vit", "cnn"):
             return f"clip: image_tower must be 'vit' or 'cnn', got {p['image_tower']!r}"
         if p["text_pooling"] not in ("eos", "mean"):
             return f"clip: text_pooling must be 'eos' or 'mean', got {p['text_pooling']!r}"
-        for key in (
-            "image_depth",
-            "image_width",
-            "text_depth",
-            "text_width",
-            "mlp_ratio",
-            "embed_dim",
-        ):
-            if p[key] < 1:
-                return f"clip: {key} must be at least 1, got {p[key]}"
-        if p["image_tower"] == "vit" and (
-            p["image_heads"] < 1 or p["image_width"] % p["image_heads"]
-        ):
+        if p["image_tower"] == "vit" and p["image_width"] % p["image_heads"]:
             return (
                 f"clip: image_width {p['image_width']} is not divisible by image_heads "
                 f"{p['image_heads']}"
             )
-        if p["text_heads"] < 1 or p["text_width"] % p["text_heads"]:
+        if p["text_width"] % p["text_heads"]:
             return (
                 f"clip: text_width {p['text_width']} is not divisible by text_heads "
                 f"{p['text_heads']}"
             )
-        if not 0 <= p["dropout"] < 1:
-            return f"clip: dropout must be in [0, 1), got {p['dropout']}"
-        if not 0 < p["temperature_init"] <= 1:
-            return f"clip: temperature_init must be in (0, 1], got {p['temperature_init']}"
         if spec is not None:
             if spec.task != "contrastive" or spec.vocab_size < 1 or spec.text_length < 1:
                 return (

@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,7 +45,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.core.interfaces import Architecture, DataSpec, OnnxPart, Splits
+from autoplat.core.interfaces import (
+    EPOCHS,
+    LAYERS,
+    NON_NEGATIVE,
+    PATCH,
+    POSITIVE,
+    PROBABILITY,
+    RATIO,
+    SIZE,
+    TRAINER_RANGES,
+    Architecture,
+    DataSpec,
+    OnnxPart,
+    Range,
+    Splits,
+    floats,
+    ints,
+)
 from autoplat.core.training import (
     EVAL_BATCH_SIZE,
     TRAINER_PARAMS,
@@ -766,13 +784,40 @@ class DINO(Architecture):
         "val_linear_accuracy": "maximize",
         "train_loss": "minimize",
     }
+    param_ranges: ClassVar[dict[str, Range]] = {
+        **ViT.param_ranges,
+        "prototypes": SIZE,
+        "head_hidden": SIZE,
+        "head_bottleneck": SIZE,
+        "batch_size": replace(TRAINER_RANGES["batch_size"], low=2),
+        "local_crops": ints(0, 64, "each crop is another forward pass"),
+        "global_scale_min": floats(0, 1, open_low=True),
+        "local_scale_min": floats(0, 1, open_low=True),
+        "local_scale_max": floats(0, 1, open_low=True),
+        "flip_prob": PROBABILITY,
+        "jitter": NON_NEGATIVE,
+        "teacher_momentum": PROBABILITY,
+        "center_momentum": PROBABILITY,
+        "teacher_temp": POSITIVE,
+        "warmup_teacher_temp": POSITIVE,
+        "teacher_temp_warmup_epochs": replace(EPOCHS, low=0),
+        "freeze_last_layer_epochs": replace(EPOCHS, low=0),
+        "ibot_weight": NON_NEGATIVE,
+        "koleo_weight": NON_NEGATIVE,
+        "eval_every": EPOCHS,
+        # 0: as in the distill_from checkpoint
+        "teacher_width": replace(SIZE, low=0),
+        "teacher_depth": replace(LAYERS, low=0),
+        "teacher_heads": replace(LAYERS, low=0),
+        "teacher_mlp_ratio": replace(RATIO, low=0),
+        "teacher_patch_size": replace(PATCH, low=0),
+    }
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Why these params cannot build a DINO model (for ``spec``'s images), or None."""
         p = {**self.defaults, **params}
-        for key in ("prototypes", "head_hidden", "head_bottleneck"):
-            if p[key] < 1:
-                return f"dino: {key} must be at least 1, got {p[key]}"
+        if (reason := self.range_problem(p)) is not None:
+            return reason
         vit_keys = {k: p[k] for k in ViT.defaults}
         reason = ViT().check_params(vit_keys, spec)
         return reason.replace("vit:", "dino:", 1) if reason else None

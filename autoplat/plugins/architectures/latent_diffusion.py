@@ -46,8 +46,9 @@ study loads that same file, so their sample scores are comparable. The cache fol
 on a multi-node Ray cluster point ``AUTOPLAT_CACHE_DIR`` at shared storage.
 
 The last report carries ``artifact_samples``: the path of a PNG grid of class-conditional
-samples (a row per class), written to the Ray trial's folder in the study's storage
-(``runs/ray/<run>/<trial>/samples.png``; a temporary folder outside Ray, or ``artifact_dir``).
+samples (a row per class), written to the Ray trial's folder (a temporary folder outside
+Ray, or ``artifact_dir``); the driver copies it to ``artifacts/<study>/trial-<n>/`` beside
+the store before Ray's per-run folder is removed, and records that path.
 """
 
 from __future__ import annotations
@@ -66,7 +67,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.core.interfaces import Architecture, DataSpec, OnnxPart, Splits
+from autoplat.core.interfaces import (
+    ALLOCATION,
+    DROPOUT,
+    EPOCHS,
+    LAYERS,
+    NON_NEGATIVE,
+    PATCH,
+    POSITIVE,
+    SIZE,
+    Architecture,
+    DataSpec,
+    OnnxPart,
+    Range,
+    Splits,
+    ints,
+)
 from autoplat.core.training import (
     EVAL_BATCH_SIZE,
     TRAINER_PARAMS,
@@ -74,7 +90,9 @@ from autoplat.core.training import (
     _lr_lambda,
     autocast,
     load_checkpoint,
+    save_tensors,
     start_training,
+    sync_folder,
     train_epoch,
 )
 from autoplat.plugins.architectures.clip import ConvTower
@@ -437,13 +455,14 @@ def fixed_classifier(
         _train_classifier(tower, x, y, device)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({k: v.detach().cpu() for k, v in tower.state_dict().items()}, tmp)
         try:
+            save_tensors({k: v.detach().cpu() for k, v in tower.state_dict().items()}, tmp)
             os.link(tmp, path)  # fails when another trial published first: use theirs
         except FileExistsError:
             pass
         finally:
             tmp.unlink(missing_ok=True)
+        sync_folder(path.parent)
     tower.load_state_dict(load_checkpoint(path))
     return FixedClassifier(tower, device)
 
@@ -766,6 +785,26 @@ class LatentDiffusion(Architecture):
         "val_sample_accuracy": "maximize",
         "val_fid": "minimize",
     }
+    param_ranges: ClassVar[dict[str, Range]] = {
+        "latent_channels": SIZE,
+        "ae_width": SIZE,
+        "downsample": ints(0, 4),
+        "unet_width": SIZE,
+        "unet_levels": LAYERS,
+        "layers_per_block": LAYERS,
+        "dit_width": SIZE,
+        "dit_depth": LAYERS,
+        "dit_heads": LAYERS,
+        "dit_patch": PATCH,
+        "timesteps": ints(2, 100_000, ALLOCATION),
+        "ae_epochs": EPOCHS,
+        "ae_lr": POSITIVE,
+        "kl_weight": NON_NEGATIVE,
+        "cfg_dropout": DROPOUT,
+        "sample_steps": ints(1, 100_000, ALLOCATION),
+        "guidance_scale": NON_NEGATIVE,
+        "eval_samples": ints(1, 1_000_000, ALLOCATION),
+    }
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Why these params cannot build the model (for ``spec``'s images), or None."""
@@ -779,16 +818,8 @@ class LatentDiffusion(Architecture):
                 f"latent-diffusion: beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, "
                 f"got {p['beta_schedule']!r}"
             )
-        for key in ("latent_channels", "ae_width", "unet_width", "unet_levels", "layers_per_block"):
-            if p[key] < 1:
-                return f"latent-diffusion: {key} must be at least 1, got {p[key]}"
-        for key in ("dit_width", "dit_depth", "dit_heads", "dit_patch"):
-            if p[key] < 1:
-                return f"latent-diffusion: {key} must be at least 1, got {p[key]}"
-        if not 0 <= p["downsample"] <= 4:
-            return f"latent-diffusion: downsample must be in 0..4, got {p['downsample']}"
-        if p["timesteps"] < 2:
-            return f"latent-diffusion: timesteps must be at least 2, got {p['timesteps']}"
+        if (reason := self.range_problem(p)) is not None:
+            return reason
         if p["denoiser"] == "dit" and p["dit_width"] % p["dit_heads"]:
             return (
                 f"latent-diffusion: dit_width {p['dit_width']} is not divisible by dit_heads "

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.core.interfaces import Architecture, DataSpec
+from autoplat.core.interfaces import DROPOUT, LAYERS, SIZE, Architecture, DataSpec, Range
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
 
@@ -57,17 +56,17 @@ class MLP(Architecture):
         "dropout": 0.1,
         "activation": "gelu",
     }
+    param_ranges: ClassVar[dict[str, Range]] = {
+        "hidden": SIZE,
+        "depth": LAYERS,
+        "dropout": DROPOUT,
+    }
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Why these params cannot build an MLP, or None (any input shape is flattened)."""
         p = {**self.defaults, **params}
-        for key in ("hidden", "depth"):
-            value = p[key]
-            if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-                return f"mlp: {key} must be an integer of at least 1, got {value!r}"
-        dropout = p["dropout"]
-        if isinstance(dropout, bool) or not isinstance(dropout, Real) or not 0 <= dropout < 1:
-            return f"mlp: dropout must be a number in [0, 1), got {dropout!r}"
+        if (reason := self.range_problem(p)) is not None:
+            return reason
         if p["activation"] not in ACTIVATIONS:
             return (
                 f"mlp: activation must be one of {', '.join(sorted(ACTIVATIONS))}, "

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.core.interfaces import Architecture, DataSpec
+from autoplat.core.interfaces import LAYERS, SIZE, Architecture, DataSpec, Range
 from autoplat.plugins.benchmarks.nb201 import EDGES, OPS
 
 MAX_REDUCTIONS = 2  # the paper's 3 stages
@@ -155,6 +155,7 @@ class NB201(Architecture):
     modalities: ClassVar[tuple[str, ...]] = ("image",)
     default_space: ClassVar[str] = "nb201"
     defaults: ClassVar[dict[str, Any]] = {"channels": 16, "cells_per_stage": 1}
+    param_ranges: ClassVar[dict[str, Range]] = {"channels": SIZE, "cells_per_stage": LAYERS}
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Why these params cannot build the network (for ``spec``, when given), or None."""
@@ -163,10 +164,8 @@ class NB201(Architecture):
                 return f"nb201: missing '{edge}' (a cell needs all of {', '.join(EDGES)})"
             if params[edge] not in OPS:
                 return f"nb201: '{edge}' = {params[edge]!r} is not one of {OPS}"
-        p = {**self.defaults, **params}
-        for key in ("channels", "cells_per_stage"):
-            if int(p[key]) < 1:
-                return f"nb201: {key} must be at least 1, got {p[key]}"
+        if (reason := self.range_problem({**self.defaults, **params})) is not None:
+            return reason
         if spec is not None and len(spec.input_shape) != 3:
             return f"nb201: needs images shaped (C, H, W), got input shape {spec.input_shape}"
         return None

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -42,7 +43,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.core.interfaces import Architecture, DataSpec, OnnxPart, Splits
+from autoplat.core.interfaces import (
+    DROPOUT,
+    LAYERS,
+    NON_NEGATIVE,
+    RATIO,
+    SIZE,
+    TRAINER_RANGES,
+    Architecture,
+    DataSpec,
+    OnnxPart,
+    Range,
+    Splits,
+    floats,
+    ints,
+)
 from autoplat.core.training import TRAINER_PARAMS as BASE
 from autoplat.core.training import (
     TrialFailed,
@@ -662,25 +677,30 @@ class VideoText(Architecture):
         "val_median_rank": "minimize",
         "val_loss": "minimize",
     }
+    param_ranges: ClassVar[dict[str, Range]] = {
+        "width": SIZE,
+        "heads": LAYERS,
+        "mlp_ratio": RATIO,
+        "temporal_depth": LAYERS,
+        "text_depth": LAYERS,
+        "embed_dim": SIZE,
+        "frame_channels": SIZE,
+        "dropout": DROPOUT,
+        "batch_size": replace(TRAINER_RANGES["batch_size"], low=2),
+        "clip_min_frames": ints(1, 1024),
+        "clip_max_frames": ints(1, 1024),
+        "mmm_weight": NON_NEGATIVE,
+        "mmm_mask_ratio": floats(0, 1, open_low=True),
+        "support_set_weight": NON_NEGATIVE,
+    }
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Why these params cannot build the model (for ``spec``'s data, when given), or None."""
         p = {**self.defaults, **params}
-        for key in (
-            "width",
-            "heads",
-            "mlp_ratio",
-            "temporal_depth",
-            "text_depth",
-            "embed_dim",
-            "frame_channels",
-        ):
-            if int(p[key]) < 1:
-                return f"video-text: {key} must be at least 1, got {p[key]}"
+        if (reason := self.range_problem(p)) is not None:
+            return reason
         if p["width"] % p["heads"]:
             return f"video-text: width {p['width']} is not divisible by heads {p['heads']}"
-        if not 0 <= p["dropout"] < 1:
-            return f"video-text: dropout must be in [0, 1), got {p['dropout']}"
         if spec is not None:
             if len(spec.input_shape) != 4:
                 return (

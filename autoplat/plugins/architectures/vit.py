@@ -9,7 +9,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.core.interfaces import Architecture, DataSpec
+from autoplat.core.interfaces import (
+    DROPOUT,
+    LAYERS,
+    PATCH,
+    RATIO,
+    SIZE,
+    Architecture,
+    DataSpec,
+    Range,
+)
 
 
 class Attention(nn.Module):
@@ -107,17 +116,22 @@ class ViT(Architecture):
         "patch_size": 2,
         "dropout": 0.1,
     }
+    param_ranges: ClassVar[dict[str, Range]] = {
+        "depth": LAYERS,
+        "width": SIZE,
+        "heads": LAYERS,
+        "mlp_ratio": RATIO,
+        "patch_size": PATCH,
+        "dropout": DROPOUT,
+    }
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Why these params cannot build a ViT (for images of ``spec``, when given), or None."""
         p = {**self.defaults, **params}
-        for key in ("depth", "width", "heads", "mlp_ratio", "patch_size"):
-            if p[key] < 1:
-                return f"vit: {key} must be at least 1, got {p[key]}"
+        if (reason := self.range_problem(p)) is not None:
+            return reason
         if p["width"] % p["heads"]:
             return f"vit: width {p['width']} is not divisible by heads {p['heads']}"
-        if not 0 <= p["dropout"] < 1:
-            return f"vit: dropout must be in [0, 1), got {p['dropout']}"
         if spec is not None:
             if len(spec.input_shape) != 3:
                 return f"vit: needs images shaped (C, H, W), got input shape {spec.input_shape}"

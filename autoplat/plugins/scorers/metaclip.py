@@ -59,7 +59,14 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field, model_validator
 
-from autoplat.core.curation import Chunk, CurationContext, Scorer, record_uniform
+from autoplat.core.curation import (
+    Chunk,
+    CurationContext,
+    Scorer,
+    record_uniform,
+    state_array,
+    state_value,
+)
 from autoplat.core.errors import ConfigError, DataError
 from autoplat.core.hookspecs import hookimpl
 from autoplat.core.interfaces import Options
@@ -495,17 +502,18 @@ class MetaCLIP(Scorer):
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        if state["entries"] != len(self.entries):
+        if state_value(state, "entries", int) != len(self.entries):
             raise ConfigError(
                 f"metaclip: the saved counts are for {state['entries']} metadata entries but "
                 f"the metadata now has {len(self.entries)}; the metadata changed since the "
                 "first pass: restore it, or start the curation again without resuming"
             )
-        self.counts = np.asarray(state["counts"], dtype=np.int64)
+        counts = state_array(state, "counts", "iu", rows=len(self.entries))
+        self.counts = counts.astype(np.int64)
         self.counts.flags.writeable = False
-        self.records = state["records"]
-        self.records_matched = state["records_matched"]
-        self.total_matches = state["total_matches"]
+        self.records = state_value(state, "records", int)
+        self.records_matched = state_value(state, "records_matched", int)
+        self.total_matches = state_value(state, "total_matches", int)
 
     def summary(self) -> dict[str, Any]:
         t = self.options.t

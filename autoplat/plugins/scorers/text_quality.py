@@ -79,7 +79,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, ValidationError, field_validator
 
-from autoplat.core.curation import Chunk, CurationContext, Scorer
+from autoplat.core.curation import Chunk, CurationContext, Scorer, state_value
 from autoplat.core.curation import record_uniform as _record_uniform
 from autoplat.core.errors import AutoplatError, ConfigError
 from autoplat.core.hookspecs import hookimpl
@@ -387,8 +387,6 @@ class TextQuality(Scorer):
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.features_path = self.work_dir / "text_quality_fractions.f32"
         self.ids_path = self.work_dir / "text_quality_ids.i64"
-        for path in (self.features_path, self.ids_path):
-            path.unlink(missing_ok=True)  # a first pass always starts over
         self.records = 0
         self.lines = 0
         self.line_passes = np.zeros(len(FILTERS), dtype=np.int64)
@@ -526,9 +524,10 @@ class TextQuality(Scorer):
             return
         analysed = self.analyse(texts)
         ids = np.asarray(chunk.ids, dtype=np.int64)
-        with open(self.features_path, "ab") as handle:
+        mode = "ab" if self.records else "wb"  # a first pass starts over (setup only reads)
+        with open(self.features_path, mode) as handle:
             handle.write(self.fractions(analysed, n).tobytes())
-        with open(self.ids_path, "ab") as handle:
+        with open(self.ids_path, mode) as handle:
             handle.write(ids.tobytes())
         self.records += n
         bits = analysed["bits"]
@@ -677,7 +676,24 @@ class TextQuality(Scorer):
         return self.fitted
 
     def load_state(self, state: Any) -> None:
-        self.fitted = state
+        weights = state_value(state, "weights", list | tuple)
+        if len(weights) != len(FILTERS) or not all(_is_number(w) for w in weights):
+            raise ValueError(f"'weights' is not a list of {len(FILTERS)} numbers")
+        threshold = state_value(state, "threshold", list | tuple | None)
+        if threshold is not None and (len(threshold) != 3 or not all(map(_is_number, threshold))):
+            raise ValueError("'threshold' is not [score, draw, record id]")
+        stats = state_value(state, "stats", dict)
+        if set(state_value(stats, "pass_rate", dict)) != set(FILTERS):
+            raise ValueError("'stats.pass_rate' does not hold a pass rate per filter")
+        if "lm" not in (state_value(stats, "lm", dict | None) or {"lm": None}):
+            raise ValueError("'stats.lm' names no language model")
+        for key in ("kept_fraction", "score_threshold", "mean_score", "ppl_all", "pos"):
+            state_value(stats, key, object)
+        self.fitted = {
+            "weights": [float(w) for w in weights],
+            "threshold": None if threshold is None else (*map(float, threshold[:2]), threshold[2]),
+            "stats": stats,
+        }
 
     def summary(self) -> dict[str, Any]:
         if self.fitted is None:
@@ -707,6 +723,10 @@ def record_uniform(seed: int, ids: np.ndarray) -> np.ndarray:
 
 def _flag_bits(flags: tuple[bool, bool, bool, bool]) -> int:
     return sum(BIT[name] for name, on in zip(POS_FILTERS, flags, strict=True) if on)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _json_safe(value: Any) -> Any:

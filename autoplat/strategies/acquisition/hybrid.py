@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from autoplat.core.active_learning import Acquisition
 from autoplat.strategies.acquisition.base import (
     CHUNK,
     NearestCenters,
@@ -14,6 +15,7 @@ from autoplat.strategies.acquisition.base import (
     labeled_embeddings,
     one_thread,
     permutation,
+    top_k,
 )
 
 
@@ -125,60 +127,116 @@ class RankedBatch(PermutedAcquisition):
         return mean.argmin()
 
 
-class ClusterMargin(PermutedAcquisition):
-    """Cluster-Margin (Citovsky et al. 2021): margin candidates, diversified by clusters.
+def average_linkage(
+    x: torch.Tensor, clusters: int, threshold: float | None, max_items: int, rng: torch.Generator
+) -> torch.Tensor:
+    """Average-linkage HAC cluster ids (int64, on ``x``'s device) of the rows of ``x``.
 
-    Takes the ``ceil(candidates * k)`` items of smallest margin ``p_(1) - p_(2)``, clusters
-    their embeddings by hierarchical agglomerative clustering (average linkage, scikit-
-    learn) into ``clusters`` clusters (default k), then picks round-robin over the clusters
-    sorted by size, smallest first, a random not-yet-picked member of each. So it
-    minimizes the margin subject to spreading the batch over clusters. The paper clusters
-    the whole pool once; each call here sees one round's outputs, so it clusters the
-    candidates. Returns ``k`` indices in pick order.
+    The tree (scipy's UPGMA, Euclidean) is cut at distance ``threshold`` or, without one,
+    into at most ``clusters`` clusters. It holds all pairwise distances (8 n² / 2 bytes),
+    so above ``max_items`` rows it is built on a seeded random ``max_items`` of them and
+    every other row joins the cluster of its nearest row in that sample. The rows go in a
+    seeded random order, so equal distances are not settled by their order in ``x``.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage  # not at import: CLI start-up
+
+    order = permutation(len(x), rng, x.device)
+    sample = order[:max_items]
+    ids = torch.zeros(len(x), dtype=torch.int64, device=x.device)
+    if len(sample) > 1:
+        tree = linkage(x[sample].detach().double().cpu().numpy(), method="average")
+        cut = ("distance", threshold) if threshold is not None else ("maxclust", clusters)
+        flat = fcluster(tree, cut[1], criterion=cut[0])
+        ids[sample] = torch.as_tensor(flat, dtype=torch.int64, device=x.device) - 1
+    rest = order[max_items:]
+    rows = max(1, CHUNK // len(sample))
+    for start in range(0, len(rest), rows):
+        part = rest[start : start + rows]
+        ids[part] = ids[sample[torch.cdist(x[part], x[sample]).argmin(1)]]
+    return ids
+
+
+def round_robin(groups: torch.Tensor, k: int, rng: torch.Generator) -> torch.Tensor:
+    """``k`` positions into ``groups`` (group ids), one group at a time, smallest group first.
+
+    Groups are sorted by size, ascending (equal sizes in seeded random order); each pass
+    visits them in that order and takes a random not-yet-taken member of each group that
+    has one left, until ``k`` are taken (Cluster-Margin's sampling). Returns pick order.
+    """
+    ids = torch.unique(groups, return_inverse=True)[1]
+    count = int(ids.max()) + 1
+    sizes = torch.bincount(ids, minlength=count)
+    order = permutation(count, rng, ids.device)
+    order = order[torch.sort(sizes[order], stable=True).indices]  # smallest first
+    position = torch.empty_like(order)
+    position[order] = torch.arange(count, device=ids.device)
+    shuffled = permutation(len(ids), rng, ids.device)  # members in random order
+    grouped = shuffled[torch.sort(position[ids[shuffled]], stable=True).indices]
+    group = position[ids[grouped]]  # members of the first visited group first
+    starts = sizes[order].cumsum(0) - sizes[order]
+    turn = torch.arange(len(ids), device=ids.device) - starts[group]  # the pass of each
+    return grouped[torch.sort(turn * count + group).indices[:k]]
+
+
+class ClusterMargin(Acquisition):
+    """Cluster-Margin (Citovsky et al. 2021): low-margin candidates spread over HAC clusters.
+
+    Once per experiment, the embeddings of the whole pool (labeled and unlabeled, from
+    the model of the first query round, i.e. trained on the initial labels) are clustered
+    by average-linkage HAC (``average_linkage``). Each round takes the ``k_m =
+    ceil(candidates * k)`` pool items of smallest margin ``p_(1) - p_(2)``, groups them by
+    those clusters, and picks round-robin over the groups, smallest group first, a random
+    member of each (``round_robin``). Returns ``k`` indices in pick order.
+
+    The clusters are kept for the next round: its pool is expected to be this pool less
+    the picks, in the same order, with ``k`` more labeled items (the loop's rule). A call
+    that does not fit (a new experiment, a resumed one) clusters its own pool afresh.
 
     Args:
-        candidates: Candidates per picked item (k_m / k in the paper).
-        clusters: Number of clusters; ``None`` for k.
+        candidates: k_m / k_t of the paper: margin candidates per picked item.
+        clusters: Clusters to cut the tree into; ``None``: the first round's ``k`` (the
+            choice is measured in docs/fidelity.md).
+        threshold: Cut the tree at this average-linkage distance instead (the paper's ε).
+        max_items: Items HAC runs on; beyond, a random sample (see ``average_linkage``).
     """
 
     name = "cluster_margin"
-    needs = ("probs", "embeddings")
+    needs = ("probs", "embeddings", "labeled_embeddings")
 
-    def __init__(self, candidates: float = 10.0, clusters: int | None = None) -> None:
-        self.candidates = candidates
-        self.clusters = clusters
+    def __init__(
+        self,
+        candidates: float = 10.0,
+        clusters: int | None = None,
+        threshold: float | None = None,
+        max_items: int = 10_000,
+    ) -> None:
+        self.candidates, self.clusters = candidates, clusters
+        self.threshold, self.max_items = threshold, max_items
+        self.kept: tuple[torch.Tensor, int] | None = None  # next pool's cluster ids, labeled
 
-    def select_permuted(
+    def select(
         self, outputs: dict[str, torch.Tensor], k: int, rng: torch.Generator
     ) -> torch.Tensor:
-        """Round-robin over the candidates' clusters; size ties and members in seeded order."""
-        top = outputs["probs"].topk(2, dim=1).values
+        """Up to ``k`` pool indices, in pick order."""
         x = outputs["embeddings"]
-        count = min(len(x), math.ceil(self.candidates * k))
-        candidates = torch.sort(top[:, 0] - top[:, 1], stable=True).indices[:count]
-        n_clusters = min(self.clusters or k, count)
-        ids = self.cluster(x[candidates], n_clusters)
-        sizes = torch.bincount(ids, minlength=n_clusters)
-        order = permutation(n_clusters, rng, x.device)
-        order = order[torch.sort(sizes[order], stable=True).indices]  # smallest first
-        position = torch.empty_like(order)
-        position[order] = torch.arange(n_clusters, device=x.device)
-        shuffled = permutation(count, rng, x.device)
-        grouped = shuffled[torch.sort(position[ids[shuffled]], stable=True).indices]
-        group = position[ids[grouped]]  # members of the first visited cluster first
-        starts = sizes[order].cumsum(0) - sizes[order]
-        turn = torch.arange(count, device=x.device) - starts[group]  # round of each pick
-        chosen = grouped[torch.sort(turn * n_clusters + group).indices[:k]]
-        return candidates[chosen]
+        k = min(k, len(x))
+        if k <= 0:
+            return torch.empty(0, dtype=torch.int64, device=x.device)
+        labeled = labeled_embeddings(outputs, x)
+        if self.kept is not None and (len(self.kept[0]), self.kept[1]) == (len(x), len(labeled)):
+            ids = self.kept[0].to(x.device)
+        else:
+            ids = self.cluster(torch.cat([labeled, x]), k, rng)[len(labeled) :]
+        top = outputs["probs"].topk(2, dim=1).values
+        count = min(len(x), max(k, math.ceil(self.candidates * k)))
+        candidates = top_k(top[:, 1] - top[:, 0], count, rng)  # smallest margins
+        picked = candidates[round_robin(ids[candidates], k, rng)]
+        kept = torch.ones(len(x), dtype=torch.bool, device=x.device)
+        kept[picked] = False
+        self.kept = (ids[kept], len(labeled) + k)
+        return picked
 
-    @staticmethod
-    def cluster(x: torch.Tensor, n_clusters: int) -> torch.Tensor:
-        """Average-linkage agglomerative cluster ids of the rows of ``x`` (int64)."""
-        if n_clusters == 1:
-            return torch.zeros(len(x), dtype=torch.int64, device=x.device)
-        from sklearn.cluster import AgglomerativeClustering  # not at import: CLI start-up
-
-        ids = AgglomerativeClustering(n_clusters=n_clusters, linkage="average").fit_predict(
-            x.detach().cpu().numpy()
-        )
-        return torch.as_tensor(ids, dtype=torch.int64, device=x.device)
+    def cluster(self, x: torch.Tensor, k: int, rng: torch.Generator) -> torch.Tensor:
+        """HAC cluster ids of the rows of ``x`` with this instance's settings."""
+        clusters = self.clusters or k
+        return average_linkage(x, clusters, self.threshold, self.max_items, rng)

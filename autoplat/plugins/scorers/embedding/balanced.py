@@ -18,12 +18,12 @@ record id) or the closest to the centroid (``sample = "closest"``). Columns: ``k
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
-from autoplat.core.curation import Chunk, record_uniform
+from autoplat.core.curation import Chunk, record_uniform, state_array, state_value
 from autoplat.core.interfaces import Options
 from autoplat.plugins.scorers.embedding.common import (
     EmbeddingScorer,
@@ -76,18 +76,20 @@ class Balanced(EmbeddingScorer):
         target: int = Field(ge=0, description="records to keep")
         levels: list[int] = Field([100, 10], description="clusters per level, bottom up")
         resample_steps: int = Field(3, ge=0, description="resampling-clustering steps per level")
-        resample_points: list[int] | None = Field(
+        resample_points: list[Annotated[int, Field(ge=1)]] | None = Field(
             None, description="points per cluster in resampling, per level (default ~n/k/2)"
         )
-        niter: int = Field(20, ge=1, description="k-means iterations")
+        niter: int = Field(20, ge=1, le=10_000, description="k-means iterations")
         sample: Literal["random", "closest"] = "random"
         init: Literal["kmeans++", "random"] = "kmeans++"
 
         @field_validator("levels")
         @classmethod
         def _levels(cls, value: list[int]) -> list[int]:
-            if not value or any(k < 1 for k in value):
-                raise ValueError("levels must list at least one cluster count, each >= 1")
+            if not value or any(not 1 <= k <= 1_000_000 for k in value):
+                raise ValueError(
+                    "levels must list at least one cluster count, each in [1, 1000000]"
+                )
             return value
 
     def __init__(self, options: Options, seed: int = 0) -> None:
@@ -213,9 +215,12 @@ class Balanced(EmbeddingScorer):
         }
 
     def load_state(self, state: Any) -> None:
-        self.lookup = IdLookup(state["ids"])
-        self.keep, self.leaf, self.top = state["keep"], state["leaf"], state["top"]
-        self.stats = state["stats"]
+        ids = state_array(state, "ids", "i")
+        self.keep = state_array(state, "keep", "b", rows=len(ids))
+        self.leaf = state_array(state, "leaf", "i", rows=len(ids))
+        self.top = state_array(state, "top", "i", rows=len(ids))
+        self.stats = state_value(state, "stats", dict)
+        self.lookup = IdLookup(ids)
 
     def summary(self) -> dict[str, Any]:
         return dict(self.stats)

@@ -135,6 +135,11 @@ class IdLookup:
         return pos
 
 
+def in_range(values: np.ndarray, n: int) -> bool:
+    """Whether every value indexes an array of ``n`` items (a saved state's check)."""
+    return bool(len(values) == 0 or (values.min() >= 0 and values.max() < n))
+
+
 def batches(x: np.ndarray, size: int = BATCH) -> Iterator[tuple[int, np.ndarray]]:
     """``(start, rows)`` of ``x`` in batches, as float32 arrays in RAM."""
     for start in range(0, len(x), size):

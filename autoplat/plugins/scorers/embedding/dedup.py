@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from autoplat.core.curation import Chunk, CurationContext
+from autoplat.core.curation import Chunk, CurationContext, state_array, state_value
 from autoplat.core.interfaces import Options
 from autoplat.plugins.scorers.embedding.common import (
     EmbeddingScorer,
@@ -80,8 +80,10 @@ class Dedup(EmbeddingScorer):
         k: int = Field(16, ge=1, le=1024, description="neighbours searched per record")
         threshold: float = Field(0.95, gt=-1, le=1, description="cosine above which: duplicate")
         index: Literal["auto", "flat", "ivf"] = Field("auto", description="auto: flat <= 50k")
-        nlist: int | None = Field(None, ge=1, description="IVF cells (default ~4 sqrt(n))")
-        nprobe: int = Field(16, ge=1, description="IVF cells searched per query")
+        nlist: int | None = Field(
+            None, ge=1, le=1_000_000, description="IVF cells (default ~4 sqrt(n))"
+        )
+        nprobe: int = Field(16, ge=1, le=1_000_000, description="IVF cells searched per query")
         within: bool = True
         against: str | None = None
         column: str = "text"
@@ -174,10 +176,11 @@ class Dedup(EmbeddingScorer):
         }
 
     def load_state(self, state: Any) -> None:
-        self.lookup = IdLookup(state["ids"])
-        self.component = state["component"]
-        self.max_sim = state["max_sim"]
-        self.stats = state["stats"]
+        ids = state_array(state, "ids", "i")
+        self.component = state_array(state, "component", "i", rows=len(ids))
+        self.max_sim = state_array(state, "max_sim", "f", rows=len(ids))
+        self.stats = state_value(state, "stats", dict)
+        self.lookup = IdLookup(ids)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"k": self.options.k, "threshold": self.options.threshold}

@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from autoplat.core.curation import Chunk
+from autoplat.core.curation import Chunk, state_array
 from autoplat.core.errors import ConfigError
 from autoplat.core.interfaces import Options
 from autoplat.plugins.scorers.embedding.common import (
     EmbeddingScorer,
     IdLookup,
     assign,
+    in_range,
     kmeans,
     unit,
 )
@@ -56,9 +57,13 @@ class MoDE(EmbeddingScorer):
     name = "mode"
 
     class Options(Options):
-        fine_clusters: int = Field(64, ge=1, description="fine-grained k-means clusters")
-        experts: int = Field(4, ge=1, description="coarse clusters over the fine centers")
-        niter: int = Field(20, ge=1, description="k-means iterations")
+        fine_clusters: int = Field(
+            64, ge=1, le=1_000_000, description="fine-grained k-means clusters"
+        )
+        experts: int = Field(
+            4, ge=1, le=10_000, description="coarse clusters over the fine centers"
+        )
+        niter: int = Field(20, ge=1, le=10_000, description="k-means iterations")
         temperature: float = Field(0.05, gt=0, description="softmax temperature of weights")
         task_classes: list[str] | None = None
         class_template: str = Field("{}", description='e.g. "a photo of a {}."')
@@ -69,6 +74,12 @@ class MoDE(EmbeddingScorer):
             raise ConfigError(
                 f"scorer 'mode': class_template '{options.class_template}' has no '{{}}' for "
                 'the class name; e.g. class_template = "a photo of a {}."'
+            )
+        if options.experts > options.fine_clusters:
+            raise ConfigError(
+                f"scorer 'mode': experts = {options.experts} exceeds fine_clusters = "
+                f"{options.fine_clusters} (experts cluster the fine centers); lower experts "
+                "or raise fine_clusters"
             )
         self.lookup: IdLookup | None = None
         self.fine = np.zeros(0, dtype=np.int64)
@@ -117,9 +128,16 @@ class MoDE(EmbeddingScorer):
         }
 
     def load_state(self, state: Any) -> None:
-        self.lookup = IdLookup(state["ids"])
-        self.fine, self.fine_centers = state["fine"], state["fine_centers"]
-        self.centers, self.fine_to_expert = state["centers"], state["fine_to_expert"]
+        ids = state_array(state, "ids", "i")
+        fine = state_array(state, "fine", "i", rows=len(ids))
+        fine_centers = state_array(state, "fine_centers", "f", ndim=2)
+        centers = state_array(state, "centers", "f", ndim=2)
+        fine_to_expert = state_array(state, "fine_to_expert", "i", rows=len(fine_centers))
+        if not (in_range(fine, len(fine_centers)) and in_range(fine_to_expert, len(centers))):
+            raise ValueError("cluster numbers out of range")
+        self.lookup = IdLookup(ids)
+        self.fine, self.fine_centers = fine, fine_centers
+        self.centers, self.fine_to_expert = centers, fine_to_expert
         self._weights = None
 
     def summary(self) -> dict[str, Any]:

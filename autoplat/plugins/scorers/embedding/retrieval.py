@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from autoplat.core.curation import Chunk, CurationContext
+from autoplat.core.curation import Chunk, CurationContext, state_array, state_value
 from autoplat.core.interfaces import Options
 from autoplat.plugins.scorers.embedding.common import (
     EmbeddingScorer,
@@ -63,11 +63,13 @@ class Retrieval(EmbeddingScorer):
         mode: Literal["knn", "cluster"] = "knn"
         k: int = Field(4, ge=1, le=4096, description="knn: pool records per seed")
         min_sim: float | None = Field(None, ge=-1, le=1, description="knn: least similarity")
-        clusters: int = Field(100, ge=1, description="cluster: k-means clusters over the pool")
-        niter: int = Field(20, ge=1)
+        clusters: int = Field(
+            100, ge=1, le=1_000_000, description="cluster: k-means clusters over the pool"
+        )
+        niter: int = Field(20, ge=1, le=10_000)
         index: Literal["auto", "flat", "ivf"] = Field("auto", description="auto: flat <= 50k")
-        nlist: int | None = Field(None, ge=1)
-        nprobe: int = Field(16, ge=1)
+        nlist: int | None = Field(None, ge=1, le=1_000_000)
+        nprobe: int = Field(16, ge=1, le=1_000_000)
 
     def __init__(self, options: Options, seed: int = 0) -> None:
         super().__init__(options, seed)
@@ -129,8 +131,12 @@ class Retrieval(EmbeddingScorer):
         return {"ids": ids, "keep": self.keep, "extra": self.extra, "stats": self.stats}
 
     def load_state(self, state: Any) -> None:
-        self.lookup = IdLookup(state["ids"])
-        self.keep, self.extra, self.stats = state["keep"], state["extra"], state["stats"]
+        ids = state_array(state, "ids", "i")
+        self.keep = state_array(state, "keep", "b", rows=len(ids))
+        extra = state_value(state, "extra", dict)
+        self.extra = {name: state_array(extra, name, "biuf", rows=len(ids)) for name in extra}
+        self.stats = state_value(state, "stats", dict)
+        self.lookup = IdLookup(ids)
 
     def summary(self) -> dict[str, Any]:
         return {"k": self.options.k, **self.stats}
