@@ -11,7 +11,9 @@ import subprocess
 import time
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from autoplat.core.errors import StoreError
 from autoplat.core.space import params_key
@@ -28,6 +30,14 @@ def _completed(url: str, name: str) -> list:
     return [t for t in store.trials(study.id) if t.state == TrialState.COMPLETE] if study else []
 
 
+def _leased(url: str) -> bool:
+    try:
+        with Store(url, create=False).session() as session:
+            return bool(session.execute(text("SELECT COUNT(*) FROM driver_leases")).scalar())
+    except (StoreError, SQLAlchemyError):  # no tables yet
+        return False
+
+
 def _wait_for(condition, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -38,7 +48,7 @@ def _wait_for(condition, timeout: float = 300.0) -> None:
 @pytest.mark.slow
 @pytest.mark.faults
 def test_kill_9_second_driver_and_resume_on_postgres(write_config, tmp_path, pg_url, ray_address):
-    path = write_config(name="pgkill", trials=3, epochs=20, extra="max_concurrent = 1\n")
+    path = write_config(name="pgkill", trials=3, epochs=60, extra="max_concurrent = 1\n")
     search = [*PLATFORM, "search", str(path), "--storage", pg_url]
     first = subprocess.Popen(
         search,
@@ -49,13 +59,14 @@ def test_kill_9_second_driver_and_resume_on_postgres(write_config, tmp_path, pg_
         start_new_session=True,
     )
     try:
-        _wait_for(lambda: _completed(pg_url, "pgkill"))
+        _wait_for(lambda: _leased(pg_url))
         second = subprocess.run(
             [*search, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=120
         )
         assert second.returncode == 2, second.stderr[-2000:]
         assert f"pid {first.pid}" in second.stderr
         assert "Traceback" not in second.stderr
+        _wait_for(lambda: _completed(pg_url, "pgkill"))
         os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
         first.wait(timeout=60)
     finally:
