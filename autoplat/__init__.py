@@ -1,7 +1,8 @@
 """autoplat: a plugin-based AutoML and active-learning platform (command: `platform`).
 
-The Python API (``docs/python.md``): ``search``, ``run_al``, ``curate``, ``load_study``
-and ``list_studies``, imported on first use so ``import autoplat`` stays light.
+The Python API (``docs/python.md``): ``search``, ``run_al``, ``curate``, ``load_study``,
+``list_studies``, ``copy_study`` and ``delete_study``, imported on first use so ``import
+autoplat`` stays light.
 """
 
 from typing import Any
@@ -16,7 +17,15 @@ from autoplat.core.errors import (
 )
 from autoplat.core.hookspecs import hookimpl
 
-_API = ("search", "run_al", "curate", "load_study", "list_studies")
+_API = (
+    "search",
+    "run_al",
+    "curate",
+    "load_study",
+    "list_studies",
+    "copy_study",
+    "delete_study",
+)
 __all__ = [
     "AutoplatError",
     "ConfigError",

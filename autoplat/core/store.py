@@ -577,10 +577,15 @@ class Store:
             return list(s.exec(select(Study).order_by(Study.id)))
 
     @_guarded
-    def set_study_state(self, study_id: int, state: StudyState) -> None:
+    def set_study_state(
+        self, study_id: int, state: StudyState, target_trials: int | None = None
+    ) -> None:
+        """Set a study's state (and, on resume, its new ``target_trials``)."""
         with self.session() as s:
             study = s.get(Study, study_id)
             study.state = state
+            if target_trials is not None:
+                study.target_trials = target_trials
             study.ended_at = None if state == StudyState.RUNNING else utcnow()
             s.add(study)
             s.commit()

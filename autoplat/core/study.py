@@ -784,11 +784,12 @@ def create_study(store: Store, resolved: Resolved) -> int:
     ).id
 
 
-def reopen_study(store: Store, study_id: int) -> list[Trial]:
+def reopen_study(store: Store, study_id: int, trials: int) -> list[Trial]:
     """Mark a resumed study's trials left running interrupted and the study running again
-    (its driver lease held); returns its finished trials."""
+    with its (maybe changed) number of ``trials`` (its driver lease held); returns its
+    finished trials."""
     store.interrupt_running(study_id)
-    store.set_study_state(study_id, StudyState.RUNNING)
+    store.set_study_state(study_id, StudyState.RUNNING, target_trials=trials)
     return [
         t
         for t in store.trials(study_id)
@@ -876,7 +877,7 @@ def run_study(
         check_resources(resolved.path, cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial)
 
     with driving(store, existing, start, lambda: create_study(store, resolved)) as study_id:
-        done = reopen_study(store, study_id) if existing is not None else []
+        done = reopen_study(store, study_id, cfg.study.trials) if existing is not None else []
         _search(resolved, store, study_id, done, on_event or (lambda kind, data: None), trainable)
     return study_id
 

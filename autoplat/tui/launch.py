@@ -23,6 +23,8 @@ def detached_command(args: argparse.Namespace, command: str) -> list[str]:
         cmd += ["--address", args.address]
     if args.resume:
         cmd.append("--resume")
+    for spec in getattr(args, "plugin", None) or []:
+        cmd += ["--plugin", str(Path(spec).resolve()) if spec.endswith(".py") else spec]
     return cmd
 
 
@@ -43,14 +45,14 @@ def stop_search(process: subprocess.Popen, wait_s: float = STOP_WAIT_S) -> int:
 def run_with_tui(args: argparse.Namespace, command: str) -> int:
     """Validate the config, start `platform <command>` (search or al) detached, open the
     TUI on its study."""
+    from autoplat.cli import _registry
     from autoplat.core.al_study import load_al_config
     from autoplat.core.config import load_config
-    from autoplat.core.registry import get_registry
     from autoplat.core.store import DEFAULT_URL
     from autoplat.tui.app import PlatformApp, SearchProcess
 
     load = load_al_config if command == "al" else load_config
-    cfg = load(args.config, get_registry()).config  # a bad config exits 2 here
+    cfg = load(args.config, _registry(args)).config  # a bad config exits 2 here
     name = cfg.study.name
     url = args.storage or cfg.study.storage or DEFAULT_URL
     log = Path("runs") / f"{command}-{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
