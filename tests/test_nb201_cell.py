@@ -11,7 +11,7 @@ from autoplat.core.interfaces import DataSpec
 from autoplat.core.registry import get_registry
 from autoplat.core.space import SearchSpace
 from autoplat.core.training import train_classification
-from autoplat.plugins.architectures.nb201 import NB201, NB201Cell, NB201Net
+from autoplat.plugins.architectures.nb201 import NB201, NB201Cell, NB201Net, cost
 from autoplat.plugins.benchmarks.nb201 import EDGES, N_CELLS, OPS, cell_params
 from autoplat.plugins.datasets.digits import Digits
 from autoplat.testing import ArchitectureContract
@@ -130,3 +130,26 @@ def test_good_cell_beats_disconnected_on_digits() -> None:
         results[name] = train_classification(model, splits, hp, lambda *_: None, 0)
     assert results["conv"]["val_accuracy"] > 0.8
     assert results["none"]["val_accuracy"] < 0.2  # chance, like the table's dead cells
+
+
+CIFAR10 = DataSpec("classification", "image", (3, 32, 32), 10)
+
+
+def test_five_cells_per_stage_is_the_benchmark_network() -> None:
+    """NAS-Bench-201's layout (C=16, N=5): stem, 5 cells, reduction, 5 cells, reduction,
+    5 cells, BN-ReLU, GAP, linear. Its published cifar10-valid range: 0.073306 to 1.531546
+    M params, 7.78305 to 220.11969 M FLOPs (cifar100's largest: 1.537396, 220.12554)."""
+    params = {**cell("nor_conv_3x3"), "channels": 16, "cells_per_stage": 5}
+    net = NB201().build(params, CIFAR10)
+    kinds = [type(layer).__name__ for layer in net.cells]
+    stage = ["NB201Cell"] * 5
+    assert kinds == [*stage, "ResidualReduction", *stage, "ResidualReduction", *stage]
+    cells = [layer for layer in net.cells if isinstance(layer, NB201Cell)]
+    assert [c.edges["edge_1_0"][1].in_channels for c in cells] == [16] * 5 + [32] * 5 + [64] * 5
+    assert [type(m).__name__ for m in net.stem] == ["Conv2d", "BatchNorm2d"]
+    assert isinstance(net.pool, torch.nn.AdaptiveAvgPool2d) and net.head.in_features == 64
+    assert cost(net, (3, 32, 32)) == (1_531_546, 220_119_690)  # the largest cell
+    smallest = NB201().build({**params, **cell("none")}, CIFAR10)
+    assert cost(smallest, (3, 32, 32)) == (73_306, 7_783_050)
+    cifar100 = NB201().build(params, DataSpec("classification", "image", (3, 32, 32), 100))
+    assert cost(cifar100, (3, 32, 32)) == (1_537_396, 220_125_540)

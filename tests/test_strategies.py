@@ -106,6 +106,7 @@ def test_plugin_registers_all_strategies() -> None:
         "bananas",
         "bohb",
         "nsga2",
+        "tpe-random",
     ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -84,13 +85,51 @@ def test_content_filters():
     assert "stop_words" not in passes("Pressure gauge with bokeh")
 
 
-def test_length_filters():
-    assert "token_count" not in passes("a photo of")  # 3 tokens: not > 3
-    assert "token_count" in passes("a photo of.")  # the period is a token
-    assert "word_count" not in passes("Patent Drawing")
-    assert "word_count" in passes("a photo of")
-    assert "word_count" not in passes(" ".join(["word"] * 257))
-    assert "word_count" in passes(" ".join(["word"] * 256))
+# -- each threshold of the paper's Table 1: just below, at, just above -----------------------
+def words(n: int) -> str:
+    """``n`` distinct words."""
+    return " ".join(f"w{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(n))
+
+
+@pytest.mark.parametrize(("n", "passing"), [(2, False), (3, False), (4, True)])
+def test_token_count_more_than_3(n, passing):
+    assert ("token_count" in passes(words(n))) is passing
+    assert ("token_count" in passes("a photo" + "." * (n - 2))) is passing  # symbols count
+
+
+@pytest.mark.parametrize(
+    ("n", "passing"), [(2, False), (3, False), (4, True), (255, True), (256, False), (257, False)]
+)
+def test_word_count_more_than_3_fewer_than_256(n, passing):
+    assert ("word_count" in passes(words(n))) is passing
+
+
+@pytest.mark.parametrize(("repeats", "passing"), [(1, True), (2, True), (3, False)])
+def test_word_repetition_at_most_0_2(repeats, passing):
+    """10 words, ``repeats`` of them repeats: ratio 0.1, 0.2 (passes), 0.3."""
+    line = words(10 - repeats) + " Wab," * repeats  # case and punctuation do not count
+    assert ("word_repetition" in passes(line)) is passing
+
+
+@pytest.mark.parametrize(("symbols", "passing"), [(1, True), (2, True), (3, False)])
+def test_digit_punctuation_at_most_0_25(symbols, passing):
+    """8 words, ``symbols`` digit/punctuation characters: 0.125, 0.25 (passes), 0.375."""
+    line = words(7) + " x" + "7?!"[:symbols]
+    assert ("digit_punctuation" in passes(line)) is passing
+    assert ("digit_punctuation" in passes(words(7) + " x" + "«»…"[:symbols])) is passing
+    assert "digit_punctuation" in passes(words(7) + " x™©®")  # symbols, not punctuation
+
+
+@pytest.mark.parametrize(("stop", "passing"), [(1, False), (2, True), (3, True)])
+def test_at_least_2_stop_words(stop, passing):
+    line = words(4) + " " + " ".join(["The", "with,", "of"][:stop])
+    assert ("stop_words" in passes(line)) is passing
+
+
+@pytest.mark.parametrize(("end", "passing"), [(".", True), ("!", True), ("?", True),
+                                              ('"', True), ("”", False), (",", False)])  # fmt: skip
+def test_terminal_punctuation_is_the_paper_four(end, passing):
+    assert ("terminal_punctuation" in passes("It works" + end)) is passing
 
 
 @needs_wordnet
@@ -143,8 +182,11 @@ CORPUS = [
 ]
 
 
-def reference_logprobs(corpus: list[str], line: str, order: int, lam: float) -> list[float]:
-    """Interpolated Kneser-Ney from its textbook definition, with plain dicts."""
+def reference_logprobs(
+    corpus: list[str], line: str, order: int, lam: float, mix: float = 0.5
+) -> list[float]:
+    """Interpolated Kneser-Ney from its textbook definition, with plain dicts, mixed
+    linearly with the open unigram (``mix``; 0.1 for the end of the line)."""
     from wordfreq import word_frequency
 
     pad = ["<s>"] * (order - 1)
@@ -199,7 +241,8 @@ def reference_logprobs(corpus: list[str], line: str, order: int, lam: float) -> 
     out = []
     for i in range(order - 1, len(tokens)):
         p = p3(*tokens[i - 2 : i + 1]) if order == 3 else p2(*tokens[i - 1 : i + 1])
-        out.append(math.log(p))
+        unigram = 0.1 if tokens[i] == "</s>" else p_open(tokens[i])
+        out.append(math.log((1 - mix) * p + mix * unigram))
     return out
 
 
@@ -220,13 +263,14 @@ LINES = [
 ]
 
 
-@pytest.mark.parametrize("order", [2, 3])
-def test_ngram_matches_textbook_kneser_ney(corpus_file, order):
-    lm = NGramLM(NGramOptions(wordnet_dir=None, corpus=[str(corpus_file)], order=order))
+@pytest.mark.parametrize(("order", "mix"), [(2, 0.5), (3, 0.5), (3, 0.0), (3, 0.8)])
+def test_ngram_matches_textbook_kneser_ney(corpus_file, order, mix):
+    options = NGramOptions(wordnet_dir=None, corpus=[str(corpus_file)], order=order)
+    lm = NGramLM(options.model_copy(update={"unigram_weight": mix}))
     lm.setup()
     ll, tokens = lm.log_likelihood(LINES)
     for line, got, n in zip(LINES, ll, tokens, strict=True):
-        expected = reference_logprobs(CORPUS, line, order, 0.5)
+        expected = reference_logprobs(CORPUS, line, order, 0.5, mix)
         assert n == len(expected)
         assert got == pytest.approx(sum(expected), rel=1e-9, abs=1e-9), line
 
@@ -518,3 +562,22 @@ def test_scorer_with_the_huggingface_lm(tiny_gpt2, alt_texts):
     summary = scorer.summary()
     assert summary["lm"]["lm"] == "huggingface" and math.isfinite(summary["ppl_all"])
     assert columns["keep"].sum() == 90
+
+
+def test_curate_report_prints_each_weight_and_perplexity(tmp_path, capsys):
+    """`platform curate` prints the scorer's summary: every filter's weight and PPL_i."""
+    from autoplat.cli import main
+
+    records = tmp_path / "alt.parquet"
+    pq.write_table(pq.read_table(ALT_TEXTS).slice(0, 300), records)
+    config = tmp_path / "tq.toml"
+    config.write_text(
+        f'[study]\nname = "tq"\n[input]\npath = "{records}"\ntext = "TEXT"\n'
+        f'[output]\ndir = "{tmp_path / "out"}"\n[scorers.text-quality]\n'
+    )
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    assert main(["curate", str(config), "--storage", db]) == 0
+    report = " ".join(capsys.readouterr().out.split())  # the table folds long cells
+    assert re.search(r"ppl_all=[0-9.e+]+ lm_name=ngram weights=", report), report
+    for name in FILTERS:
+        assert re.search(rf"{name} [0-9.e-]+ \(ppl \d+\)", report), (name, report)

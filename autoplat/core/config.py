@@ -323,12 +323,33 @@ def load_config(path: str | Path, registry: Registry) -> Resolved:
                 f"'{strategy_cls.name}' trains a supernet, which a lookup table cannot; use "
                 "[architecture] and [dataset], or an ask/tell strategy such as 'evolution'",
             )
+        if getattr(strategy_cls, "needs_budgets", False):
+            raise source.error(
+                ("strategy", "name"),
+                f"'{strategy_cls.name}' gives trials budgets (epochs) with HyperBand, but a "
+                "lookup table has one fidelity (final accuracies only); use "
+                f"'{strategy_cls.single_fidelity}' (TPE plus 1/3 random proposals, what "
+                f"'{strategy_cls.name}' reduces to here), or [architecture] and [dataset]",
+            )
         parts = _resolve_benchmark(config, config.benchmark, source, lookup)
     else:
         parts = _resolve_model(config, source, lookup)
     _check_metrics(config, metrics_of(parts.get("architecture")), source)
     if parts.get("architecture") is not None:
         _check_metric_params(config, parts["architecture"], parts["space"], source)
+    return resolve_search(path, config, raw, source, strategy_cls, parts)
+
+
+def resolve_search(
+    path: Path,
+    config: Config,
+    raw: dict[str, Any],
+    source: _Source,
+    strategy_cls: type[Strategy] | type[OneShotStrategy],
+    parts: dict[str, Any],
+) -> Resolved:
+    """The last steps of resolving a search config (its ``parts``: space and plugins): the
+    scheduler, the strategy's options, and a strategy that can be made."""
     _set_scheduler(config, strategy_cls, source)
     if config.scheduler.name == "hyperband_bohb" and "epochs" not in parts["space"].fixed():
         raise source.error(

@@ -18,13 +18,11 @@ from autoplat.core.config import (
     Config,
     Resolved,
     _first_objective,
-    _plugin_options,
-    _set_scheduler,
     _validation_message,
     load_plugins,
     read_config,
+    resolve_search,
 )
-from autoplat.core.errors import AutoplatError
 from autoplat.core.interfaces import OneShotStrategy
 from autoplat.core.registry import Registry
 from autoplat.core.space import SearchSpace, SpaceError
@@ -67,27 +65,7 @@ def load_trainable_config(path: Path, registry: Registry) -> Resolved:
             f"'{strategy_cls.name}' trains a supernet of a built-in architecture; use an "
             "ask/tell strategy such as 'tpe' or 'evolution' with your own trainable",
         )
-    _set_scheduler(config, strategy_cls, source)
-    if config.scheduler.name == "hyperband_bohb" and "epochs" not in space.fixed():
-        raise source.error(
-            ("space", "epochs"),
-            "scheduler 'hyperband_bohb' needs the largest budget: set epochs to one number "
-            "in [space] (your function receives it)",
-        )
-    options = _plugin_options(strategy_cls.Options, config.strategy.options(), source, "strategy")
-    resolved = Resolved(
-        path=path,
-        config=config,
-        raw=raw,
-        strategy_cls=strategy_cls,
-        strategy_options=options,
-        space=space,
-    )
-    try:
-        resolved.make_strategy()
-    except AutoplatError as exc:
-        raise source.error(("strategy", "name"), str(exc)) from None
-    return resolved
+    return resolve_search(path, config, raw, source, strategy_cls, {"space": space})
 
 
 def _check_own_metrics(config: Config, source: Any) -> None:

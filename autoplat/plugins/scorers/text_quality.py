@@ -3,19 +3,23 @@ Pruning for Efficient Training of Language Models" (arXiv:2405.01582), and pruni
 lowest-scoring records.
 
 Each record is split into lines (on newlines; blank lines are skipped; an alt-text is
-one line). Fourteen binary filters judge each line (``I_i(line)`` is 1 when it passes):
+one line). Fourteen binary filters judge each line (``I_i(line)`` is 1 when it passes),
+with the paper's Table 1 thresholds and strictness ("words" are whitespace-separated;
+where a filter compares words, ``words_of``: lower-cased, outer punctuation stripped):
 
 ==================== =====================================================================
 first_letter_caps    the first character is upper case
 no_all_caps          not every cased character is upper case (``str.isupper`` is false)
-word_repetition      repetition ratio 1 - distinct/total over the lower-cased words <= 0.2
-digit_punctuation    (digit + punctuation characters) / whitespace words <= 0.25
+word_repetition      fails when 1 - distinct/total over ``words_of`` is > 0.2 (0.2 passes)
+digit_punctuation    fails when (digit + punctuation characters) / words is > 0.25 (0.25
+                     passes); punctuation: Unicode P* or ASCII ``string.punctuation``
 no_curly_brace       no ``{`` (code)
-terminal_punctuation ends with ``.``, ``!``, ``?``, ``"`` (or ``”``)
-stop_words           at least 2 occurrences of the, be, to, of, and, that, have, with
+terminal_punctuation ends with ``.``, ``!``, ``?`` or ``"`` (the paper's four; not ``”``)
+stop_words           at least 2 occurrences in ``words_of`` of the, be, to, of, and, that,
+                     have, with
 no_javascript        neither "javascript" nor "lorem ipsum" (any case)
 token_count          more than 3 tokens (words, digit runs and symbols, ``TOKEN_RE``)
-word_count           3 to 256 whitespace-separated words
+word_count           more than 3 and fewer than 256 words (4 to 255)
 has_object           a parser object (see below)
 has_noun             a noun or proper noun
 has_determiner       a determiner (a, an, the, this, that, these, those, some, any, each,
@@ -60,19 +64,28 @@ in the record's 14 token-weighted pass fractions, so the first pass writes those
 (float32, 56 bytes a record) to the scorer's ``work_dir`` and ``finish_fit`` turns them
 into one float per record in memory to find the threshold.
 
-Columns: ``score`` (float32 in [0, 1]) and ``keep`` (bool).
+Columns: ``score`` (float32 in [0, 1]) and ``keep`` (bool). ``summary()`` gives
+``ppl_all``, ``weights`` (one line for the curate report: each filter's weight and the
+perplexity of the lines passing it, highest weight first) and ``filters`` (per filter:
+weight, perplexity, pass rate).
 
 Where this differs from the paper: the paper's reference LM is a pretrained Hugging Face
-model and its parser spaCy; offline, the defaults are the ``ngram`` model (WordNet glosses,
-a domain far from web text) and the WordNet lexicon tagger above. The paper states the
-thresholds (0.2, 0.25, > 3 tokens, 3..256 words) but not every boundary or unit; the
-choices here (characters for the digit/punctuation ratio, inclusive bounds) are ours.
+model and its parser spaCy; offline, the defaults are the ``ngram`` model (WordNet glosses
+mixed with ``wordfreq`` frequencies) and the WordNet lexicon tagger above. The paper
+states each threshold and its strictness (flag > 0.2, > 0.25; pass > 3 tokens, > 3 and
+< 256 words) but not its units or tokenizer; ours: characters over whitespace words for
+the digit/punctuation ratio, ``words_of`` for repetition and stop words, ``TOKEN_RE``
+tokens for the token count (the paper does not name its tokenizer), case-insensitive
+phrase matching.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import string
+import unicodedata
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -111,13 +124,14 @@ FILTERS: tuple[str, ...] = (
 )
 POS_FILTERS = ("has_object", "has_noun", "has_determiner", "text_complexity")
 BIT = {name: 1 << i for i, name in enumerate(FILTERS)}
+ASCII_PUNCTUATION = string.punctuation
 
-REPETITION_MAX = 0.2
-DIGIT_PUNCT_MAX = 0.25
+REPETITION_MAX = Fraction(1, 5)  # a line fails when its repetition ratio is > 0.2 (exact)
+DIGIT_PUNCT_MAX = Fraction(1, 4)  # fails when (digit + punctuation characters) / words > 0.25
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
-TERMINAL = frozenset('.!?"”')
-MIN_TOKENS_EXCLUSIVE = 3
-WORD_RANGE = (3, 256)
+TERMINAL = frozenset('.!?"')
+MIN_TOKENS_EXCLUSIVE = 3  # passes with more than 3 tokens
+WORD_RANGE_EXCLUSIVE = (3, 256)  # passes with more than 3 and fewer than 256 words
 FIXED_POINT = 2**20  # log-likelihoods are summed as integers of 2^-20 nats (exact, any order)
 
 
@@ -283,19 +297,30 @@ SPACY_OBJECTS = frozenset({"dobj", "obj", "pobj", "iobj", "dative", "oprd"})
 
 
 # -- the filters ----------------------------------------------------------------------------
+def is_punctuation(char: str) -> bool:
+    """Unicode punctuation (categories P*) or one of ASCII's ``string.punctuation``."""
+    return char in ASCII_PUNCTUATION or unicodedata.category(char).startswith("P")
+
+
+def words_of(line: str) -> list[str]:
+    """Whitespace-separated words, lower-cased, outer punctuation stripped, empty dropped."""
+    stripped = (w.lower().strip(ASCII_PUNCTUATION + "“”‘’«»…–—") for w in line.split())
+    return [w for w in stripped if w]
+
+
 def surface_bits(line: str) -> tuple[int, list[str]]:
     """The bits of the ten filters that need no tagger, and the line's tokens."""
     tokens = TOKEN_RE.findall(line)
     words = line.split()
-    lowered = [t.lower() for t in tokens if any(c.isalpha() for c in t)]
+    lowered = words_of(line)
     bits = 0
     if line[0].isupper():
         bits |= BIT["first_letter_caps"]
     if not line.isupper():
         bits |= BIT["no_all_caps"]
-    if not lowered or 1 - len(set(lowered)) / len(lowered) <= REPETITION_MAX:
+    if len(lowered) - len(set(lowered)) <= REPETITION_MAX * len(lowered):
         bits |= BIT["word_repetition"]
-    symbols = sum(1 for c in line if c.isdigit() or not (c.isalnum() or c.isspace()))
+    symbols = sum(1 for c in line if c.isdigit() or is_punctuation(c))
     if symbols <= DIGIT_PUNCT_MAX * len(words):
         bits |= BIT["digit_punctuation"]
     if "{" not in line:
@@ -309,7 +334,7 @@ def surface_bits(line: str) -> tuple[int, list[str]]:
         bits |= BIT["no_javascript"]
     if len(tokens) > MIN_TOKENS_EXCLUSIVE:
         bits |= BIT["token_count"]
-    if WORD_RANGE[0] <= len(words) <= WORD_RANGE[1]:
+    if WORD_RANGE_EXCLUSIVE[0] < len(words) < WORD_RANGE_EXCLUSIVE[1]:
         bits |= BIT["word_count"]
     return bits, tokens
 
@@ -702,17 +727,32 @@ class TextQuality(Scorer):
         ppl = stats.pop("ppl", None) or {}
         rates = stats.pop("pass_rate")
         lm = stats.pop("lm")
-        first = ("kept_fraction", "score_threshold", "mean_score", "ppl_all", "pos")
-        summary = {key: stats.pop(key) for key in first}
-        summary["lm_name"] = lm["lm"] if lm else None
-        summary["prune_percentile"] = self.options.prune_percentile
-        summary.update(stats)
-        summary["lm"] = lm
-        summary["filters"] = {
+        filters = {
             name: {"weight": w, "ppl": ppl.get(name), "pass_rate": rates[name]}
             for name, w in zip(FILTERS, self.fitted["weights"], strict=True)
         }
+        summary = {key: stats.pop(key) for key in ("kept_fraction", "ppl_all")}
+        summary["lm_name"] = lm["lm"] if lm else None
+        summary["weights"] = weights_text(filters)
+        for key in ("score_threshold", "mean_score", "pos"):
+            summary[key] = stats.pop(key)
+        summary["prune_percentile"] = self.options.prune_percentile
+        summary.update(stats)
+        summary["lm"] = lm
+        summary["filters"] = filters
         return _json_safe(summary)
+
+
+def weights_text(filters: dict[str, dict[str, Any]]) -> str:
+    """One line for a report: each filter's weight and the perplexity of its passing lines."""
+
+    def entry(name: str) -> str:
+        f = filters[name]
+        ppl = "-" if f["ppl"] is None or not math.isfinite(f["ppl"]) else f"{f['ppl']:.0f}"
+        return f"{name} {f['weight']:.3g} (ppl {ppl})"
+
+    order = sorted(filters, key=lambda name: -filters[name]["weight"])
+    return "; ".join(entry(name) for name in order)
 
 
 def record_uniform(seed: int, ids: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@ and NAS ones."""
 
 from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.strategies.search.bananas import Bananas
-from autoplat.strategies.search.bohb import BOHB
+from autoplat.strategies.search.bohb import BOHB, TPERandom
 from autoplat.strategies.search.evolution import RegularizedEvolution
 from autoplat.strategies.search.grid import GridSearch
 from autoplat.strategies.search.local import LocalSearch
@@ -12,7 +12,14 @@ from autoplat.strategies.search.random import RandomSearch
 from autoplat.strategies.search.reinforce import Reinforce
 from autoplat.strategies.search.tpe import TPESearch
 
-__all__ = ["BOHB", "GridSearch", "RandomSearch", "RegularizedEvolution", "TPESearch"]
+__all__ = [
+    "BOHB",
+    "GridSearch",
+    "RandomSearch",
+    "RegularizedEvolution",
+    "TPERandom",
+    "TPESearch",
+]
 
 
 @hookimpl
@@ -28,5 +35,6 @@ def register_strategies(register: Register) -> None:
         Bananas,
         BOHB,
         NSGA2Search,
+        TPERandom,
     ):
         register(cls)
