@@ -164,6 +164,15 @@ def _own_ray(keep_files: bool) -> Iterator[None]:
             shutdown_ray(keep_files)
 
 
+def _stored_line(store: Store, study: Study) -> str:
+    """Where the results are, and the command that shows them again (with its --storage)."""
+    storage = "" if store.url == DEFAULT_URL else f" --storage {store.display_url}"
+    return (
+        f"results stored in {store.display_url} (study '{study.name}'); "
+        f"view again with: platform show {study.name}{storage}"
+    )
+
+
 def _drive(
     command: str,
     args: argparse.Namespace,
@@ -278,10 +287,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps(store.summary(study), indent=2))
     else:
         _print_study(store, study, top=10)
-        out.print(
-            f"results stored in {store.display_url} (study '{study.name}'); "
-            f"view again with: platform show {study.name}"
-        )
+        out.print(_stored_line(store, study))
     if study.state == StudyState.INTERRUPTED or sigterm:
         err.print(
             "interrupted: finished trials are stored. Continue with: "
@@ -364,10 +370,7 @@ def cmd_al(args: argparse.Namespace) -> int:
         print(json.dumps(_al_json(store, study, curves), indent=2))
     else:
         _print_al_study(store, study, curves)
-        out.print(
-            f"results stored in {store.display_url} (study '{study.name}'); "
-            f"view again with: platform show {study.name}"
-        )
+        out.print(_stored_line(store, study))
     if study.state == StudyState.INTERRUPTED or sigterm:
         err.print(
             "interrupted: finished rounds are stored. Continue with: " + _resume_command("al", args)
@@ -417,10 +420,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
         print(json.dumps(curation_info(store, study), indent=2))
         return 0
     _print_curate_study(store, study)
-    out.print(
-        f"results stored in {store.display_url} (study '{study.name}'); "
-        f"view again with: platform show {study.name}"
-    )
+    out.print(_stored_line(store, study))
     return 0
 
 

@@ -581,3 +581,4 @@ def test_curate_report_prints_each_weight_and_perplexity(tmp_path, capsys):
     assert re.search(r"ppl_all=[0-9.e+]+ lm_name=ngram weights=", report), report
     for name in FILTERS:
         assert re.search(rf"{name} [0-9.e-]+ \(ppl \d+\)", report), (name, report)
+    assert f"view again with: platform show tq --storage {db}" in report  # the store it used
