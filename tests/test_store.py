@@ -189,3 +189,34 @@ def test_cli_reads_a_postgres_store(pg_url, capsys):
     assert capsys.readouterr().err.strip() == (
         f"error: no study named 'nope' in {hidden}. Studies: team"
     )
+
+
+@pytest.mark.asyncio
+async def test_the_tui_reads_a_postgres_store(pg_url):
+    """`platform tui --storage postgresql://...`: the real app lists the study, opens it and
+    shows its trials."""
+    from textual.widgets import DataTable
+
+    from autoplat.tui.app import PlatformApp
+
+    store = Store(pg_url)
+    study = store.create_study("team", target_trials=2)
+    for number, value in enumerate((0.5, 0.75)):
+        trial = store.start_trial(study.id, {"depth": number + 1})
+        store.add_metrics(trial.id, 1, {"val_accuracy": value})
+        store.finish_trial(trial.id, TrialState.COMPLETE, value=value)
+    app = PlatformApp(pg_url, interval=0.05)
+    async with app.run_test(size=(120, 36)) as pilot:
+        studies = app.screen.query_one("#studies", DataTable)
+        for _ in range(200):
+            if studies.row_count == 1:
+                break
+            await pilot.pause(0.05)
+        assert [str(c) for c in studies.get_row("team")][:4] == ["team", "search", "running", "2/2"]
+        await pilot.press("enter")
+        for _ in range(200):
+            trials = app.screen.query("#trials")
+            if trials and trials.first(DataTable).row_count == 2:
+                break
+            await pilot.pause(0.05)
+        assert trials.first(DataTable).row_count == 2
