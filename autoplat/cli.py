@@ -619,7 +619,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
         out.print(json.dumps(report.to_dict(), indent=2), markup=False)
         return 0
     table = Table(
-        title=f"data experts of '{report.study}' (MoDE weights from '{report.curation}') · "
+        title=f"data experts of '{report.study}' (MoDE weights from '{report.curation}', "
+        f"rule {report.weighting}) · "
         f"zero-shot accuracy on {report.test_images} test images"
     )
     for column in ("expert", "trial", "weight", "accuracy"):
@@ -628,6 +629,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
         table.add_row(str(e.expert), str(e.trial), f"{e.weight:.3f}", f"{e.accuracy:.4f}")
     table.add_row("uniform ensemble", "", "", f"{report.uniform_accuracy:.4f}")
     table.add_row("MoDE ensemble", "", "", f"{report.weighted_accuracy:.4f}")
+    table.add_row("best single expert", "", "", f"{report.best_expert_accuracy:.4f}")
     out.print(table)
     out.print(f"classes: {', '.join(report.classes)}")
     return 0

@@ -196,7 +196,12 @@ def test_balanced_edges(tmp_path) -> None:
 def test_mode_topics_get_their_own_experts(tmp_path) -> None:
     texts, topic = captions([120] * 4)
     x = Hashing().embed(texts)
-    options = MoDE.Options(fine_clusters=16, experts=4, task_classes=["dog", "cat", "puppy"])
+    options = MoDE.Options(
+        fine_clusters=16,
+        experts=4,
+        task_classes=["dog", "cat", "puppy"],
+        weighting="coarse-softmax",
+    )
     scorer = MoDE(options, seed=0)
     columns = run_scorer(scorer, embedded_chunks(x, 100), embedding_context(tmp_path))
     expert = columns["expert"]

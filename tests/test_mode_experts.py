@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,13 @@ from autoplat.core.space import split_dataset_params
 from autoplat.plugins.datasets.image_captions import ImageCaptions, ImageCaptionsOptions
 from autoplat.plugins.datasets.shapes import write_caption_table
 from autoplat.plugins.embedders import Hashing
-from autoplat.plugins.scorers.embedding.mode import expert_weights
+from autoplat.plugins.scorers.embedding.common import assign, kmeans, unit
+from autoplat.plugins.scorers.embedding.mode import (
+    balanced_assign,
+    balanced_kmeans,
+    paper_weights,
+    task_weights,
+)
 from autoplat.testing import run_platform
 
 N = 240
@@ -96,7 +104,7 @@ def test_split_dataset_params() -> None:
 
 
 def test_expert_trains_on_its_rows_only_and_keeps_val_and_test(table, tmp_path) -> None:
-    labels = [line.rsplit(",", 1)[1] for line in table.read_text().splitlines()[1:]]
+    labels = [row["label"] for row in csv.DictReader(table.read_text().splitlines())]
     experts = np.array([int(label == "circle") for label in labels])  # 1: the circles
     ids = np.arange(N)[::-1].copy()  # ids, not file order, map scores to table rows
     scores = write_scores(tmp_path / "s.parquet", ids, experts[ids])
@@ -171,7 +179,8 @@ def test_curate_search_and_evaluate_experts(table, tmp_path, ray_address) -> Non
     (mode,) = [t for t in curated["trials"] if t["params"]["scorer"] == "mode"]
     names = Hashing(Hashing.Options(), 0).embed(["a photo of a circle", "a photo of a square"])
     summary = mode["attrs"]["summary"]
-    want = expert_weights(np.array(summary["expert_centers"]), names, summary["temperature"])
+    assert summary["weighting"] == "paper"
+    want = task_weights(summary, names)
     got = [e["weight"] for e in report["experts"]]
     assert np.allclose(got, want, atol=1e-6) and abs(sum(got) - 1) < 1e-6
     for key in ("uniform_accuracy", "weighted_accuracy"):
@@ -183,3 +192,64 @@ def test_curate_search_and_evaluate_experts(table, tmp_path, ray_address) -> Non
     bad = run_platform("experts", "experts", "--curation", "experts", "--storage", url)
     assert bad.returncode == 2 and "--curation takes the `platform curate` study" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# -- MoDE's weighting rule and balanced k-means (fast, no Ray) ---------------------------
+def test_paper_weights_by_hand() -> None:
+    """post_report_ensemble.py: nearest fine center per class (Euclidean), then
+    softmax(sum_c exp((a - d_c) m) / 8) over experts; a = exp(0.5 - sqrt(C)) for C < 10."""
+    fine = np.array([[1.0, 0.0], [0.0, 0.0], [-1.0, 0.0]])  # fine center i is in expert i
+    classes = np.array([[2.0, 0.0], [0.0, 1.0]])  # unit length: d = 0 to f0, d = 1 to f1
+    a, m = math.exp(0.5 - math.sqrt(2)), 5 * math.log10(10)
+    # top-1: each class counts for its nearest fine center only, so expert 2 scores 0
+    scores = [math.exp(a * m), math.exp((a - 1) * m), 0.0]
+    z = sum(math.exp(s / 8) for s in scores)
+    want = [math.exp(s / 8) / z for s in scores]
+    got = paper_weights(fine, np.array([0, 1, 2]), classes)
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    np.testing.assert_allclose(got, [0.5575, 0.2219, 0.2205], atol=1e-4)
+    # 250 classes: a = 0 and m = 5 log10(250 - 200)
+    many = paper_weights(fine, np.array([0, 1, 2]), np.tile([[0.0, 1.0]], (250, 1)))
+    s1 = 250 * math.exp(-5 * math.log10(50))
+    z = 2 + math.exp(s1 / 8)
+    np.testing.assert_allclose(many, [1 / z, math.exp(s1 / 8) / z, 1 / z], rtol=1e-9)
+
+
+def test_balanced_kmeans_sizes_and_restarts() -> None:
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.3, (150, 2)), rng.normal(3, 1, (50, 2))])
+    d2 = ((x[:, None] - x[None, :4]) ** 2).sum(-1)
+    assert np.bincount(balanced_assign(d2), minlength=4).max() <= 50  # ceil(200 / 4)
+    centers, inertia = balanced_kmeans(x, 4, seed=0, restarts=4)
+    labels = balanced_assign(((x[:, None] - centers[None]) ** 2).sum(-1))
+    assert np.bincount(labels, minlength=4).max() <= 50
+    # plain nearest-center k-means would give the dense blob most points: balanced splits it
+    singles = [balanced_kmeans(x, 4, seed=7919 * r, restarts=1)[1] for r in range(4)]
+    assert inertia == pytest.approx(min(singles)) and max(singles) > inertia + 1
+
+
+def test_balanced_two_level_separates_topics_a_single_start_merged() -> None:
+    from autoplat.plugins.embedders import Hashing as Embedder
+
+    words = [
+        "used ford focus toyota yaris peugeot diesel hatchback mileage sale dealer estate",
+        "dog puppy cat kitten leash collar kennel treats grooming paws whiskers terrier",
+        "recipe chicken curry pasta baked oven garlic sauce dinner vegetarian spicy dessert",
+        "dress women summer floral sleeve cotton skirt blouse denim jacket boots elegant",
+    ]
+    rng = np.random.default_rng(0)  # 120 five-word captions a topic, then shuffled
+    topic = np.repeat(np.arange(4), 120)
+    texts = [" ".join(rng.choice(words[t].split(), size=5, replace=False)) for t in topic]
+    order = rng.permutation(len(texts))
+    texts, topic = [texts[i] for i in order], topic[order]
+    x = unit(Embedder().embed(texts))
+
+    def owners(fine: np.ndarray, coarse: np.ndarray) -> set[int]:
+        expert = assign(coarse, fine)[0][assign(fine, x)[0]]
+        return {int(np.bincount(expert[topic == t]).argmax()) for t in range(4)}
+
+    seed = 11  # the earlier single-start, unbalanced k-means merges two topics here
+    old_fine = kmeans(x, 16, seed, 20, spherical=True, init="kmeans++")
+    assert len(owners(old_fine, kmeans(old_fine, 4, seed + 1, 20, True, "kmeans++"))) == 3
+    fine, _ = balanced_kmeans(x, 16, seed)
+    assert len(owners(fine, balanced_kmeans(fine, 4, seed + 1)[0])) == 4

@@ -6,8 +6,9 @@ dataset.expert = [0, 1, ...]`` on that table (dataset ``image-captions`` with
 ``experts`` = the curate scores file) trains one model per expert on its rows only.
 ``evaluate_experts`` then classifies the search's test images zero-shot with each
 expert's best trial, alone and ensembled: the experts' logits summed with MoDE's task
-weights (``expert_weights`` of the class names, embedded with the curation's embedder,
-against the expert centers), and, for comparison, with equal weights.
+weights (``task_weights`` of the mode scorer: by default the paper's rule, the class names,
+embedded with the curation's embedder, against the fine-grained centers), and, for
+comparison, with equal weights.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class ExpertsReport:
     experts: list[ExpertResult]
     uniform_accuracy: float  # logits averaged with equal weights
     weighted_accuracy: float  # logits summed with MoDE's weights
+    best_expert_accuracy: float  # the best single expert's accuracy
+    weighting: str  # the rule the weights come from ("paper" or "coarse-softmax")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +73,7 @@ def _mode_trial(store: Store, curation: Study) -> Trial:
 def _task_weights(curation: Study, mode: Trial, classes: list[str]) -> np.ndarray:
     """MoDE's weights of the experts for these class names."""
     from autoplat.core.registry import get_registry
-    from autoplat.plugins.scorers.embedding.mode import expert_weights
+    from autoplat.plugins.scorers.embedding.mode import task_weights
 
     summary = mode.attrs_dict.get("summary", {})
     raw = json.loads(curation.config or "{}")
@@ -79,9 +82,7 @@ def _task_weights(curation: Study, mode: Trial, classes: list[str]) -> np.ndarra
     embedder = embedder_cls(embedder_cls.Options.model_validate(section), 0)
     template = mode.params_dict.get("class_template", "{}")
     names = embedder.embed([template.format(name) for name in classes])
-    return expert_weights(
-        np.asarray(summary["expert_centers"]), names, float(summary["temperature"])
-    )
+    return task_weights(summary, names)
 
 
 def _best_per_expert(store: Store, study: Study) -> dict[int, Trial]:
@@ -184,4 +185,6 @@ def evaluate_experts(
         experts=results,
         uniform_accuracy=(uniform == labels).float().mean().item(),
         weighted_accuracy=(weighted.argmax(1) == labels).float().mean().item(),
+        best_expert_accuracy=max(result.accuracy for result in results),
+        weighting=mode.attrs_dict.get("summary", {}).get("weighting", "coarse-softmax"),
     )

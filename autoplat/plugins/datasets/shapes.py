@@ -125,24 +125,38 @@ def generate(
 
 
 def write_caption_table(
-    folder: Path, n: int, seed: int = 0, image_size: int = 32, noise: float = 0.05
+    folder: Path,
+    n: int,
+    seed: int = 0,
+    image_size: int = 32,
+    noise: float = 0.05,
+    sources: bool = False,
 ) -> Path:
     """Write ``n`` shapes as PNG files under ``folder/images`` and ``folder/captions.csv``
-    (path, caption, label): a table for the ``image-captions`` dataset and `platform
-    curate`. The same seed gives the same files."""
+    (path, caption, label, source): a table for the ``image-captions`` dataset and
+    `platform curate`. ``sources``: draw from several sources, each with its own look,
+    captions and shapes (``shape_sources``); else all from one (source "shapes"). The same
+    seed gives the same files."""
     from PIL import Image
 
-    images, captions, labels, _ = generate(n, image_size, noise, np.random.default_rng(seed))
+    from autoplat.plugins.datasets.shape_sources import generate_sources
+
+    rng = np.random.default_rng(seed)
+    if sources:
+        images, captions, labels, origin = generate_sources(n, image_size, noise, rng)
+    else:
+        images, captions, labels, _ = generate(n, image_size, noise, rng)
+        origin = ["shapes"] * n
     (folder / "images").mkdir(parents=True, exist_ok=True)
     table = folder / "captions.csv"
     with table.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "caption", "label"])
+        writer.writerow(["path", "caption", "label", "source"])
         for k in range(n):
             path = f"images/{k:06d}.png"
             pixels = (images[k].transpose(1, 2, 0) * 255).round().astype(np.uint8)
             Image.fromarray(pixels).save(folder / path)
-            writer.writerow([path, captions[k], SHAPES[labels[k]]])
+            writer.writerow([path, captions[k], SHAPES[labels[k]], origin[k]])
     return table
 
 

@@ -1,20 +1,38 @@
 """``mode``: data experts by two-step clustering of caption embeddings (Ma et al., 2024,
-"MoDE: CLIP data experts via clustering").
+"MoDE: CLIP data experts via clustering"), as its reference code does (MetaCLIP,
+apps/mode: ``prep_hrchy.py``, ``prep_inference.py``, ``post_report_ensemble.py``).
 
-Fine-grained spherical k-means on the caption embeddings (``fine_clusters``), then
-k-means over the fine centers (``experts`` coarse clusters): each record gets its
-``fine_cluster`` and its ``expert`` (the coarse cluster of its fine cluster), so one
-model per expert can be trained on its records. At inference the experts are ensembled
-with weights from the task's class names: ``expert_weights`` (a softmax, over experts, of
-the class names' summed cosine similarity to each expert center, divided by
-``temperature``). With ``task_classes = [...]`` the summary holds those weights; it
-always holds the expert centers (``expert_centers``, unit rows) and which expert each
-fine cluster belongs to, for a later study to route with.
+Fine-grained balanced k-means (Euclidean, on unit caption embeddings; ``fine_clusters``),
+then balanced k-means over the fine centers (``experts`` coarse clusters; each fine center
+goes to an expert by the balanced assignment, as the reference's ``predict`` does). Each
+record gets its nearest ``fine_cluster`` and its ``expert`` (that fine cluster's expert),
+so one model per expert can be trained on its records. Balanced k-means: Lloyd iterations
+whose assignment step gives every cluster at most ``ceil(n / k)`` points (an exact
+capacity-constrained assignment by ``scipy.optimize.linear_sum_assignment``, the solver
+the reference's balanced k-means names as its alternative to its auction), from k-means++
+seeds, ``restarts`` times, the lowest inertia kept; it is fitted on at most
+``kmeans_sample`` rows (the paper fits on a sample too; the assignment costs about
+``rows^3``: 2,048 rows take about a second an iteration), then every record goes to its
+nearest center.
+
+Ensemble weights for a task (``weighting``):
+
+- ``"paper"`` (default), ``post_report_ensemble.py``: each class name (embedded with
+  ``class_template``, unit length) goes to its nearest fine center, at Euclidean distance
+  ``d_c``; expert ``e`` scores ``s_e = sum_{c -> e} exp((a - d_c) * m)`` over the classes
+  whose nearest fine center is in ``e`` (0 when none), with ``a = exp(0.5 - sqrt(C))`` for
+  ``C < 10`` classes (else 0) and ``m = 5 log10(max(10, C - 200))``; the weights are
+  ``softmax(s / 8)``.
+- ``"coarse-softmax"`` (this project's earlier rule): ``softmax(sum_c cos(class_c,
+  center_e) / temperature)`` over the expert centers.
+
+With ``task_classes = [...]`` the summary holds the weights; it always holds what a later
+study needs to weight a task (the fine and expert centers, ``fine_to_expert``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -26,17 +44,23 @@ from autoplat.plugins.scorers.embedding.common import (
     EmbeddingScorer,
     IdLookup,
     assign,
+    batches,
     in_range,
-    kmeans,
+    kmeans_pp,
+    sample_rows,
     unit,
 )
+
+PAPER_SHARPEN = 5.0  # post_report_ensemble.py: smooth_weight[0]
+PAPER_TEMPERATURE = 8.0  # smooth_weight[1]
+PAPER_TOO_MANY_CLASSES = 200  # too_many_class
 
 
 def expert_weights(
     centers: np.ndarray, class_embeddings: np.ndarray, temperature: float = 0.05
 ) -> np.ndarray:
-    """Ensemble weights of the experts for a task: ``softmax(sum_c cos(class_c,
-    center_e) / temperature)`` over experts ``e``; sums to one.
+    """The ``"coarse-softmax"`` rule: ``softmax(sum_c cos(class_c, center_e) /
+    temperature)`` over experts ``e``; sums to one.
 
     ``centers``: ``(experts, d)``; ``class_embeddings``: ``(classes, d)`` (the task's
     class names, embedded with the embedder the experts were clustered with).
@@ -46,9 +70,91 @@ def expert_weights(
     centers = unit(np.asarray(centers, dtype=np.float64))
     classes = unit(np.asarray(class_embeddings, dtype=np.float64))
     logits = (classes @ centers.T).astype(np.float64).sum(axis=0) / temperature
-    logits -= logits.max()
-    weights = np.exp(logits)
-    return weights / weights.sum()
+    return softmax(logits)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+def paper_weights(
+    fine_centers: np.ndarray, fine_to_expert: np.ndarray, class_embeddings: np.ndarray
+) -> np.ndarray:
+    """MoDE's ensemble weights (``post_report_ensemble.py``), see the module docstring."""
+    fine_centers = np.asarray(fine_centers, dtype=np.float64)
+    classes = unit(np.asarray(class_embeddings, dtype=np.float64))
+    fine_to_expert = np.asarray(fine_to_expert)
+    d = np.sqrt(np.maximum(sq_dist(classes, fine_centers), 0))
+    nearest, dist = d.argmin(axis=1), d.min(axis=1)
+    n = len(classes)
+    add = np.exp(0.5 - np.sqrt(n)) if n < 10 else 0.0
+    mul = PAPER_SHARPEN * np.log10(max(10, n - PAPER_TOO_MANY_CLASSES))
+    scores = np.zeros(int(fine_to_expert.max()) + 1)
+    np.add.at(scores, fine_to_expert[nearest], np.exp((add - dist) * mul))
+    return softmax(scores / PAPER_TEMPERATURE)
+
+
+def task_weights(summary: dict[str, Any], class_embeddings: np.ndarray) -> np.ndarray:
+    """The weights of a mode scorer's experts (its ``summary()``) for these classes."""
+    if summary.get("weighting", "coarse-softmax") == "paper":
+        return paper_weights(
+            np.asarray(summary["fine_centers"]),
+            np.asarray(summary["fine_to_expert"]),
+            class_embeddings,
+        )
+    centers = np.asarray(summary["expert_centers"])
+    return expert_weights(centers, class_embeddings, float(summary["temperature"]))
+
+
+def sq_dist(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """``(n, k)`` squared Euclidean distances."""
+    return (x * x).sum(1)[:, None] + (centers * centers).sum(1)[None] - 2 * x @ centers.T
+
+
+def balanced_assign(d2: np.ndarray) -> np.ndarray:
+    """Labels minimising the summed ``d2`` with at most ``ceil(n / k)`` rows a cluster."""
+    from scipy.optimize import linear_sum_assignment
+
+    n, k = d2.shape
+    cap = -(-n // k)
+    rows, cols = linear_sum_assignment(np.repeat(d2, cap, axis=1))
+    labels = np.empty(n, dtype=np.int64)
+    labels[rows] = cols // cap
+    return labels
+
+
+def balanced_kmeans(
+    x: np.ndarray, k: int, seed: int, niter: int = 20, restarts: int = 3, sample: int = 2048
+) -> tuple[np.ndarray, float]:
+    """Centers ``(min(k, n), d)`` and inertia of balanced k-means on at most ``sample``
+    rows of ``x``: the best of ``restarts`` k-means++ starts (lowest summed squared
+    distance under the balanced assignment)."""
+    train = sample_rows(x, sample, seed).astype(np.float64)
+    k = min(k, len(train))
+    if k == 0:
+        return np.zeros((0, x.shape[1]), dtype=np.float32), 0.0
+    best: tuple[np.ndarray, float] | None = None
+    for start in range(restarts):
+        centers, inertia = _balanced_lloyd(train, kmeans_pp(train, k, seed + 7919 * start), niter)
+        if best is None or inertia < best[1]:
+            best = (centers, inertia)
+    assert best is not None
+    return best[0].astype(np.float32), best[1]
+
+
+def _balanced_lloyd(x: np.ndarray, centers: np.ndarray, niter: int) -> tuple[np.ndarray, float]:
+    centers = centers.astype(np.float64)
+    labels = np.full(len(x), -1)
+    for _ in range(niter):
+        new = balanced_assign(sq_dist(x, centers))
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        for c in np.unique(labels):  # an empty cluster keeps its center
+            centers[c] = x[labels == c].mean(axis=0)
+    d2 = sq_dist(x, centers)
+    return centers, float(d2[np.arange(len(x)), labels].sum())
 
 
 class MoDE(EmbeddingScorer):
@@ -63,8 +169,13 @@ class MoDE(EmbeddingScorer):
         experts: int = Field(
             4, ge=1, le=10_000, description="coarse clusters over the fine centers"
         )
-        niter: int = Field(20, ge=1, le=10_000, description="k-means iterations")
-        temperature: float = Field(0.05, gt=0, description="softmax temperature of weights")
+        niter: int = Field(50, ge=1, le=10_000, description="k-means iterations at most")
+        restarts: int = Field(3, ge=1, le=100, description="k-means starts; best inertia kept")
+        kmeans_sample: int = Field(
+            2048, ge=1, le=8192, description="rows the fine k-means is fitted on"
+        )
+        weighting: Literal["paper", "coarse-softmax"] = "paper"
+        temperature: float = Field(0.05, gt=0, description="coarse-softmax temperature")
         task_classes: list[str] | None = None
         class_template: str = Field("{}", description='e.g. "a photo of a {}."')
 
@@ -93,15 +204,14 @@ class MoDE(EmbeddingScorer):
         ids, x = self.store.open()
         o = self.options
         self.lookup = IdLookup(ids)
-        self.fine_centers = kmeans(
-            x, o.fine_clusters, self.seed, o.niter, spherical=True, init="kmeans++"
-        )
-        self.fine, _ = assign(self.fine_centers, x)
-        coarse = kmeans(
-            self.fine_centers, o.experts, self.seed + 1, o.niter, spherical=True, init="kmeans++"
-        )
-        self.fine_to_expert, _ = assign(coarse, self.fine_centers)
-        self.centers = unit(coarse)
+        train = unit(sample_rows(x, o.kmeans_sample, self.seed))
+        fit = dict(niter=o.niter, restarts=o.restarts)
+        self.fine_centers, _ = balanced_kmeans(train, o.fine_clusters, self.seed, **fit)
+        self.fine = np.zeros(len(x), dtype=np.int64)
+        for start, rows in batches(x):  # every record to its nearest fine center
+            self.fine[start : start + len(rows)] = assign(self.fine_centers, unit(rows))[0]
+        self.centers, _ = balanced_kmeans(self.fine_centers, o.experts, self.seed + 1, **fit)
+        self.fine_to_expert = balanced_assign(sq_dist(self.fine_centers, self.centers))
         self._weights = None
 
     def score(self, chunk: Chunk) -> dict[str, np.ndarray]:
@@ -115,7 +225,7 @@ class MoDE(EmbeddingScorer):
         if self.context is None:
             raise ConfigError("scorer 'mode': weights need an embedder; call setup() first")
         texts = [self.options.class_template.format(name) for name in class_names]
-        return expert_weights(self.centers, self.context.embed(texts), self.options.temperature)
+        return task_weights(self._centers_summary(), self.context.embed(texts))
 
     def state(self) -> Any:
         ids = self.lookup.ids if self.lookup is not None else np.zeros(0, np.int64)
@@ -140,6 +250,15 @@ class MoDE(EmbeddingScorer):
         self.centers, self.fine_to_expert = centers, fine_to_expert
         self._weights = None
 
+    def _centers_summary(self) -> dict[str, Any]:
+        return {
+            "weighting": self.options.weighting,
+            "temperature": self.options.temperature,
+            "fine_to_expert": self.fine_to_expert.tolist(),
+            "fine_centers": np.round(self.fine_centers.astype(np.float64), 6).tolist(),
+            "expert_centers": np.round(self.centers.astype(np.float64), 6).tolist(),
+        }
+
     def summary(self) -> dict[str, Any]:
         if self.lookup is None:
             return {}
@@ -148,9 +267,7 @@ class MoDE(EmbeddingScorer):
             "experts": len(self.centers),
             "fine_clusters": len(self.fine_centers),
             "expert_sizes": np.bincount(experts, minlength=len(self.centers)).tolist(),
-            "fine_to_expert": self.fine_to_expert.tolist(),
-            "expert_centers": np.round(self.centers.astype(np.float64), 6).tolist(),
-            "temperature": self.options.temperature,
+            **self._centers_summary(),
         }
         if self.options.task_classes and len(self.centers):
             if self._weights is None:
