@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -579,22 +580,30 @@ def _print_al_study(store: Store, study: Study, curves: dict[str, Any]) -> None:
             )
 
 
+def _registers(plugin: Any) -> str:
+    """What a plugin registered, one kind a line; then hooks that register no names
+    (e.g. commands) and its load errors."""
+    lines = [f"{kind}: {', '.join(names)}" for kind, names in plugin.registered.items()]
+    other = [h.removeprefix("register_") for h in plugin.hooks]
+    other = [h for h in other if h not in plugin.registered]
+    if other:
+        lines.append(f"hooks: {', '.join(other)}")
+    return "\n".join(lines + [f"error: {e}" for e in plugin.errors])
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     plugins = sorted(_registry(args, warn=False).plugins.values(), key=lambda p: p.name)
     if args.json:
         print(json.dumps([p.to_dict() for p in plugins], indent=2))
         return 0
     table = Table(title="plugins")
-    for column in ("plugin", "package", "version"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("status", overflow="fold")
-    table.add_column("hooks", overflow="fold")
-    table.add_column("registers", overflow="fold", min_width=30, ratio=1)
+    table.add_column("plugin", no_wrap=True)
+    table.add_column("package", max_width=16)  # "autoplat 0.1.0": one line
+    table.add_column("status", no_wrap=True)
+    table.add_column("registers", ratio=1)
     for p in plugins:
-        registers = "\n".join(f"{k}: {', '.join(v)}" for k, v in p.registered.items())
-        status = p.status if not p.errors else "error: " + " | ".join(p.errors)
-        hooks = ", ".join(h.removeprefix("register_") for h in p.hooks)
-        table.add_row(p.name, p.package or "", p.version or "", status, hooks, registers)
+        package = " ".join(filter(None, [p.package, p.version]))
+        table.add_row(p.name, package, p.status, _registers(p))
     out.print(table)
     return 0
 
@@ -833,51 +842,117 @@ def _add_plugin_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps each line of a description or epilog to the terminal on its own, and keeps
+    indented lines (example commands) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(
+            indent + line
+            if line.startswith(" ") or not line
+            else textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
+            for line in text.splitlines()
+        )
+
+
+def add_command(sub: Any, name: str, help: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` starts with a one-line description and ends with
+    ``example:`` and the example command(s), one per line."""
+    lines = "\n".join(f"  {line}" for line in example.splitlines())
+    return sub.add_parser(
+        name,
+        help=help,
+        description=help[0].upper() + help[1:] + ".",
+        epilog=f"example:\n{lines}",
+        formatter_class=HelpFormatter,
+    )
+
+
+def add_storage_option(p: argparse.ArgumentParser, extra: str = "") -> None:
+    """``--storage URL``, the same in every command."""
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help=f"SQLAlchemy URL of the results store (default {DEFAULT_URL}){extra}",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="platform", description="AutoML and active learning: search, watch, export."
+        prog="platform",
+        description="AutoML and active learning: search, watch, export.",
+        epilog="`platform COMMAND --help` describes a command and gives an example.",
     )
     parser.add_argument("--version", action="version", version=f"autoplat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    storage_help = f"SQLAlchemy URL of the results store (default {DEFAULT_URL})"
+    db = "--storage sqlite:///runs/quickstart.db"
 
-    p = sub.add_parser("search", help="run an architecture/hyperparameter search")
+    p = add_command(
+        sub,
+        "search",
+        "run an architecture/hyperparameter search",
+        "platform search examples/quickstart.toml --tui\n"
+        "platform search examples/quickstart.toml --resume",
+    )
     p.add_argument("config", help="path to a config TOML file")
-    p.add_argument("--storage", help=storage_help + "; overrides [study].storage")
-    p.add_argument("--address", help="join the Ray cluster at this address (or RAY_ADDRESS)")
+    add_storage_option(p, "; overrides [study].storage")
+    p.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="join the Ray cluster at this address (or RAY_ADDRESS)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
     p.add_argument("--tui", action="store_true", help="watch the search live in the TUI")
     _add_plugin_option(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("al", help="run active-learning experiments (acquisitions x seeds)")
+    p = add_command(
+        sub,
+        "al",
+        "run active-learning experiments (acquisitions x seeds)",
+        "platform al examples/al_digits.toml --storage sqlite:///runs/al.db --tui",
+    )
     p.add_argument("config", help="path to an active-learning config TOML file")
-    p.add_argument("--storage", help=storage_help + "; overrides [study].storage")
-    p.add_argument("--address", help="join the Ray cluster at this address (or RAY_ADDRESS)")
+    add_storage_option(p, "; overrides [study].storage")
+    p.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="join the Ray cluster at this address (or RAY_ADDRESS)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
     p.add_argument("--tui", action="store_true", help="watch the experiments live in the TUI")
     _add_plugin_option(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     p.set_defaults(func=cmd_al)
 
-    p = sub.add_parser("curate", help="score and filter record files with data-quality scorers")
+    p = add_command(
+        sub,
+        "curate",
+        "score and filter record files with data-quality scorers",
+        "platform curate examples/curate_alt_texts.toml --storage sqlite:///runs/c.db",
+    )
     p.add_argument("config", help="path to a curation config TOML file")
-    p.add_argument("--storage", help=storage_help + "; overrides [study].storage")
+    add_storage_option(p, "; overrides [study].storage")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     _add_plugin_option(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     p.set_defaults(func=cmd_curate)
 
-    p = sub.add_parser("runs", help="list studies in the store")
-    p.add_argument("--storage", help=storage_help)
+    p = add_command(sub, "runs", "list studies in the store", f"platform runs {db}")
+    add_storage_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("show", help="print a study's leaderboard and best params")
+    p = add_command(
+        sub,
+        "show",
+        "print a study's leaderboard and best params",
+        f"platform show quickstart {db} --top 5\nplatform show quickstart {db} --csv",
+    )
     p.add_argument("study", help="study name")
-    p.add_argument("--storage", help=storage_help)
-    p.add_argument("--top", type=int, default=None, help="show only the best N trials")
+    add_storage_option(p)
+    p.add_argument("--top", type=int, default=None, metavar="N", help="show only the best N trials")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument(
         "--csv", action="store_true", help="print the trials table (an AL study: its rounds) as CSV"
@@ -889,55 +964,78 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "experts",
-        help="MoDE: each data expert's model and their weighted ensemble, zero-shot on test",
+        "MoDE: each data expert's model and their weighted ensemble, zero-shot on test",
+        "platform experts mode-experts --curation mode-captions \\\n    --classes circle,square",
     )
     p.add_argument("study", help="a search study over [space] dataset.expert")
     p.add_argument(
-        "--curation", required=True, help="the curate study whose mode scorer made the experts"
+        "--curation",
+        required=True,
+        metavar="STUDY",
+        help="the curate study whose mode scorer made the experts",
     )
-    p.add_argument("--storage", help=storage_help)
-    p.add_argument("--classes", help="the task: comma-separated class names (default: every class)")
+    add_storage_option(p)
+    p.add_argument(
+        "--classes",
+        metavar="A,B,...",
+        help="the task: comma-separated class names (default: every class)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_experts)
 
-    p = sub.add_parser("export", help="export a trial's model to ONNX, checked against torch")
+    p = add_command(
+        sub,
+        "export",
+        "export a trial's model to ONNX, checked against torch",
+        f"platform export quickstart {db} \\\n    --trial 3 --out digits.onnx",
+    )
     p.add_argument("study", help="study name")
-    p.add_argument("--trial", type=int, help="trial number (default: the best trial)")
+    p.add_argument("--trial", type=int, metavar="N", help="trial number (default: the best trial)")
     p.add_argument(
         "--out",
+        metavar="FILE",
         help="output file (default: STUDY-trialN.onnx) in an existing folder; a model of "
-        "several parts (towers) writes OUT.<part>.onnx for each, e.g. model.image.onnx and "
+        "several parts (towers) writes FILE.<part>.onnx for each, e.g. model.image.onnx and "
         "model.text.onnx. Files are written only when every part passed its parity check "
         "(to a temporary name, then renamed): a failed export leaves no file. Never "
         "overwrites an existing file without --force, nor ever the store's own files or "
         "the checkpoints it records",
     )
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    p.add_argument("--storage", help=storage_help)
+    add_storage_option(p)
     p.add_argument(
         "--tolerance",
         type=float,
         default=1e-4,
+        metavar="X",
         help="largest |onnxruntime - torch| allowed on the test inputs (default 1e-4)",
     )
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset (default 17)")
     _add_plugin_option(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser(
-        "predict", help="run an exported model on images, videos, audio, text, .npy or tables"
+    p = add_command(
+        sub,
+        "predict",
+        "run an exported model on images, videos, audio, text, .npy or tables",
+        "platform predict digits.onnx seven.png more.npy --json\n"
+        'platform predict clip.image.onnx a.png --texts "a red circle" "a blue square"',
     )
     p.add_argument("model", help="an .onnx file written by `platform export`")
     p.add_argument(
         "inputs",
         nargs="+",
+        metavar="INPUT",
         help="image files, frame folders, audio files, texts (or .txt files of lines) for a "
         "text part, .npy/.npz arrays, CSV/Parquet of features",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="examples per run (default 64)")
+    p.add_argument(
+        "--batch-size", type=int, default=64, metavar="N", help="examples per run (default 64)"
+    )
     p.add_argument(
         "--invert", action="store_true", help="invert images (dark ink on light background)"
     )
@@ -948,22 +1046,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="rank these texts for each input (zero-shot) with the text part exported beside "
         "an image or video part; give it after the inputs",
     )
-    p.add_argument("--out", help="save the outputs (logits, embeddings, ...) as a .npy file")
+    p.add_argument(
+        "--out", metavar="FILE", help="save the outputs (logits, embeddings, ...) as a .npy file"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
 
     from autoplat.cli_results import add_commands
 
-    add_commands(sub, storage_help)
+    add_commands(sub)
 
-    p = sub.add_parser("plugins", help="list plugins, what they register, and load errors")
+    p = add_command(
+        sub,
+        "plugins",
+        "list plugins, what they register, and load errors",
+        "platform plugins --plugin ./my_scorer.py\nplatform plugins new autoplat-mynet --dir ~/src",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_plugin_option(p)
     p.set_defaults(func=cmd_plugins)
-    plugin_sub = p.add_subparsers(dest="plugins_command", metavar="ACTION")
-    p = plugin_sub.add_parser("new", help="scaffold a plugin package from the template")
+    plugin_sub = p.add_subparsers(
+        dest="plugins_command", title="actions (optional)", metavar="[new]"
+    )
+    p = add_command(
+        plugin_sub,
+        "new",
+        "scaffold a plugin package from the template",
+        "platform plugins new autoplat-mynet --dir ~/src",
+    )
     p.add_argument("name", help="package name, e.g. autoplat-mynet")
-    p.add_argument("--dir", default=".", help="parent folder of the new package (default: .)")
+    p.add_argument(
+        "--dir", default=".", metavar="DIR", help="parent folder of the new package (default: .)"
+    )
     p.set_defaults(func=cmd_plugins_new)
     return parser
 

@@ -132,29 +132,47 @@ def cmd_export_optuna(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: Any, storage_help: str) -> None:
+def add_commands(sub: Any) -> None:
     """The `delete`, `copy` and `export-optuna` subcommands."""
-    p = sub.add_parser("delete", help="delete a study's rows (and its own checkpoint files)")
+    from autoplat.cli import add_command, add_storage_option
+
+    db = "--storage sqlite:///runs/quickstart.db"
+    p = add_command(
+        sub,
+        "delete",
+        "delete a study's rows (and its own checkpoint files)",
+        f"platform delete old-search {db} --yes",
+    )
     p.add_argument("study", help="study name")
-    p.add_argument("--storage", help=storage_help)
+    add_storage_option(p)
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true", help="print what was deleted as JSON")
     p.set_defaults(func=cmd_delete)
 
-    p = sub.add_parser("copy", help="copy a study to another store (SQLite or PostgreSQL)")
+    p = add_command(
+        sub,
+        "copy",
+        "copy a study to another store (SQLite or PostgreSQL)",
+        f"platform copy quickstart {db} \\\n    --to postgresql+psycopg://me@dbhost/runs",
+    )
     p.add_argument("study", help="study name")
-    p.add_argument("--to", required=True, help="SQLAlchemy URL of the target store")
-    p.add_argument("--name", help="the copy's name (default: the same)")
-    p.add_argument("--storage", help=storage_help)
+    p.add_argument("--to", required=True, metavar="URL", help="SQLAlchemy URL of the target store")
+    p.add_argument("--name", metavar="NAME", help="the copy's name (default: the same)")
+    add_storage_option(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_copy)
 
-    p = sub.add_parser(
-        "export-optuna", help="write a study to an Optuna storage (optuna-dashboard, plots)"
+    p = add_command(
+        sub,
+        "export-optuna",
+        "write a study to an Optuna storage (optuna-dashboard, plots)",
+        f"platform export-optuna quickstart {db} \\\n    --to sqlite:///optuna.db",
     )
     p.add_argument("study", help="study name")
-    p.add_argument("--to", required=True, help="Optuna storage URL, e.g. sqlite:///optuna.db")
-    p.add_argument("--name", help="the Optuna study's name (default: the same)")
-    p.add_argument("--storage", help=storage_help)
+    p.add_argument(
+        "--to", required=True, metavar="URL", help="Optuna storage URL, e.g. sqlite:///optuna.db"
+    )
+    p.add_argument("--name", metavar="NAME", help="the Optuna study's name (default: the same)")
+    add_storage_option(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_export_optuna)

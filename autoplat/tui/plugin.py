@@ -24,11 +24,15 @@ def _run(args: argparse.Namespace) -> int:
 @hookimpl
 def register_commands(cli) -> None:
     """Add `platform tui [--storage URL] [--study NAME] [--interval SECONDS]`."""
+    from autoplat.cli import HelpFormatter  # keeps the example's lines
+
     p = cli.add_parser(
         "tui",
         help="watch studies live in the terminal (read-only)",
         description="Watch the studies of a results store live: trials, metrics, best params. "
         "Keys: Enter opens, / filters, s sorts, ? help, d light/dark, q quits.",
+        epilog="example:\n  platform tui --storage sqlite:///runs/quickstart.db --study quickstart",
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--storage",

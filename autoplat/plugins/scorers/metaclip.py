@@ -573,14 +573,18 @@ def register_scorers(register) -> None:
 @hookimpl
 def register_commands(cli) -> None:
     """Add `platform metaclip-metadata --out FILE [--max-entries N] [--wordnet-dir DIR]`."""
+    from autoplat.cli import HelpFormatter  # keeps the example's lines
+
     p = cli.add_parser(
         "metaclip-metadata",
         help="build MetaCLIP metadata entries (WordNet + wordfreq) as a JSON list",
         description=build_metadata.__doc__.split("\n\n")[0]
         + " From WordNet lemmas, wordfreq unigrams, PMI bigrams of WordNet's glosses and "
         "capitalized forms; use the file as the metaclip scorer's 'metadata'.",
+        epilog="example:\n  platform metaclip-metadata --out metadata.json --max-entries 50000",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--out", required=True, help="the JSON file to write")
+    p.add_argument("--out", required=True, metavar="FILE", help="the JSON file to write")
     p.add_argument(
         "--max-entries",
         type=_positive,
