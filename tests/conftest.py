@@ -11,6 +11,51 @@ import pytest
 
 os.environ["AUTOPLAT_BUILTIN_ONLY"] = "1"  # never autoload installed third-party plugins
 
+# Skips CI may see: tests that need a capability of the machine (mounting a small or a
+# read-only filesystem, restarting a server as root), not a package or data the project
+# installs. Any other skip under CI=true fails the run: a missing peer library, WordNet,
+# table or PostgreSQL server must not quietly turn a cross-check off.
+EXPECTED_SKIP_REASONS = (
+    "cannot mount",
+    "needs root",
+    "root needs unshare",
+    "disk full needs root",
+    "a small disk needs a tmpfs mount",
+    "restarting the server needs root",
+)
+
+
+def unexpected_skips(reports: list) -> list[str]:
+    """``node id: reason`` of each skipped test whose reason is not an expected one."""
+    found = []
+    for report in reports:
+        if getattr(report, "wasxfail", None) is not None:
+            continue
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report)
+        reason = reason.removeprefix("Skipped: ")
+        if not any(reason.startswith(expected) for expected in EXPECTED_SKIP_REASONS):
+            found.append(f"{report.nodeid}: {reason}")
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI=true an unexpected skip fails the run (see EXPECTED_SKIP_REASONS)."""
+    if os.environ.get("CI") != "true":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = unexpected_skips(reporter.stats.get("skipped", []) if reporter else [])
+    if skipped:
+        reporter.ensure_newline()
+        reporter.write_line(
+            f"CI: {len(skipped)} unexpected skips (install what they need, or add the "
+            "reason to EXPECTED_SKIP_REASONS in tests/conftest.py if it is the machine's):",
+            red=True,
+        )
+        for line in skipped:
+            reporter.write_line(f"  {line}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 TINY = """
 [study]
 name = "{name}"

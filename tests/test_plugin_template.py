@@ -140,3 +140,20 @@ def test_scaffolded_package_passes_its_own_tests(tmp_path):
     )
     assert tests.returncode == 0, tests.stdout[-3000:]
     assert " passed" in tests.stdout
+
+
+def test_the_example_is_the_template_platform_copies():
+    """examples/plugin-template (installed and tested by `make test`) is the very package
+    `platform plugins new` copies (autoplat/templates/plugin), file for file."""
+    from autoplat.core.scaffold import TEMPLATE
+
+    example = Path(__file__).parents[1] / "examples" / "plugin-template"
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts and ".egg-info" not in str(p)
+        }
+
+    assert files(TEMPLATE) and files(example) == files(TEMPLATE)
