@@ -166,7 +166,8 @@ def test_schedulers_run_and_can_prune(write_config, tmp_path, ray_address, sched
 
 def test_ctrl_c_then_resume_keeps_finished_trials(write_config, tmp_path, ray_address):
     url = f"sqlite:///{tmp_path}/int.db"
-    path = write_config(name="int", trials=4, epochs=6)
+    # one trial at a time, long enough that Ctrl-C lands while the next one runs
+    path = write_config(name="int", trials=4, epochs=20, extra="max_concurrent = 1\n")
     args = [
         *PLATFORM,
         "search",
@@ -184,7 +185,7 @@ def test_ctrl_c_then_resume_keeps_finished_trials(write_config, tmp_path, ray_ad
         trials = store.trials(study.id) if study else []
         if any(t.state == TrialState.COMPLETE for t in trials):
             break
-        time.sleep(0.5)
+        time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
