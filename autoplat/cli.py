@@ -619,7 +619,7 @@ def cmd_plugins_new(args: argparse.Namespace) -> int:
 
 
 def cmd_experts(args: argparse.Namespace) -> int:
-    from autoplat.core.experts import evaluate_experts
+    from autoplat.plugins.scorers.embedding.experts import evaluate_experts
 
     task = [c.strip() for c in args.classes.split(",")] if args.classes else None
     store = Store(_storage(args), create=False)
