@@ -199,6 +199,12 @@ def _drive(
     return sigterm, None
 
 
+def _interrupted(kept: str, command: str, args: argparse.Namespace, sigterm: list[int]) -> int:
+    """A stopped study: what is kept, the resume command; exit 130 (Ctrl-C) or 143."""
+    err.print(f"interrupted: finished {kept}. Continue with: " + _resume_command(command, args))
+    return SIGTERM_EXIT if sigterm else SIGINT_EXIT
+
+
 def _stopped_before_start(sigterm: list[int]) -> int:
     """Stopped while Ray started, before the study was stored."""
     err.print("interrupted before the study started: nothing was stored")
@@ -290,11 +296,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         _print_study(store, study, top=10)
         out.print(_stored_line(store, study))
     if study.state == StudyState.INTERRUPTED or sigterm:
-        err.print(
-            "interrupted: finished trials are stored. Continue with: "
-            + _resume_command("search", args)
-        )
-        return SIGTERM_EXIT if sigterm else SIGINT_EXIT
+        return _interrupted("trials are stored", "search", args, sigterm)
     trials = store.trials(study.id)
     errors = [t.error or "" for t in trials if t.state == TrialState.FAIL]
     if errors and not any(t.state == TrialState.COMPLETE for t in trials):
@@ -373,10 +375,7 @@ def cmd_al(args: argparse.Namespace) -> int:
         _print_al_study(store, study, curves)
         out.print(_stored_line(store, study))
     if study.state == StudyState.INTERRUPTED or sigterm:
-        err.print(
-            "interrupted: finished rounds are stored. Continue with: " + _resume_command("al", args)
-        )
-        return SIGTERM_EXIT if sigterm else SIGINT_EXIT
+        return _interrupted("rounds are stored", "al", args, sigterm)
     if failures:
         err.print(
             f"{len(failures)} experiments failed (above); fix the cause and continue with: "
@@ -407,11 +406,7 @@ def cmd_curate(args: argparse.Namespace) -> int:
             run_curation(resolved, store, resume=args.resume, progress=on_progress)
     except KeyboardInterrupt:
         progress.stop()
-        err.print(
-            "interrupted: finished chunks are kept. Continue with: "
-            + _resume_command("curate", args)
-        )
-        return SIGTERM_EXIT if sigterm else SIGINT_EXIT
+        return _interrupted("chunks are kept", "curate", args, sigterm)
     finally:
         progress.stop()
     study = store.get_study(resolved.config.study.name)
