@@ -35,9 +35,19 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from autoplat.core.active_learning import Acquisition
-from autoplat.core.curation import Chunk, CurationContext, Scorer, bare_context, run_scorer
-from autoplat.core.interfaces import Architecture, Dataset, DataSpec, Options, Splits, Strategy
+from autoplat.core.curation import bare_context, run_scorer
+from autoplat.core.interfaces import (
+    Acquisition,
+    Architecture,
+    Chunk,
+    CurationContext,
+    Dataset,
+    DataSpec,
+    Options,
+    Scorer,
+    Splits,
+    Strategy,
+)
 from autoplat.core.registry import PluginInfo, Registry, get_registry
 from autoplat.core.space import Categorical, FloatRange, IntRange, SearchSpace
 

@@ -126,7 +126,8 @@ def components_from_edges(n: int, rows: np.ndarray, cols: np.ndarray) -> np.ndar
 
 def ours(x: np.ndarray, s: Setting, index: str) -> np.ndarray:
     """The dedup scorer's whole lifecycle over chunks: the component of every row."""
-    from autoplat.core.curation import Chunk, bare_context, run_scorer
+    from autoplat.core.curation import bare_context, run_scorer
+    from autoplat.core.interfaces import Chunk
     from autoplat.plugins.scorers.embedding import Dedup
 
     chunks = [

@@ -149,7 +149,7 @@ def test_dict_configs_of_every_workflow_name_the_key(tmp_path):
 SCORER = '''
 import numpy as np
 from autoplat import hookimpl
-from autoplat.core.curation import Scorer
+from autoplat.core.interfaces import Scorer
 
 class Short(Scorer):
     """Keeps texts of at most 3 words."""

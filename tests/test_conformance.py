@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from autoplat import hookimpl
-from autoplat.core.active_learning import Acquisition
-from autoplat.core.curation import Chunk, Scorer
+from autoplat.core.interfaces import Acquisition, Chunk, Scorer
 from autoplat.core.registry import Registry, get_registry
 from autoplat.core.space import SearchSpace
 from autoplat.plugins.architectures.vit import ViT

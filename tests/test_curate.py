@@ -13,9 +13,9 @@ import pytest
 
 from autoplat import hookimpl
 from autoplat.cli import main
-from autoplat.core.curation import Chunk, Scorer, load_curate_config, run_curation, run_scorer
+from autoplat.core.curation import load_curate_config, run_curation, run_scorer
 from autoplat.core.errors import ConfigError, DataError
-from autoplat.core.interfaces import Options
+from autoplat.core.interfaces import Chunk, Options, Scorer
 from autoplat.core.records import RecordFile
 from autoplat.core.registry import get_registry
 from autoplat.core.store import Store

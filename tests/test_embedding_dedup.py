@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from autoplat.core.curation import Chunk, bare_context, run_scorer
+from autoplat.core.curation import bare_context, run_scorer
 from autoplat.core.errors import ConfigError, DataError
+from autoplat.core.interfaces import Chunk
 from autoplat.plugins.embedders import Hashing
 from autoplat.plugins.scorers.embedding import Dedup
 from autoplat.testing import ScorerContract, embedded_chunks, embedding_context, write_texts

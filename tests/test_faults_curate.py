@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from autoplat import hookimpl
-from autoplat.core.curation import Scorer, state_value
+from autoplat.core.curation import state_value
+from autoplat.core.interfaces import Scorer
 
 
 class Gate(Scorer):

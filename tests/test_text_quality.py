@@ -14,8 +14,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from autoplat.core.curation import Chunk, bare_context, load_curate_config, run_scorer
+from autoplat.core.curation import bare_context, load_curate_config, run_scorer
 from autoplat.core.errors import ConfigError
+from autoplat.core.interfaces import Chunk
 from autoplat.core.registry import get_registry
 from autoplat.plugins.scorers.language_models import (
     WORDNET_DIR,

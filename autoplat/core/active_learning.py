@@ -17,46 +17,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from autoplat.core.errors import DataError
-from autoplat.core.interfaces import Splits
+from autoplat.core.interfaces import Acquisition, Splits
 
 OUTPUTS = ("probs", "mc_probs", "embeddings", "labeled_embeddings", "committee_probs")
 """The model outputs the loop can compute, once per round, for the acquisitions' ``needs``."""
 
 EVAL_BATCH_SIZE = 2048
-
-
-class Acquisition(ABC):
-    """Chooses which pool examples to label next from model outputs on the pool.
-
-    The loop computes each output named in ``needs`` once per round. Shapes, for a pool
-    of N unlabeled examples, L labeled ones and C classes:
-
-    - ``"probs"``: (N, C) class probabilities (model in eval mode).
-    - ``"mc_probs"``: (S, N, C) probabilities from S MC-dropout passes.
-    - ``"embeddings"``: (N, D) penultimate-layer features (the input of the last linear
-      layer); with ``"probs"`` this is all BADGE's gradient embeddings need.
-    - ``"labeled_embeddings"``: (L, D) the same features of the labeled set.
-    - ``"committee_probs"``: (M, N, C) probabilities of M independently trained models.
-    """
-
-    name: ClassVar[str]
-    needs: ClassVar[tuple[str, ...]]
-
-    @abstractmethod
-    def select(
-        self, outputs: dict[str, torch.Tensor], k: int, rng: torch.Generator
-    ) -> torch.Tensor:
-        """Return up to ``k`` unique pool indices (int64, 1-D), best first.
-
-        Fewer than ``k`` only when the pool is smaller. Deterministic for a given
-        ``rng`` state; ties are broken with ``rng``, never by index order.
-        """
 
 
 def round_seed(seed: int, round_: int, salt: int = 0) -> int:

@@ -15,151 +15,21 @@ import contextlib
 import hashlib
 import json
 import zipfile
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from autoplat.core.config import PluginsSection
 from autoplat.core.errors import ConfigError, DataError, PluginError
-from autoplat.core.interfaces import Options
+from autoplat.core.interfaces import Chunk, CurationContext, Embedder, Options, Scorer
 
 if TYPE_CHECKING:
     from autoplat.core.registry import Registry
     from autoplat.core.store import Store
-
-
-@dataclass
-class Chunk:
-    """A slice of the corpus, in file order.
-
-    ``ids`` are the records' global row numbers (0-based over the whole input), so a
-    result that depends on a record (a sampling draw, a cluster) must key on them, not
-    on the position in the chunk. ``text`` and ``images`` are filled when the input has
-    them; ``embeddings`` (float32, L2-normalized rows) when an embedder is configured
-    and a scorer needs them.
-    """
-
-    ids: np.ndarray
-    text: list[str] | None = None
-    images: list[str] | None = None
-    embeddings: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-@dataclass
-class CurationContext:
-    """What a scorer may use besides its chunks.
-
-    ``embed(items)`` embeds texts (or image paths) with the configured embedder and
-    raises ``ConfigError`` when none is configured; ``read_texts(path, column)`` yields
-    lists of strings from another record file (an evaluation set, seed queries), in
-    chunks, with the same error reporting as the input; ``work_dir`` is a private
-    folder for the scorer's large intermediate files.
-    """
-
-    embed: Callable[[list[str]], np.ndarray]
-    read_texts: Callable[[str | Path, str], Iterator[list[str]]]
-    work_dir: Path
-    seed: int
-
-
-class Scorer(ABC):
-    """Maps records to score columns and, when it filters, a ``keep`` mask.
-
-    Lifecycle: ``__init__(options, seed)``, ``setup(context)``; when ``two_pass``:
-    ``fit(chunk)`` for every chunk, then ``finish_fit()``; then ``score(chunk)`` for
-    every chunk, in order. ``summary()`` is stored with the run. After ``finish_fit``
-    the runner saves ``state()`` (as JSON and .npz, never pickle) so an interrupted run
-    resumes at the scoring pass with ``load_state``, which must check what it reads
-    (``state_array``, ``state_value``): the file may have been edited. Memory must not
-    grow with the corpus beyond what the algorithm needs (a count per metadata entry, one
-    float per record, an index).
-    """
-
-    name: ClassVar[str]
-    needs: ClassVar[tuple[str, ...]] = ("text",)  # of "text", "image", "embedding"
-    two_pass: ClassVar[bool] = False
-    Options: ClassVar[type[Options]] = Options
-
-    def __init__(self, options: Options, seed: int = 0) -> None:
-        self.options = options
-        self.seed = seed
-
-    def setup(self, context: CurationContext) -> None:  # noqa: B027 - optional hook
-        """Load resources (metadata, a language model); raise ``AutoplatError`` if missing."""
-
-    def fit(self, chunk: Chunk) -> None:  # noqa: B027 - optional hook
-        """First pass: see one chunk (only called when ``two_pass``)."""
-
-    def finish_fit(self) -> None:  # noqa: B027 - optional hook
-        """After the first pass: derive thresholds, components, clusters."""
-
-    @abstractmethod
-    def score(self, chunk: Chunk) -> dict[str, np.ndarray]:
-        """Columns of one value per record of ``chunk``; ``keep`` (bool) when filtering."""
-
-    def state(self) -> Any:
-        """What ``finish_fit`` derived: dicts (str keys), lists, numbers, strings, None and
-        numpy arrays (not of objects); restored with ``load_state``."""
-        return None
-
-    def load_state(self, state: Any) -> None:  # noqa: B027 - optional hook
-        """Restore what ``state`` returned (tuples come back as lists); raise ``ValueError``,
-        ``KeyError`` or ``TypeError`` when it does not hold what ``state`` returns."""
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-able numbers describing the run (thresholds, counts, clusters), from what
-        ``setup`` and ``finish_fit`` derived (scoring may have resumed half-way)."""
-        return {}
-
-
-class Embedder(ABC):
-    """Turns texts (or image paths) into L2-normalized float32 vectors."""
-
-    name: ClassVar[str]
-    modality: ClassVar[str] = "text"  # or "image"
-    Options: ClassVar[type[Options]] = Options
-
-    def __init__(self, options: Options, seed: int = 0) -> None:
-        self.options = options
-        self.seed = seed
-
-    @property
-    @abstractmethod
-    def dim(self) -> int:
-        """Length of each vector."""
-
-    @abstractmethod
-    def embed(self, items: list[str]) -> np.ndarray:
-        """An ``(len(items), dim)`` float32 array with unit-norm rows."""
-
-
-class LanguageModel(ABC):
-    """A reference language model: the log-likelihood of lines of text (text quality)."""
-
-    name: ClassVar[str]
-    Options: ClassVar[type[Options]] = Options
-
-    def __init__(self, options: Options, seed: int = 0) -> None:
-        self.options = options
-        self.seed = seed
-
-    def setup(self) -> None:  # noqa: B027 - optional hook
-        """Load or train the model; raise ``AutoplatError`` when it cannot."""
-
-    @abstractmethod
-    def log_likelihood(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Per line: the total natural-log likelihood and the number of tokens scored.
-
-        Perplexity over a set of lines is ``exp(-sum(ll) / sum(tokens))``.
-        """
 
 
 def record_uniform(seed: int, ids: np.ndarray) -> np.ndarray:

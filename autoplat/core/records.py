@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from autoplat.core.curation import Chunk
 from autoplat.core.errors import DataError
+from autoplat.core.interfaces import Chunk
 
 FORMATS = ("parquet", "jsonl", "csv", "images")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

@@ -22,10 +22,9 @@ import numpy as np
 from pydantic import Field
 
 from autoplat import hookimpl
-from autoplat.core.curation import Embedder
 from autoplat.core.errors import PluginError
 from autoplat.core.hookspecs import Register
-from autoplat.core.interfaces import Options
+from autoplat.core.interfaces import Embedder, Options
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:

@@ -38,9 +38,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from autoplat.core.curation import LanguageModel
 from autoplat.core.errors import ConfigError, DataError
-from autoplat.core.interfaces import Options
+from autoplat.core.interfaces import LanguageModel, Options
 
 log = logging.getLogger(__name__)
 

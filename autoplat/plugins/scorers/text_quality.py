@@ -92,11 +92,11 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, ValidationError, field_validator
 
-from autoplat.core.curation import Chunk, CurationContext, Scorer, state_value
 from autoplat.core.curation import record_uniform as _record_uniform
+from autoplat.core.curation import state_value
 from autoplat.core.errors import AutoplatError, ConfigError
 from autoplat.core.hookspecs import hookimpl
-from autoplat.core.interfaces import Options
+from autoplat.core.interfaces import Chunk, CurationContext, Options, Scorer
 from autoplat.plugins.scorers.language_models import (
     TOKEN_RE,
     WORDNET_DIR,

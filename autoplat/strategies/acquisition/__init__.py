@@ -8,8 +8,8 @@
 - ``committee``: qbc_vote_entropy, qbc_kl (from ``committee_probs``).
 """
 
-from autoplat.core.active_learning import Acquisition
 from autoplat.core.hookspecs import Register, hookimpl
+from autoplat.core.interfaces import Acquisition
 from autoplat.strategies.acquisition.base import PermutedAcquisition, ScoredAcquisition
 from autoplat.strategies.acquisition.bayesian import BALD, BatchBALD, MeanStd, VariationRatios
 from autoplat.strategies.acquisition.committee import KLDisagreement, VoteEntropy

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import torch
 
-from autoplat.core.active_learning import Acquisition
+from autoplat.core.interfaces import Acquisition
 
 POOL_DIM = {"probs": 0, "mc_probs": 1, "embeddings": 0, "committee_probs": 1}
 """The pool dimension of each output that has one (``labeled_embeddings`` has none)."""

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from autoplat.core.active_learning import Acquisition
+from autoplat.core.interfaces import Acquisition
 from autoplat.strategies.acquisition.base import (
     CHUNK,
     NearestCenters,

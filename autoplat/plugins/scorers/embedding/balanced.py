@@ -23,8 +23,8 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from autoplat.core.curation import Chunk, record_uniform, state_array, state_value
-from autoplat.core.interfaces import Options
+from autoplat.core.curation import record_uniform, state_array, state_value
+from autoplat.core.interfaces import Chunk, Options
 from autoplat.plugins.scorers.embedding.common import (
     EmbeddingScorer,
     IdLookup,

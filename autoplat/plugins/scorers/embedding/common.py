@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from autoplat.core.curation import Chunk, CurationContext, Scorer
 from autoplat.core.errors import ConfigError, DataError
-from autoplat.core.interfaces import Options
+from autoplat.core.interfaces import Chunk, CurationContext, Options, Scorer
 
 BATCH = 8192  # query rows per search / assignment batch: bounds the (batch, k) buffers
 

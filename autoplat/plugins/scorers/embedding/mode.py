@@ -37,9 +37,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from autoplat.core.curation import Chunk, state_array
+from autoplat.core.curation import state_array
 from autoplat.core.errors import ConfigError
-from autoplat.core.interfaces import Options
+from autoplat.core.interfaces import Chunk, Options
 from autoplat.plugins.scorers.embedding.common import (
     EmbeddingScorer,
     IdLookup,

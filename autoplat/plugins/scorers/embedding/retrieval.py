@@ -21,8 +21,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from autoplat.core.curation import Chunk, CurationContext, state_array, state_value
-from autoplat.core.interfaces import Options
+from autoplat.core.curation import state_array, state_value
+from autoplat.core.interfaces import Chunk, CurationContext, Options
 from autoplat.plugins.scorers.embedding.common import (
     EmbeddingScorer,
     IdLookup,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from autoplat.core.active_learning import Acquisition
+from autoplat.core.interfaces import Acquisition
 
 
 class Margin(Acquisition):

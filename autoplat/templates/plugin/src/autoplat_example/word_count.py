@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from autoplat.core.curation import Chunk, Scorer
-from autoplat.core.interfaces import Options
+from autoplat.core.interfaces import Chunk, Options, Scorer
 
 
 class WordCount(Scorer):
