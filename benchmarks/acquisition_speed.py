@@ -117,7 +117,9 @@ def agreement(ours: list[int], theirs: list[int]) -> str:
 
 def ours(name: str, outputs: dict[str, torch.Tensor], k: int, **options: Any) -> list[int]:
     """``k`` picks of autoplat's acquisition ``name``, seed 0."""
-    from autoplat.strategies.acquisition import BADGE, BatchBALD, CoreSet
+    from autoplat.strategies.acquisition.bayesian import BatchBALD
+    from autoplat.strategies.acquisition.diversity import CoreSet
+    from autoplat.strategies.acquisition.hybrid import BADGE
 
     acquisition = {"coreset": CoreSet, "badge": BADGE, "batchbald": BatchBALD}[name](**options)
     return acquisition.select(outputs, k, torch.Generator().manual_seed(0)).tolist()

@@ -28,7 +28,7 @@ def blobs(n: int, dim: int = 256, seed: int = 0) -> torch.Tensor:
 
 
 def typiclust(pool: int, labeled: int, k: int) -> None:
-    from autoplat.strategies.acquisition import TypiClust
+    from autoplat.strategies.acquisition.diversity import TypiClust
 
     x = blobs(pool + labeled)
     outputs = {"embeddings": x[:pool], "labeled_embeddings": x[pool:]}

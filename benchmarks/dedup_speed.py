@@ -128,7 +128,7 @@ def ours(x: np.ndarray, s: Setting, index: str) -> np.ndarray:
     """The dedup scorer's whole lifecycle over chunks: the component of every row."""
     from autoplat.core.curation import bare_context, run_scorer
     from autoplat.core.interfaces import Chunk
-    from autoplat.plugins.scorers.embedding import Dedup
+    from autoplat.plugins.scorers.embedding.dedup import Dedup
 
     chunks = [
         Chunk(ids=np.arange(i, min(i + s.chunk, s.n)), embeddings=x[i : i + s.chunk])

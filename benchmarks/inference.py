@@ -104,8 +104,9 @@ def measure(case: Case, threads: int, rounds: int, calls_1: int, calls_64: int) 
     import numpy as np
     import torch
 
-    from autoplat.core.export import OPSET, open_session, to_onnx
+    from autoplat.core.export import OPSET, to_onnx
     from autoplat.core.interfaces import DataSpec, Splits
+    from autoplat.core.predict import open_session
     from autoplat.core.registry import get_registry
 
     torch.manual_seed(0)

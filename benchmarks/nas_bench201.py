@@ -38,7 +38,7 @@ import torch  # noqa: E402
 
 from autoplat.core.interfaces import Strategy  # noqa: E402
 from autoplat.core.space import SearchSpace  # noqa: E402
-from autoplat.plugins.benchmarks.nb201 import DATASETS, NB201Table  # noqa: E402
+from autoplat.plugins.nb201.benchmark import DATASETS, NB201Table  # noqa: E402
 from autoplat.strategies.search.bananas import Bananas  # noqa: E402
 from autoplat.strategies.search.bohb import TPERandom  # noqa: E402
 from autoplat.strategies.search.evolution import RegularizedEvolution  # noqa: E402

@@ -362,7 +362,7 @@ class Bench:
     def _tune(self, variant: Variant, trials: int, name: str, noop) -> float:
         from ray import tune
 
-        from autoplat.core.study import RAY_ENV_DEFAULTS
+        from autoplat.core.runner import RAY_ENV_DEFAULTS
 
         space = self.config(name, trials, variant.reports, None).space.to_tune()
         options: dict[str, Any] = {"max_concurrent_trials": concurrency(variant)}
@@ -607,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
     import ray
 
-    from autoplat.core.study import ensure_ray
+    from autoplat.core.runner import ensure_ray
 
     warnings.filterwarnings("ignore")
     for name in ("ray", "ray.tune", "ray.train", "ray.air"):

@@ -129,7 +129,7 @@ def ray_address() -> str:
     """Start one local Ray for the whole run; subprocesses join it with --address."""
     import ray
 
-    from autoplat.core.study import ensure_ray, shutdown_ray
+    from autoplat.core.runner import ensure_ray, shutdown_ray
 
     ensure_ray(None)
     yield ray.get_runtime_context().gcs_address

@@ -15,27 +15,18 @@ from autoplat.core.active_learning import (
 )
 from autoplat.core.interfaces import DataSpec, Splits
 from autoplat.core.registry import get_registry
-from autoplat.strategies.acquisition import (
-    BADGE,
-    BALD,
-    BatchBALD,
-    ClusterMargin,
-    CoreSet,
-    Entropy,
-    KLDisagreement,
-    LeastConfidence,
-    Margin,
-    MeanStd,
-    RankedBatch,
-    TypiClust,
-    VariationRatios,
-    VoteEntropy,
-)
+from autoplat.strategies.acquisition.bayesian import BALD, BatchBALD, MeanStd, VariationRatios
+from autoplat.strategies.acquisition.committee import KLDisagreement, VoteEntropy
+from autoplat.strategies.acquisition.diversity import CoreSet, TypiClust
 from autoplat.strategies.acquisition.hybrid import (
+    BADGE,
+    ClusterMargin,
     GradientEmbeddings,
+    RankedBatch,
     average_linkage,
     round_robin,
 )
+from autoplat.strategies.acquisition.uncertainty import Entropy, LeastConfidence, Margin
 from autoplat.testing import AcquisitionContract
 
 NAMES = [

@@ -12,21 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from autoplat.strategies.acquisition import (
-    BADGE,
-    BALD,
-    BatchBALD,
-    CoreSet,
-    Entropy,
-    KLDisagreement,
-    LeastConfidence,
-    Margin,
-    RankedBatch,
-    TypiClust,
-    VariationRatios,
-    VoteEntropy,
-)
-from autoplat.strategies.acquisition.hybrid import GradientEmbeddings
+from autoplat.strategies.acquisition.bayesian import BALD, BatchBALD, VariationRatios
+from autoplat.strategies.acquisition.committee import KLDisagreement, VoteEntropy
+from autoplat.strategies.acquisition.diversity import CoreSet, TypiClust
+from autoplat.strategies.acquisition.hybrid import BADGE, GradientEmbeddings, RankedBatch
+from autoplat.strategies.acquisition.uncertainty import Entropy, LeastConfidence, Margin
 
 
 def generator(seed: int = 0) -> torch.Generator:

@@ -138,6 +138,23 @@ def test_rerun_needs_resume_and_resume_continues_lost_rounds_exactly(finished, r
     assert len(store.trials(1)) == 5  # only the interrupted experiment ran again
 
 
+def test_a_crashing_experiment_exits_1_without_traceback(tmp_path, ray_address) -> None:
+    """A crash that is not the user's input (a ViT's loss with lr 1e9 becomes NaN) exits 1;
+    a bad label file exits 2 (the file oracle's test below)."""
+    config = write_al(tmp_path, name="crash", seeds=1, acquisitions=("random",))
+    text = config.read_text().replace('name = "mlp"\nhidden = 64', 'name = "vit"')
+    config.write_text(text.replace("lr = 0.01", "lr = 1e9").replace("epochs = 15", "epochs = 2"))
+    url = f"sqlite:///{tmp_path / 'crash.db'}"
+    result = run_platform("al", str(config), "--storage", url, "--address", ray_address)
+    assert result.returncode == 1, result.stderr
+    assert "random seed 0 fail: TrialFailed: " in result.stderr
+    assert "1 experiments failed" in result.stderr and "--resume" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    store = Store(url)
+    (trial,) = store.trials(store.get_study("crash").id)
+    assert trial.state == TrialState.FAIL and "user_error" not in trial.attrs_dict
+
+
 @pytest.mark.parametrize(
     ("extra", "acquisitions", "message"),
     [
@@ -207,6 +224,8 @@ def test_file_oracle_round_trip_with_a_bad_answer_fixed_and_resumed(tmp_path, ra
     assert process.returncode == 2, err
     assert "id 999999 was not queried" in err and "margin-seed0-round001.labels.csv:2" in err
     store = Store(url)
+    (failed,) = store.trials(store.get_study("human").id)
+    assert failed.state == TrialState.FAIL and failed.attrs_dict["user_error"] is True
     kept = store.al_rounds(store.get_study("human").id)
     assert [r.round for r in kept] == [0]
     assert kept[0].metrics_dict["queried"] == first

@@ -16,7 +16,7 @@ from autoplat.core.config import load_config
 from autoplat.core.registry import get_registry
 from autoplat.core.store import Store, TrialState
 from autoplat.core.study import run_study, trial_seed
-from autoplat.plugins.benchmarks.nb201 import NB201Table
+from autoplat.plugins.nb201.benchmark import NB201Table
 from autoplat.testing import run_platform
 from autoplat.tui.app import PlatformApp
 from autoplat.tui.study import SearchStudyScreen
@@ -224,7 +224,7 @@ def test_the_table_is_read_as_plain_data_only(tmp_path, monkeypatch):
     import pickle
 
     from autoplat.core.errors import PluginError
-    from autoplat.plugins.benchmarks import nb201
+    from autoplat.plugins.nb201 import benchmark as nb201
 
     marker = tmp_path / "ran"
     crafted = tmp_path / "crafted.pkl"

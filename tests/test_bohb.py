@@ -17,7 +17,8 @@ from autoplat.core.registry import get_registry
 from autoplat.core.space import SearchSpace
 from autoplat.core.store import Store, TrialState
 from autoplat.core.study import make_scheduler, strategy_searcher
-from autoplat.strategies.search import BOHB, TPERandom, TPESearch
+from autoplat.strategies.search.bohb import BOHB, TPERandom
+from autoplat.strategies.search.tpe import TPESearch
 from autoplat.testing import StrategyContract, registered_plugin
 
 SPACE = SearchSpace.from_dict(

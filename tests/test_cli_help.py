@@ -27,11 +27,8 @@ METAVARS = {
 
 
 def _commands() -> list[list[str]]:
-    """Every subcommand as argv, the way `platform` builds its parser (plugins' included)."""
-    parser = cli.build_parser()
-    sub = parser._subparsers._group_actions[0]  # as cli.main hands it to the plugins
-    get_registry().pm.hook.register_commands(cli=sub)
-    return [[name] for name in sub.choices] + [["plugins", "new"]]
+    """Every registered command as argv (plugins' included), as `platform` lists them."""
+    return [[name] for name in get_registry().names("commands")] + [["plugins", "new"]]
 
 
 COMMANDS = _commands()
@@ -92,4 +89,4 @@ def test_plugins_table_fits_80_columns(capsys, monkeypatch):
     broken = sorted(w for w in words if w not in text)
     assert not broken, f"names broken across lines: {broken}\n{text}"
     tui = next(line for line in lines if line.startswith("│ tui "))
-    assert "hooks: commands" in tui
+    assert "commands: tui" in tui

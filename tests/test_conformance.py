@@ -14,8 +14,11 @@ from autoplat.core.space import SearchSpace
 from autoplat.plugins.architectures.vit import ViT
 from autoplat.plugins.datasets.digits import Digits
 from autoplat.plugins.datasets.mnist5k import Mnist5k
-from autoplat.strategies.search import GridSearch, RandomSearch, RegularizedEvolution, TPESearch
+from autoplat.strategies.search.evolution import RegularizedEvolution
+from autoplat.strategies.search.grid import GridSearch
 from autoplat.strategies.search.nsga2 import NSGA2Search
+from autoplat.strategies.search.random import RandomSearch
+from autoplat.strategies.search.tpe import TPESearch
 from autoplat.testing import (
     AcquisitionContract,
     ArchitectureContract,
@@ -165,7 +168,7 @@ class TestWordCount(ScorerContract):
 class ExamplePlugin:
     @hookimpl
     def register_acquisitions(self, register):
-        register(MaxEntropy())
+        register(MaxEntropy)
 
     @hookimpl
     def register_scorers(self, register):

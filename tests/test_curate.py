@@ -303,7 +303,10 @@ def test_config_errors_say_where(tmp_path, edit, message):
 # -- scorer states on disk: JSON + .npz, never pickle --------------------------------------
 def two_pass_builtin(tmp_path: Path, name: str) -> Scorer:
     """A built-in two-pass scorer, with small options."""
-    from autoplat.plugins.scorers.embedding import Balanced, Dedup, MoDE, Retrieval
+    from autoplat.plugins.scorers.embedding.balanced import Balanced
+    from autoplat.plugins.scorers.embedding.dedup import Dedup
+    from autoplat.plugins.scorers.embedding.mode import MoDE
+    from autoplat.plugins.scorers.embedding.retrieval import Retrieval
     from autoplat.plugins.scorers.metaclip import MetaCLIP, MetaCLIPOptions
     from autoplat.plugins.scorers.text_quality import TextQuality, TextQualityOptions
     from autoplat.testing import write_texts

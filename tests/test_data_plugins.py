@@ -14,20 +14,19 @@ from PIL import Image, ImageDraw
 
 from autoplat.core.config import load_config
 from autoplat.core.errors import ConfigError, DataError
-from autoplat.core.export import IMAGE_SUFFIXES as PREDICT_SUFFIXES
 from autoplat.core.interfaces import Splits
+from autoplat.core.predict import IMAGE_SUFFIXES as PREDICT_SUFFIXES
 from autoplat.core.registry import get_registry
 from autoplat.core.training import train_classification
 from autoplat.plugins.architectures.mlp import MLP
 from autoplat.plugins.datasets.csv_table import CsvOptions, CsvTable, read_table
-from autoplat.plugins.datasets.digits import SplitOptions, stratified_splits
 from autoplat.plugins.datasets.image_folder import (
     IMAGE_SUFFIXES,
     ImageFolder,
     ImageFolderOptions,
     _read,
-    min_per_class,
 )
+from autoplat.plugins.datasets.splits import SplitOptions, min_per_class, stratified_splits
 from autoplat.testing import DatasetContract, run_platform
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -31,7 +31,8 @@ from autoplat.plugins.architectures.dino import (
     teacher_temp_at,
     updated_center,
 )
-from autoplat.plugins.datasets.digits import Digits, SplitOptions
+from autoplat.plugins.datasets.digits import Digits
+from autoplat.plugins.datasets.splits import SplitOptions
 from autoplat.testing import ArchitectureContract
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

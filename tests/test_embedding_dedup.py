@@ -15,7 +15,7 @@ from autoplat.core.curation import bare_context, run_scorer
 from autoplat.core.errors import ConfigError, DataError
 from autoplat.core.interfaces import Chunk
 from autoplat.plugins.embedders import Hashing
-from autoplat.plugins.scorers.embedding import Dedup
+from autoplat.plugins.scorers.embedding.dedup import Dedup
 from autoplat.testing import ScorerContract, embedded_chunks, embedding_context, write_texts
 
 ALT_TEXTS = Path(__file__).parents[1] / "examples/data/alt_texts_10k.parquet"

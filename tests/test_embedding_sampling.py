@@ -13,8 +13,9 @@ import pytest
 from autoplat.core.curation import run_scorer
 from autoplat.core.errors import ConfigError
 from autoplat.plugins.embedders import Hashing
-from autoplat.plugins.scorers.embedding import Balanced, MoDE, Retrieval, expert_weights
-from autoplat.plugins.scorers.embedding.balanced import split_budget
+from autoplat.plugins.scorers.embedding.balanced import Balanced, split_budget
+from autoplat.plugins.scorers.embedding.mode import MoDE, expert_weights
+from autoplat.plugins.scorers.embedding.retrieval import Retrieval
 from autoplat.testing import ScorerContract, embedded_chunks, embedding_context, write_texts
 
 ALT_TEXTS = Path(__file__).parents[1] / "examples/data/alt_texts_10k.parquet"

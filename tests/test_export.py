@@ -16,12 +16,14 @@ from PIL import Image
 
 from autoplat.cli import main
 from autoplat.core import export
-from autoplat.core.export import default_providers, to_onnx
+from autoplat.core.export import to_onnx
+from autoplat.core.predict import default_providers
 from autoplat.core.store import Store, TrialState
 from autoplat.core.study import CHECKPOINT, record_checkpoint
 from autoplat.core.training import save_checkpoint, train_classification
 from autoplat.plugins.architectures.vit import ViT
-from autoplat.plugins.datasets.digits import Digits, SplitOptions
+from autoplat.plugins.datasets.digits import Digits
+from autoplat.plugins.datasets.splits import SplitOptions
 from autoplat.testing import run_platform
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from autoplat.cli import main
-from autoplat.core import export
+from autoplat.core import export, predict
 from autoplat.core.interfaces import OnnxPart
 from autoplat.core.registry import get_registry
 from autoplat.core.store import Store, TrialState
@@ -111,11 +111,11 @@ def test_clip_exports_one_file_per_tower_with_parity(trained: dict, clip_files, 
     assert "tokenizer" in _meta(clip_files["text"]) and "tokenizer" not in _meta(
         clip_files["image"]
     )
-    session = export.open_session(clip_files["image"], providers=["CPUExecutionProvider"])
+    session = predict.open_session(clip_files["image"], providers=["CPUExecutionProvider"])
     images = splits.test[0][:5]
     with torch.inference_mode():
         want = model.encode_image(images).numpy()
-    np.testing.assert_allclose(export.run_batches(session, images.numpy()), want, atol=1e-4)
+    np.testing.assert_allclose(predict.run_batches(session, images.numpy()), want, atol=1e-4)
 
 
 def test_predicts_tokens_equal_the_datasets(trained: dict, clip_files) -> None:
@@ -124,14 +124,14 @@ def test_predicts_tokens_equal_the_datasets(trained: dict, clip_files) -> None:
     n_train, n_val = SHAPES["n_train"], SHAPES["n_val"]
     _, captions, _, _ = generate(n_train + n_val + SHAPES["n_test"], 16, 0.05, rng)
     tokenizer = _meta(clip_files["text"])["tokenizer"]
-    got = export.tokenize(tokenizer, captions[n_train + n_val :])
+    got = predict.tokenize(tokenizer, captions[n_train + n_val :])
     np.testing.assert_array_equal(got, splits.test[1].numpy())
     # unseen words, odd case and a caption longer than text_length: as the dataset would
     length = splits.spec.text_length
     odd = ["A RED circle, Left!", "zebra " * 40, ""]
     dataset_tokenizer = train_tokenizer(captions[:n_train], 512, 0)
     np.testing.assert_array_equal(
-        export.tokenize(tokenizer, odd), encode(dataset_tokenizer, odd, length).numpy()
+        predict.tokenize(tokenizer, odd), encode(dataset_tokenizer, odd, length).numpy()
     )
 
 
@@ -142,7 +142,7 @@ def test_predict_text_and_zero_shot_ranking(trained: dict, clip_files, tmp_path,
     assert code == 0
     rows = json.loads(out)
     assert [r["input"] for r in rows] == texts
-    tokens = torch.from_numpy(export.tokenize(_meta(clip_files["text"])["tokenizer"], texts))
+    tokens = torch.from_numpy(predict.tokenize(_meta(clip_files["text"])["tokenizer"], texts))
     with torch.inference_mode():
         text_emb = model.encode_text(tokens)
     np.testing.assert_allclose([r["embedding"] for r in rows], text_emb.numpy(), atol=1e-4)
@@ -203,7 +203,7 @@ def test_video_text_towers_export_and_predict(trained: dict, tmp_path, capsys) -
     code, printed, _ = _cli(capsys, "predict", str(video), str(frames), "--texts", "a red ball")
     assert code == 0 and "a red ball" in printed
     code, printed, _ = _cli(capsys, "predict", str(text), "a red ball moves left", "--json")
-    tokens = export.tokenize(_meta(text)["tokenizer"], ["a red ball moves left"])
+    tokens = predict.tokenize(_meta(text)["tokenizer"], ["a red ball moves left"])
     assert code == 0 and tokens.shape == (1, splits.spec.text_length)
     with torch.inference_mode():
         want = model.encode_text(torch.from_numpy(tokens)).numpy()

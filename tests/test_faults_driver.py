@@ -18,9 +18,10 @@ import pytest
 from autoplat.core.config import load_config
 from autoplat.core.errors import StoreError
 from autoplat.core.registry import get_registry
+from autoplat.core.runner import ray_folder
 from autoplat.core.space import params_key
 from autoplat.core.store import Store, StudyState, TrialState
-from autoplat.core.study import CHECKPOINT, ray_folder, record_checkpoint, run_study
+from autoplat.core.study import CHECKPOINT, record_checkpoint, run_study
 from autoplat.testing import PLATFORM
 
 CRASH_MARKS = ("Traceback", "SIGABRT", "*** ", "core dumped")

@@ -26,7 +26,8 @@ from autoplat.plugins.architectures.latent_diffusion import (
     frechet_distance_from_stats,
     recon_loss,
 )
-from autoplat.plugins.datasets.digits import Digits, SplitOptions
+from autoplat.plugins.datasets.digits import Digits
+from autoplat.plugins.datasets.splits import SplitOptions
 from autoplat.testing import ArchitectureContract, run_platform
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

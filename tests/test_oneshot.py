@@ -13,12 +13,16 @@ from pydantic import ValidationError
 
 from autoplat.core.errors import ConfigError
 from autoplat.core.interfaces import DataSpec, Splits
+from autoplat.core.registry import Registry
 from autoplat.core.space import SearchSpace
 from autoplat.core.training import train_classification
-from autoplat.plugins.architectures.nb201 import NB201, cost
-from autoplat.plugins.benchmarks.nb201 import EDGES, OPS
+from autoplat.plugins.architectures.vit import ViT
 from autoplat.plugins.datasets.digits import Digits
-from autoplat.strategies.search.oneshot import OneShot, register_strategies
+from autoplat.plugins.nb201.architecture import NB201
+from autoplat.plugins.nb201.cell import EDGES, OPS
+from autoplat.plugins.nb201.network import cost
+from autoplat.plugins.nb201.supernet import SuperNet
+from autoplat.strategies.search.oneshot.base import OneShot
 from autoplat.strategies.search.oneshot.darts import (
     DARTS,
     derive,
@@ -26,7 +30,6 @@ from autoplat.strategies.search.oneshot.darts import (
     unrolled_arch_grads,
 )
 from autoplat.strategies.search.oneshot.spos import SPOS, crossover, mutate
-from autoplat.strategies.search.oneshot.supernet import SuperNet, inherit, inherited_score
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -35,6 +38,7 @@ TINY_SPOS = SPOS.Options(
     epochs=3, population=6, parents=2, mutations=2, crossovers=2, iterations=3, eval_cells=2
 )
 TINY_DARTS = DARTS.Options(epochs=2, arch_lr=0.05)
+NB = {"architecture": NB201()}  # the architecture whose supernet the strategies train
 
 
 def nb201_space(**overrides) -> SearchSpace:
@@ -60,7 +64,8 @@ def run(strategy: OneShot, splits: Splits) -> tuple[list[dict], list[tuple[int, 
 def test_inherited_net_computes_the_supernet_path(splits: Splits, cells_per_stage: int) -> None:
     space = nb201_space(cells_per_stage=cells_per_stage)
     torch.manual_seed(0)
-    supernet = SPOS(space).build_supernet(splits.spec, channels=None)
+    spos = SPOS(space, **NB)
+    supernet = spos.build_supernet(splits.spec, channels=None)
     x = splits.train[0][:128]
     rng = random.Random(0)
     supernet.train()
@@ -72,7 +77,7 @@ def test_inherited_net_computes_the_supernet_path(splits: Splits, cells_per_stag
     cells += [{edge: rng.choice(OPS) for edge in EDGES} for _ in range(3)]
     xv = splits.val[0]
     for cell in cells:
-        net = inherit(supernet, cell).eval()
+        net = NB201().inherit(supernet, cell).eval()
         with torch.no_grad():
             expected = supernet(xv, cell)
             assert torch.equal(net(xv), expected)
@@ -80,7 +85,7 @@ def test_inherited_net_computes_the_supernet_path(splits: Splits, cells_per_stag
             torch.testing.assert_close(supernet(xv, one_hot), expected)
     # the copy owns its weights: recalibrating it leaves the supernet as it was
     before = supernet(xv, cells[0])
-    inherited_score(supernet, cells[0], x, splits.val, batch_size=64)
+    spos.inherited_score(supernet, cells[0], x, splits.val, batch_size=64)
     assert torch.equal(supernet(xv, cells[0]), before)
     assert not torch.equal(supernet(xv, cells[1]), before)  # another path computes otherwise
 
@@ -89,16 +94,17 @@ def test_inherited_net_computes_the_supernet_path(splits: Splits, cells_per_stag
 @pytest.mark.parametrize(("cls", "options"), [(SPOS, TINY_SPOS), (DARTS, TINY_DARTS)])
 def test_same_seed_same_search(cls: type[OneShot], options, splits: Splits) -> None:
     space = nb201_space()
-    first = run(cls(space, seed=3, options=options), splits)
-    assert first == run(cls(space, seed=3, options=options), splits)
-    _, other_reports = run(cls(space, seed=4, options=options), splits)
+    first = run(cls(space, seed=3, options=options, **NB), splits)
+    assert first == run(cls(space, seed=3, options=options, **NB), splits)
+    _, other_reports = run(cls(space, seed=4, options=options, **NB), splits)
     assert other_reports != first[1]
     assert [epoch for epoch, _ in first[1]] == list(range(1, options.epochs + 1))
 
 
 def test_spos_derived_params_train_as_nb201(splits: Splits) -> None:
     space = nb201_space()
-    derived, reports = run(SPOS(space, options=TINY_SPOS.model_copy(update={"top_k": 3})), splits)
+    spos = SPOS(space, options=TINY_SPOS.model_copy(update={"top_k": 3}), **NB)
+    derived, reports = run(spos, splits)
     assert len(derived) == 3 and len({tuple(p.items()) for p in derived}) == 3
     for params in derived:
         assert space.contains(params)
@@ -112,25 +118,25 @@ def test_spos_derived_params_train_as_nb201(splits: Splits) -> None:
 
 
 def test_spos_evolution_beats_random_cells(splits: Splits) -> None:
-    spos = SPOS(nb201_space(), options=TINY_SPOS.model_copy(update={"top_k": 3}))
+    spos = SPOS(nb201_space(), options=TINY_SPOS.model_copy(update={"top_k": 3}), **NB)
     derived, _ = run(spos, splits)
     ranked = sorted(spos.history, key=lambda entry: (-entry[1], entry[2]))
     assert [{e: p[e] for e in EDGES} for p in derived] == [cell for cell, _, _ in ranked[:3]]
     calibration = splits.train[0][:256]
     rng = random.Random(7)
     random_accuracy = statistics.fmean(
-        inherited_score(spos.supernet, spos.random_cell(rng), calibration, splits.val, 64)[0]
+        spos.inherited_score(spos.supernet, spos.random_cell(rng), calibration, splits.val, 64)[0]
         for _ in range(8)
     )
     best = {edge: derived[0][edge] for edge in EDGES}
-    best_accuracy, _ = inherited_score(spos.supernet, best, calibration, splits.val, 64)
+    best_accuracy, _ = spos.inherited_score(spos.supernet, best, calibration, splits.val, 64)
     assert best_accuracy > random_accuracy
 
 
 def test_darts_moves_alpha_and_derives_its_argmax(splits: Splits) -> None:
     ops = ["skip_connect", "nor_conv_1x1", "nor_conv_3x3"]
     space = nb201_space(**dict.fromkeys(EDGES[1:], ops), edge_1_0="nor_conv_3x3")
-    darts = DARTS(space, options=TINY_DARTS)
+    darts = DARTS(space, options=TINY_DARTS, **NB)
     (params,), reports = run(darts, splits)
     assert [len(darts.alphas[edge]) for edge in EDGES] == [1, 3, 3, 3, 3, 3]
     # alpha starts at 1e-3 * N(0, 1); the Adam steps on validation batches move it further
@@ -161,7 +167,17 @@ def test_darts_moves_alpha_and_derives_its_argmax(splits: Splits) -> None:
 def test_refuses_spaces_it_cannot_search(space: SearchSpace, message: str) -> None:
     for cls in (SPOS, DARTS):
         with pytest.raises(ConfigError, match=message):
-            cls(space)
+            cls(space, **NB)
+
+
+def test_refuses_an_architecture_without_a_supernet() -> None:
+    for cls in (SPOS, DARTS):
+        with pytest.raises(
+            ConfigError,
+            match=f"'{cls.name}' trains a weight-sharing supernet, "
+            "which architecture 'vit' cannot build",
+        ):
+            cls(nb201_space(), architecture=ViT())
 
 
 def test_options_are_checked() -> None:
@@ -176,9 +192,13 @@ def test_options_are_checked() -> None:
 
 
 def test_registers_both_strategies() -> None:
-    found: list[type[OneShot]] = []
-    register_strategies(found.append)
-    assert {cls.name: cls for cls in found} == {"spos": SPOS, "darts": DARTS}
+    registry = Registry()
+    registry.load_entry_points()
+    assert registry.plugins["one-shot"].registered == {"strategies": ["spos", "darts"]}
+    assert {n: registry.get("strategies", n) for n in ("spos", "darts")} == {
+        "spos": SPOS,
+        "darts": DARTS,
+    }
 
 
 # -- SPOS's evolutionary search (Guo et al. 2020, Algorithm 1) ----------------------------
@@ -209,7 +229,7 @@ def conv_score(cell: dict[str, str]) -> tuple[float, float]:
 def test_spos_search_keeps_the_params_and_flops_limits(seed: int) -> None:
     spec = DataSpec("classification", "image", (1, 8, 8), 10)
     options = SPOS.Options(iterations=8)  # 16 x 8 = 128 of 15,625 cells at most
-    free = SPOS(nb201_space(), seed=seed, options=options)
+    free = SPOS(nb201_space(), seed=seed, options=options, **NB)
     measure = free.network_cost(spec)
     rng = random.Random(seed)
     for cell in [dict.fromkeys(EDGES, op) for op in OPS] + [free.random_cell(rng)]:
@@ -220,7 +240,7 @@ def test_spos_search_keeps_the_params_and_flops_limits(seed: int) -> None:
 
     one_by_one = measure(dict.fromkeys(EDGES, "nor_conv_1x1"))  # 3x3 convs cost more
     for limit in ({"max_params": one_by_one[0]}, {"max_flops": one_by_one[1]}):
-        spos = SPOS(nb201_space(), seed=seed, options=options.model_copy(update=limit))
+        spos = SPOS(nb201_space(), seed=seed, options=options.model_copy(update=limit), **NB)
         assert spos.evolve(conv_score, measure) == [dict.fromkeys(EDGES, "nor_conv_1x1")]
         assert spos.rejected > 0 and len(spos.history) <= 128
         keys = [tuple(cell.items()) for cell, _, _ in spos.history]
@@ -230,7 +250,7 @@ def test_spos_search_keeps_the_params_and_flops_limits(seed: int) -> None:
 
 def test_spos_refuses_a_limit_no_cell_meets() -> None:
     spec = DataSpec("classification", "image", (1, 8, 8), 10)
-    spos = SPOS(nb201_space(), options=SPOS.Options(max_params=100))
+    spos = SPOS(nb201_space(), options=SPOS.Options(max_params=100), **NB)
     with pytest.raises(ConfigError, match="none of 160 random cells meets max_params = 100"):
         spos.evolve(conv_score, spos.network_cost(spec))
 
@@ -303,7 +323,8 @@ def test_darts_second_order_search_runs(splits: Splits) -> None:
     small = dataclasses.replace(splits, train=tuple(t[:384] for t in splits.train))
     alphas = {}
     for order in (1, 2):
-        darts = DARTS(nb201_space(), options=DARTS.Options(epochs=1, arch_lr=0.05, order=order))
+        options = DARTS.Options(epochs=1, arch_lr=0.05, order=order)
+        darts = DARTS(nb201_space(), options=options, **NB)
         (params,), reports = run(darts, small)
         assert nb201_space().contains(params) and math.isfinite(reports[-1][1]["train_loss"])
         alphas[order] = torch.cat(list(darts.alphas.values()))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from autoplat.core.store import Store, TrialState
-from autoplat.plugins.architectures.nb201 import NB201
+from autoplat.plugins.nb201.architecture import NB201
 from autoplat.testing import run_platform
 
 ONE_SHOT = """
@@ -32,6 +34,7 @@ cpus_per_trial = 1
 """
 
 
+@pytest.mark.slow
 def test_darts_supernet_then_derived_cell_trained_and_resume_is_a_no_op(
     write_config, ray_address, tmp_path
 ) -> None:
@@ -61,7 +64,10 @@ def test_darts_supernet_then_derived_cell_trained_and_resume_is_a_no_op(
     assert len(Store(url).trials(study.id)) == 2  # nothing retrained
 
 
-def test_one_shot_refuses_a_benchmark_and_a_varying_hyperparameter(write_config) -> None:
+@pytest.mark.slow
+def test_one_shot_refuses_a_benchmark_a_varying_hyperparameter_and_a_plain_architecture(
+    write_config,
+) -> None:
     bench = write_config(
         '[study]\nname = "x"\n[benchmark]\nname = "nb201"\n[strategy]\nname = "spos"\n',
         name="bench",
@@ -77,4 +83,16 @@ def test_one_shot_refuses_a_benchmark_and_a_varying_hyperparameter(write_config)
     )
     result = run_platform("search", str(varying))
     assert result.returncode == 2 and "'lr' vary" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    plain = write_config(
+        ONE_SHOT.format(name="p", strategy='name = "darts"')
+        .replace('name = "nb201"', 'name = "vit"')
+        .replace('edge_3_0 = ["nor_conv_3x3", "skip_connect"]\n', ""),
+        name="plain",
+    )
+    result = run_platform("search", str(plain))
+    assert result.returncode == 2, result.stderr
+    where = f"{plain}:17: strategy.name: "  # the file, the line and the key to change
+    assert where + "one-shot strategy 'darts' trains a weight-sharing supernet" in result.stderr
+    assert "architecture 'vit' cannot build" in result.stderr
     assert "Traceback" not in result.stderr

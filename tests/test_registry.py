@@ -28,7 +28,41 @@ BROKEN = {
 
         @hookimpl
         def register_datasets(register):
-            register(Digits())
+            register(Digits)
+    """,
+    "broken_command": """
+        from autoplat import hookimpl
+        from autoplat.core.hookspecs import Command
+
+        def arguments(parser):
+            raise RuntimeError("options table missing")
+
+        @hookimpl
+        def register_commands(register):
+            register(Command("wobbly", "breaks", "platform wobbly", arguments, print))
+    """,
+    "hello_command": """
+        from autoplat import hookimpl
+        from autoplat.core.hookspecs import Command
+
+        def arguments(parser):
+            parser.add_argument("--name", default="world")
+
+        def run(args):
+            print(f"hello {args.name}")
+            return 0
+
+        def search_again(parser):
+            pass
+
+        @hookimpl
+        def register_commands(register):
+            register(Command("hello", "greets", "platform hello --name you", arguments, run))
+            register(Command("search", "a clash", "platform search", search_again, run))
+
+        @hookimpl
+        def on_study_end(study, best):
+            raise RuntimeError("notifier offline")
     """,
 }
 
@@ -89,7 +123,8 @@ def test_commands_still_work_beside_broken_plugins(broken_site, tmp_path):
     search = run_cli(["search", str(tmp_path / "missing.toml")], broken_site)
     assert search.returncode == 2 and "config file" in search.stderr
     for name in BROKEN:  # each problem reported once, with its package
-        assert search.stderr.count(f"plugin '{name}' (package {name} 0.3)") == 1, search.stderr
+        if name != "hello_command":  # its clash is reported below
+            assert search.stderr.count(f"plugin '{name}' (package {name} 0.3)") == 1, search.stderr
     table = run_cli(["plugins"], broken_site)
     assert table.returncode == 0
     assert "broken_import" in table.stdout and "error" in table.stdout
@@ -134,3 +169,123 @@ def test_trace_switch_logs_each_hook_call(broken_site):
     assert "[autoplat trace] vit.register_architectures() -> ['vit']" in result.stderr
     assert "[autoplat trace] broken_hook.register_datasets() -> []" in result.stderr
     assert "register_commands" in result.stderr  # pluggy's own trace of called hooks
+
+
+def test_plugin_commands_arrive_like_builtin_ones_and_fail_alone(broken_site):
+    """A plugin's command works; one whose options raise is reported by its plugin's name
+    and dropped; a plugin cannot take over a built-in command; the others keep working."""
+    hello = run_cli(["hello", "--name", "you"], broken_site)
+    assert (hello.returncode, hello.stdout) == (0, "hello you\n"), hello.stderr
+    listing = run_cli(["--help"], broken_site)
+    assert listing.returncode == 0
+    assert "hello" in listing.stdout and "wobbly" not in listing.stdout
+    assert "plugin 'broken_command'" in listing.stderr and "options table missing" in listing.stderr
+    plugins = {p["name"]: p for p in json.loads(run_cli(["plugins", "--json"], broken_site).stdout)}
+    assert any("options table missing" in e for e in plugins["broken_command"]["errors"])
+    clash = plugins["hello_command"]["errors"]
+    assert "command 'search' is already registered by plugin 'commands'" in clash[0]
+    assert plugins["commands"]["status"] == "ok"
+    assert {"search", "al", "curate", "show", "runs"} <= set(
+        plugins["commands"]["registered"]["commands"]
+    )
+    assert plugins["embedding-scorers"]["registered"]["commands"] == ["experts"]
+
+
+def test_every_builtin_item_imports_with_its_registered_name():
+    """The lazy table (autoplat/plugins/builtin.py) and the packs point at real classes."""
+    registry = Registry()
+    registry.load_entry_points()
+    for kind in registry.items:
+        for name in registry.names(kind):
+            item = registry.get(kind, name)
+            assert item.name == name, (kind, name)
+    assert registry.errors() == []
+
+
+def test_registering_an_instance_is_refused_with_the_fix():
+    from autoplat import hookimpl
+    from autoplat.plugins.datasets.digits import Digits
+
+    class Plugin:
+        @hookimpl
+        def register_datasets(self, register):
+            register(Digits())
+
+    info = Registry().add_plugin(Plugin(), "mine")
+    assert info.errors == [
+        "registered a Digits instance as a dataset; register the class "
+        "(register(Digits), not register(Digits()))"
+    ]
+
+
+def test_a_lazy_item_that_does_not_import_fails_when_used_naming_its_plugin():
+    from autoplat import hookimpl
+    from autoplat.core.hookspecs import lazy
+
+    class Plugin:
+        @hookimpl
+        def register_datasets(self, register):
+            register(lazy("ghost", "no_such_package.data:Ghost"))
+            register(lazy("misnamed", "autoplat.plugins.datasets.digits:Digits"))
+
+    registry = Registry()
+    info = registry.add_plugin(Plugin(), "mine")
+    assert info.status == "ok" and info.registered == {"datasets": ["ghost", "misnamed"]}
+    with pytest.raises(PluginError, match=r"plugin 'mine': cannot import dataset 'ghost'"):
+        registry.get("datasets", "ghost")
+    with pytest.raises(PluginError, match=r"is named 'digits', registered as 'misnamed'"):
+        registry.get("datasets", "misnamed")
+    assert info.status == "error" and len(info.errors) == 2
+
+
+def test_event_hooks_run_per_plugin_one_raising_does_not_stop_the_others():
+    from autoplat import hookimpl
+
+    seen = []
+
+    class Loud:
+        @hookimpl
+        def on_study_end(self, study, best):
+            raise RuntimeError("webhook down")
+
+    class Quiet:
+        @hookimpl
+        def on_study_end(self, study, best):
+            seen.append(study)
+
+    registry = Registry()
+    registry.add_plugin(Loud(), "loud")
+    registry.add_plugin(Quiet(), "quiet")
+    registry.notify("on_study_end", study="s", best=None)
+    registry.notify("on_study_end", study="t", best=None)
+    assert seen == ["s", "t"]
+    (error,) = registry.plugins["loud"].errors  # reported once, not per call
+    assert error.startswith("on_study_end raised RuntimeError: webhook down")
+
+
+def test_help_runs_and_plugins_import_no_heavy_library(tmp_path):
+    """Fast start: registering plugins imports no torch, Ray, numpy, pydantic or Textual;
+    `runs` adds only the store (SQLAlchemy, SQLModel and its pydantic)."""
+    import subprocess
+    import sys
+
+    check = (
+        "import sys\n"
+        "from autoplat.cli import main\n"
+        "try:\n    main(sys.argv[2:])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(set(sys.argv[1].split(',')) & set(sys.modules)))\n"
+    )
+    heavy = "torch,ray,numpy,textual,pandas,sklearn,onnx,optuna"
+    for args, allowed_pydantic in (
+        (["--help"], False),
+        (["plugins"], False),
+        (["runs", "--storage", f"sqlite:///{tmp_path}/x.db"], True),
+    ):
+        watched = heavy if allowed_pydantic else heavy + ",pydantic,sqlalchemy"
+        result = subprocess.run(
+            [sys.executable, "-c", check, watched, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.stdout.strip().splitlines()[-1] == "[]", (args, result.stdout, result.stderr)

@@ -23,7 +23,7 @@ class MyDigits(Digits):
 
 @hookimpl
 def register_datasets(register):
-    register(MyDigits())
+    register(MyDigits)
 """
 
 

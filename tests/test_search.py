@@ -69,16 +69,65 @@ def test_nan_trial_fails_with_reason_and_study_goes_on(write_config, tmp_path, r
     assert "NaN" in failed.error or "nan" in failed.error
 
 
-def test_every_trial_failing_exits_1_without_traceback(write_config, tmp_path, ray_address):
-    path = write_config(name="allfail", trials=1, epochs=1, strategy="grid")
-    path.write_text(
-        path.read_text().replace("lr = { low = 1e-3, high = 5e-3, log = true }", "lr = [1e9]")
-    )
+CSV_SEARCH = """
+[study]
+name = "allfail"
+trials = 1
+
+[architecture]
+name = "mlp"
+
+[dataset]
+name = "csv"
+path = "{path}"
+
+[space]
+hidden = 16
+depth = 1
+dropout = 0.0
+activation = "relu"
+lr = 0.01
+weight_decay = 0.0
+batch_size = 32
+epochs = 1
+dataset.label = ["kind"]
+
+[strategy]
+name = "grid"
+
+[resources]
+cpus_per_trial = 1
+"""
+
+
+@pytest.mark.parametrize(
+    ("cause", "code", "shown"),
+    [
+        ("crash", 1, "TrialFailed: loss became NaN"),  # not the user's input: exit 1
+        ("data", 2, "DataError: "),  # bad data, found only in the trial: the user's, exit 2
+    ],
+)
+def test_every_trial_failing_exits_by_its_error_type_without_traceback(
+    write_config, tmp_path, ray_address, cause, code, shown
+):
+    if cause == "crash":  # the loss of lr 1e9 becomes NaN: the trainer raises TrialFailed
+        path = write_config(name="allfail", trials=1, epochs=1, strategy="grid")
+        path.write_text(
+            path.read_text().replace("lr = { low = 1e-3, high = 5e-3, log = true }", "lr = [1e9]")
+        )
+    else:  # the driver checks the data with [dataset] label; the trial's label has no column
+        rows = "".join(f"{i % 7},{(i * 3) % 5},{'abc'[i % 3]}\n" for i in range(60))
+        (tmp_path / "t.csv").write_text("x,y,label\n" + rows)
+        path = write_config(CSV_SEARCH.format(path=tmp_path / "t.csv"), name="allfail")
     url = f"sqlite:///{tmp_path}/allfail.db"
     result = run_platform("search", str(path), "--storage", url, "--address", ray_address)
-    assert result.returncode == 1, result.stderr
-    assert "no trial completed (1 failed" in result.stderr and "NaN" in result.stdout
+    assert result.returncode == code, result.stderr
+    assert "no trial completed (1 failed" in result.stderr
+    assert shown in result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
+    (trial,) = Store(url).trials(Store(url).get_study("allfail").id)
+    assert trial.error.startswith(shown)
+    assert trial.attrs_dict.get("user_error", False) is (code == 2)
 
 
 def test_missing_data_stops_before_anything_is_stored(write_config, tmp_path, capsys):

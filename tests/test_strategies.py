@@ -16,8 +16,11 @@ from pydantic import ValidationError
 from autoplat.core import hookspecs
 from autoplat.core.interfaces import Strategy
 from autoplat.core.space import SearchSpace, SpaceError
-from autoplat.strategies import search
-from autoplat.strategies.search import GridSearch, RandomSearch, RegularizedEvolution, TPESearch
+from autoplat.plugins import builtin
+from autoplat.strategies.search.evolution import RegularizedEvolution
+from autoplat.strategies.search.grid import GridSearch
+from autoplat.strategies.search.random import RandomSearch
+from autoplat.strategies.search.tpe import TPESearch
 
 MIXED = SearchSpace.from_dict(
     {
@@ -93,10 +96,10 @@ def best_of(
 def test_plugin_registers_all_strategies() -> None:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    pm.register(search)
+    pm.register(builtin.search_strategies)
     registered: list[type[Strategy]] = []
     pm.hook.register_strategies(register=registered.append)
-    assert [cls.name for cls in registered] == [
+    assert [item.name for item in registered] == [
         "random",
         "grid",
         "tpe",

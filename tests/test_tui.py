@@ -19,13 +19,14 @@ from rich.console import Console
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
-from autoplat.cli import curate_table, main
+from autoplat.cli import main
 from autoplat.core.store import OBJECTIVES_KEY, SCHEMA_VERSION, ALRound, Store, TrialState
 from autoplat.tui.app import PlatformApp, SearchProcess
 from autoplat.tui.base import HelpScreen, QuitSearchScreen
 from autoplat.tui.data import COLUMNS, FRONT_MARK, Reader, TrialsModel
 from autoplat.tui.launch import detached_command, stop_search
 from autoplat.tui.study import ALStudyScreen, CurateStudyScreen, SearchStudyScreen
+from autoplat.views import curate_table
 
 POLL = 0.05
 

@@ -25,9 +25,9 @@ from autoplat.core.interfaces import (
     ints,
 )
 from autoplat.core.registry import get_registry
+from autoplat.core.runner import load_splits
 from autoplat.core.space import NamedSpace, SpaceError, parse_dimension
 from autoplat.core.store import Store
-from autoplat.core.study import _load_splits
 from autoplat.testing import registered_plugin
 
 SEARCH = """\
@@ -183,7 +183,7 @@ class OldStyleNet(Architecture):
 class OldStylePlugin:
     @hookimpl
     def register_architectures(self, register) -> None:
-        register(OldStyleNet())
+        register(OldStyleNet)
 
     @hookimpl
     def register_search_spaces(self, register) -> None:
@@ -250,7 +250,7 @@ def test_al_initial_larger_than_the_pool_is_refused_once_the_data_is_loaded(tmp_
     text = AL.replace("initial = 20", "initial = 5000").replace("budget = 60", "budget = 6000")
     path.write_text(text)
     resolved = load_al_config(path, get_registry())
-    splits = _load_splits("digits", resolved.dataset_options.model_dump_json(), 0)
+    splits = load_splits("digits", resolved.dataset_options.model_dump_json(), 0)
     pool = len(splits.train[0])
     with pytest.raises(ConfigError) as info:
         resolved.check_data(splits)

@@ -24,11 +24,11 @@ from autoplat.core.training import (
     select_device,
     train_classification,
 )
-from autoplat.plugins.architectures import vit as vit_plugin
+from autoplat.plugins import builtin
 from autoplat.plugins.architectures.vit import ViT
-from autoplat.plugins.datasets import digits as digits_plugin
 from autoplat.plugins.datasets import mnist5k
-from autoplat.plugins.datasets.digits import Digits, SplitOptions, stratified_splits
+from autoplat.plugins.datasets.digits import Digits
+from autoplat.plugins.datasets.splits import SplitOptions, stratified_splits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -53,7 +53,7 @@ def vit_space() -> SearchSpace:
 def test_plugin_modules_register_through_pluggy() -> None:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for module in (vit_plugin, digits_plugin, mnist5k, search_spaces):
+    for module in (builtin.vit, builtin.digits, builtin.mnist5k, search_spaces):
         pm.register(module)
     found: list = []
     for hook in ("register_architectures", "register_datasets", "register_search_spaces"):

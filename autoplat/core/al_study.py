@@ -37,6 +37,17 @@ from autoplat.core.config import (
 from autoplat.core.errors import StoreError
 from autoplat.core.interfaces import Architecture, Dataset, Options, Splits
 from autoplat.core.registry import Registry
+from autoplat.core.runner import (
+    TRIAL_ERROR,
+    Progress,
+    driving,
+    find_study,
+    load_splits,
+    reopen,
+    run_trials,
+    start_ray,
+    trial_callback,
+)
 from autoplat.core.store import ALRound, Store, StudyState, TrialState
 
 KIND = "al"
@@ -261,7 +272,6 @@ def run_al_trial(config: dict[str, Any], job: ALJob) -> None:
 
     from autoplat.core.interfaces import Splits
     from autoplat.core.registry import get_registry
-    from autoplat.core.study import _load_splits
     from autoplat.core.training import train_classification
 
     torch.set_num_threads(job.threads)
@@ -269,7 +279,7 @@ def run_al_trial(config: dict[str, Any], job: ALJob) -> None:
     registry = get_registry()
     acquisition = registry.get("acquisitions", name)
     arch = registry.get("architectures", job.architecture)
-    splits = _load_splits(job.dataset, job.dataset_options, job.data_seed)
+    splits = load_splits(job.dataset, job.dataset_options, job.data_seed)
     reason = arch.check_params(job.params, splits.spec)
     if reason is not None:
         raise ValueError(reason)
@@ -330,20 +340,12 @@ TRAINING_KEYS = set(TrainingSection.model_fields)
 # -- the driver ----------------------------------------------------------------------
 
 
-def _callback(store: Store, study_id: int, on_event):
-    from ray.tune import Callback
-
-    from autoplat.core.study import TRIAL_ERROR, Retries, _error_text
-
-    class ALCallback(Callback):
+def _callback(store: Store, study_id: int, on_event: Progress):
+    class ALCallback(trial_callback()):
         """Stores each experiment as a trial and each of its rounds as an al_rounds row."""
 
-        def __init__(self) -> None:
-            self.ids: dict[str, int] = {}
-            self.retries = Retries(store)
-
-        def __reduce__(self):
-            return (Callback, ())  # see study._store_callback: a restored copy writes nothing
+        def who(self, trial) -> dict[str, Any]:
+            return dict(trial.config["experiment"])
 
         def on_trial_start(self, iteration, trials, trial, **info):
             if trial.trial_id in self.ids:  # a retry after its worker died: same row
@@ -383,28 +385,13 @@ def _callback(store: Store, study_id: int, on_event):
                 "round", {**trial.config["experiment"], **numeric, "n_labeled": result["n_labeled"]}
             )
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            last = trial.last_result or {}
-            if TRIAL_ERROR in last:
-                self._failed(trial, last[TRIAL_ERROR])
-                return
+        def completed(self, trial, last: dict[str, Any]) -> None:
             finished = bool(last.get("finished"))
             state = TrialState.COMPLETE if finished else TrialState.INTERRUPTED
             store.finish_trial(self.ids[trial.trial_id], state, value=last.get(METRIC))
             on_event("end", {**trial.config["experiment"], "state": state.value})
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._failed(trial, _error_text(trial))
-
-        def on_trial_recover(self, iteration, trials, trial, **info):
-            retries = self.retries.record(trial.trial_id, self.ids[trial.trial_id], trial)
-            on_event("retry", {**trial.config["experiment"], **retries})
-
-        def _failed(self, trial, error: str) -> None:
-            store.finish_trial(self.ids[trial.trial_id], TrialState.FAIL, error=error)
-            on_event("end", {**trial.config["experiment"], "state": "fail", "error": error})
-
-    return ALCallback()
+    return ALCallback(store, on_event)
 
 
 def stored_rounds(store: Store, study_id: int) -> dict[str, list[dict[str, Any]]]:
@@ -424,26 +411,14 @@ def run_al(
     *,
     address: str | None = None,
     resume: bool = False,
-    on_event=None,
+    on_event: Progress | None = None,
 ) -> int:
     """Run (or resume) every (acquisition, seed) experiment of a config; returns the study id."""
-    from autoplat.core.study import check_resources, driving, ensure_ray
-
     on_event = on_event or (lambda kind, data: None)
     cfg = resolved.config
     names = [a.name for a in resolved.acquisitions]
     seeds = cfg.study.seed_list()
-    existing = store.find_study(cfg.study.name)
-    if existing is None and resume:
-        raise StoreError(
-            f"--resume: no study named '{cfg.study.name}' in {store.display_url}; "
-            "run without --resume"
-        )
-    if existing is not None and not resume:
-        raise StoreError(
-            f"study '{cfg.study.name}' already exists in {store.display_url}; pass --resume "
-            "to continue it, or change [study].name"
-        )
+    existing = find_study(store, cfg.study.name, resume)
     if existing is not None and (
         existing.kind != KIND or json.loads(existing.config) != resolved.raw
     ):
@@ -452,17 +427,14 @@ def run_al(
             "new [study].name for a new experiment"
         )
     # bad data or params fail here, before Ray starts or anything is stored
-    from autoplat.core.study import _load_splits
-
     resolved.check_data(
-        _load_splits(
+        load_splits(
             resolved.dataset.name, resolved.dataset_options.model_dump_json(), cfg.study.data_seed
         )
     )
 
     def start() -> None:  # before any write: a cluster that cannot run it leaves no trace
-        ensure_ray(address)
-        check_resources(resolved.path, cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial)
+        start_ray(address, resolved.path, cfg.resources)
 
     def create() -> int:
         return store.create_study(
@@ -476,23 +448,14 @@ def run_al(
 
     with driving(store, existing, start, create) as study_id:
         if existing is not None:
-            store.interrupt_running(study_id)
-            store.set_study_state(study_id, StudyState.RUNNING)
+            reopen(store, study_id)
         _run_experiments(resolved, store, study_id, on_event)
     return study_id
 
 
-def _run_experiments(resolved: ResolvedAL, store: Store, study_id: int, on_event) -> None:
+def _run_experiments(resolved: ResolvedAL, store: Store, study_id: int, on_event: Progress) -> None:
     """Run the (acquisition, seed) experiments a study has not finished."""
     from ray import tune
-
-    from autoplat.core.study import (
-        _default_concurrency,
-        fit,
-        ray_folder,
-        reporting_errors,
-        run_config,
-    )
 
     cfg = resolved.config
     names = [a.name for a in resolved.acquisitions]
@@ -524,21 +487,17 @@ def _run_experiments(resolved: ResolvedAL, store: Store, study_id: int, on_event
         oracle=cfg.oracle.model_dump(),
         done=stored_rounds(store, study_id),
     )
-    fn = tune.with_parameters(reporting_errors(run_al_trial), job=job)
-    fn = tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
-    with ray_folder(cfg.study, store.url) as folder:
-        tuner = tune.Tuner(
-            fn,
-            param_space={"experiment": tune.grid_search(todo)},
-            tune_config=tune.TuneConfig(
-                num_samples=1,
-                max_concurrent_trials=res.max_concurrent
-                or _default_concurrency(res.cpus_per_trial, res.gpus_per_trial),
-                reuse_actors=True,
-            ),
-            run_config=run_config(folder, _callback(store, study_id, on_event), res.max_failures),
-        )
-        fit(tuner, store, study_id)
+    run_trials(
+        run_al_trial,
+        job,
+        store=store,
+        study_id=study_id,
+        study=cfg.study,
+        resources=res,
+        callback=_callback(store, study_id, on_event),
+        param_space={"experiment": tune.grid_search(todo)},
+        num_samples=1,
+    )
 
 
 # -- curves --------------------------------------------------------------------------

@@ -167,6 +167,8 @@ class Resolved:
     def make_strategy(self) -> Strategy | OneShotStrategy:
         args = (self.space, self.direction, self.config.study.seed, self.strategy_options)
         directions = tuple(direction for _, direction in self.objectives)
+        if issubclass(self.strategy_cls, OneShotStrategy):  # it trains the arch's supernet
+            return self.strategy_cls(*args, directions=directions, architecture=self.architecture)
         if "directions" in inspect.signature(self.strategy_cls).parameters:
             return self.strategy_cls(*args, directions=directions)
         strategy = self.strategy_cls(*args)  # a plugin's __init__ without directions:

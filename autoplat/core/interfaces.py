@@ -381,10 +381,24 @@ class Strategy(SearchStrategy):
 class OneShotStrategy(SearchStrategy):
     """A one-shot strategy: trains a weight-sharing supernet inside one trial.
 
-    Constructed like a ``Strategy``. ``search`` returns the architectures it derives; the
-    study then trains each one from scratch as an ordinary trial. Registered through
-    ``register_strategies`` like ask/tell strategies.
+    Constructed like a ``Strategy``, plus ``architecture=``: the study's architecture,
+    whose supernet it trains (a ``SupernetArchitecture``). ``search`` returns the
+    architectures it derives; the study then trains each one from scratch as an ordinary
+    trial. Registered through ``register_strategies`` like ask/tell strategies.
     """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        direction: Direction = "maximize",
+        seed: int = 0,
+        options: Options | None = None,
+        directions: tuple[Direction, ...] | None = None,
+        *,
+        architecture: Architecture,
+    ) -> None:
+        self.architecture = architecture
+        super().__init__(space, direction, seed, options, directions)
 
     @abstractmethod
     def search(
@@ -562,3 +576,45 @@ class LanguageModel(ABC):
 
         Perplexity over a set of lines is ``exp(-sum(ll) / sum(tokens))``.
         """
+
+
+class SupernetArchitecture(Architecture):
+    """An architecture a one-shot strategy (SPOS, DARTS) can search with one supernet.
+
+    The searched dimensions of its space are *choices*: each takes one of a few named ops.
+    A supernet holds a module for every op of every choice and shares the rest, and is
+    called as ``supernet(x, path)``: ``path`` maps every choice to an op name (one path:
+    the network ``build`` makes for those params) or to a weight vector over its ops, in
+    the order of ``supernet_choices`` (a mixture, as DARTS runs it). The strategy trains
+    the supernet; ``inherit`` and ``path_cost`` let it score and bound single paths.
+    """
+
+    @abstractmethod
+    def supernet_choices(self, space: SearchSpace) -> dict[str, tuple[str, ...]]:
+        """The ops each choice of ``space`` picks from, in order, repeats dropped (a fixed
+        choice: its one op). The other dimensions of ``space`` are not choices.
+
+        Raises:
+            ValueError: ``space`` is not one the supernet can search (the reason and how to
+                fix it, shown to the user as a config error).
+        """
+
+    @abstractmethod
+    def build_supernet(
+        self, choices: dict[str, tuple[str, ...]], params: dict[str, Any], spec: DataSpec
+    ) -> torch.nn.Module:
+        """A fresh supernet over ``choices`` for ``spec``'s data; ``params`` are the fixed
+        params of the space (e.g. a width; ``defaults`` fill in the rest)."""
+
+    @abstractmethod
+    def inherit(self, supernet: torch.nn.Module, path: dict[str, str]) -> torch.nn.Module:
+        """The network ``build`` makes for ``path``, holding copies of the supernet's weights
+        of that path (BatchNorm statistics included) on the supernet's device: in eval mode
+        it computes ``supernet(x, path)``, and changing it leaves the supernet as it was."""
+
+    @abstractmethod
+    def path_cost(
+        self, choices: dict[str, tuple[str, ...]], params: dict[str, Any], spec: DataSpec
+    ) -> Callable[[dict[str, str]], tuple[int, int]]:
+        """A function giving the parameter count and FLOPs (multiply-adds) of the network
+        ``build`` makes for a path of ``choices`` with the space's fixed ``params``."""

@@ -14,9 +14,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from autoplat.core.errors import AutoplatError, StoreError, StoreFault
-from autoplat.core.results import objectives
 from autoplat.core.space import DATASET_PREFIX, SearchSpace, SpaceError
-from autoplat.core.store import Store, Study, Trial, TrialState
+from autoplat.core.store import Store, Study, Trial, TrialState, objectives
 
 NUMBER_ATTR = "autoplat_number"  # a trial's number in the autoplat store
 

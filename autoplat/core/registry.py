@@ -29,28 +29,8 @@ ENTRY_POINT_GROUP = "autoplat"
 DISABLE_ENV = "AUTOPLAT_DISABLE_PLUGINS"
 BUILTIN_ONLY_ENV = "AUTOPLAT_BUILTIN_ONLY"  # "1": load only autoplat's own plugins (tests)
 TRACE_ENV = "AUTOPLAT_TRACE"  # "1": print every hook call to stderr
-KINDS = (
-    "architectures",
-    "datasets",
-    "strategies",
-    "acquisitions",
-    "scorers",
-    "embedders",
-    "language_models",
-    "search_spaces",
-    "benchmarks",
-)
-SINGULAR = {
-    "architectures": "architecture",
-    "datasets": "dataset",
-    "strategies": "strategy",
-    "acquisitions": "acquisition",
-    "scorers": "scorer",
-    "embedders": "embedder",
-    "language_models": "language model",
-    "search_spaces": "search space",
-    "benchmarks": "benchmark",
-}
+KINDS = tuple(hookspecs.KINDS)  # "architectures", ..., "commands": one per register_ hook
+SINGULAR = {name: kind.noun for name, kind in hookspecs.KINDS.items()}
 
 
 @dataclass
@@ -119,7 +99,8 @@ class Registry:
         """Import every plugin of the entry-point group; a broken one is recorded, not fatal."""
         blocked = disabled_plugins()
         builtin_only = os.environ.get(BUILTIN_ONLY_ENV) == "1"
-        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        own_first = lambda e: (not e.value.startswith("autoplat."), e.name)  # noqa: E731
+        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=own_first):
             dist = getattr(ep, "dist", None)
             if ep.name in self.plugins or (builtin_only and not ep.value.startswith("autoplat.")):
                 continue
@@ -216,10 +197,11 @@ class Registry:
                     self._add(kind, item, name, info)
 
     def _add(self, kind: str, item: Any, plugin: str, info: PluginInfo) -> None:
-        item_name = getattr(item, "name", None)
-        if not isinstance(item_name, str) or not item_name:
-            info.errors.append(f"registered a {SINGULAR[kind]} without a string 'name': {item!r}")
+        problem = _registration_problem(hookspecs.KINDS[kind], item)
+        if problem:
+            info.errors.append(problem)
             return
+        item_name = item.name
         owner = self.owners.get((kind, item_name))
         if owner is not None:
             info.errors.append(
@@ -231,19 +213,97 @@ class Registry:
         self.owners[(kind, item_name)] = plugin
         info.registered.setdefault(kind, []).append(item_name)
 
+    def notify(self, event: str, **kwargs: Any) -> None:
+        """Call an event hook (``on_trial_result``, ``on_study_end``) of every plugin; one
+        that raises is reported by name (once per plugin) and the others still run."""
+        for impl in getattr(self.pm.hook, event).get_hookimpls():
+            try:
+                impl.function(**kwargs)
+            except Exception as exc:  # noqa: BLE001 - the plugin's bug, not the study's
+                info = self.plugins.get(impl.plugin_name)
+                message = f"{event} raised {_first_line_error(exc)}"
+                if info is not None and message not in info.errors:
+                    info.errors.append(message)
+                    log.warning("plugin '%s': %s", impl.plugin_name, message)
+
     # -- lookups -----------------------------------------------------------------
     def get(self, kind: str, name: str) -> Any:
-        """The item of this kind and name, or a PluginError listing what is available."""
+        """The item of this kind and name (the class; for a shared kind, its one instance),
+        imported now if it was registered lazily; PluginError when unknown or broken."""
         items = self.items[kind]
-        if name in items:
-            return items[name]
-        raise PluginError(unknown_name_message(SINGULAR[kind], name, list(items)))
+        if name not in items:
+            raise PluginError(unknown_name_message(SINGULAR[kind], name, list(items)))
+        item = items[name]
+        spec = hookspecs.KINDS[kind]
+        if isinstance(item, hookspecs.Lazy):
+            item = self._resolve(spec, item)
+        if spec.shared and isinstance(item, type):
+            item = self._make(spec, item)
+        items[name] = item
+        return item
+
+    def _resolve(self, kind: hookspecs.Kind, item: hookspecs.Lazy) -> Any:
+        owner = self.owners[(kind.name, item.name)]
+        try:
+            found = _import_target(item.target)
+        except Exception as exc:  # noqa: BLE001 - the plugin's import failed
+            problem = f"cannot import {kind.noun} '{item.name}': {_first_line_error(exc)}"
+        else:
+            problem = _registration_problem(kind, found)
+            if not problem and found.name != item.name:
+                problem = f"{item.target} is named '{found.name}', registered as '{item.name}'"
+            if not problem:
+                return found
+        self.plugins[owner].errors.append(problem)
+        raise PluginError(f"plugin '{owner}': {problem}")
+
+    def _make(self, kind: hookspecs.Kind, cls: type) -> Any:
+        try:
+            return cls()
+        except Exception as exc:  # noqa: BLE001 - the plugin's constructor failed
+            owner = self.owners[(kind.name, cls.name)]
+            problem = f"{kind.noun} '{cls.name}' failed to start: {_first_line_error(exc)}"
+            self.plugins[owner].errors.append(problem)
+            raise PluginError(f"plugin '{owner}': {problem}") from exc
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.items[kind])
 
     def errors(self) -> list[tuple[PluginInfo, str]]:
         return [(p, err) for p in self.plugins.values() for err in p.errors]
+
+
+def _import_target(target: str) -> Any:
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _registration_problem(kind: hookspecs.Kind, item: Any) -> str | None:
+    """Why ``item`` cannot be registered as a ``kind``, or None: a class of the kind's
+    interface (or a ``lazy`` one), or for value kinds an instance of the value type."""
+    if isinstance(item, hookspecs.Lazy):
+        return None if item.name else f"registered a lazy {kind.noun} without a name"
+    expected = kind.interface.rpartition(":")[2]
+    if kind.registers_classes:
+        if not isinstance(item, type):
+            what = type(item).__name__
+            return (
+                f"registered {_a(what)} instance as {_a(kind.noun)}; register the class "
+                f"(register({what}), not register({what}()))"
+            )
+        base = _import_target(kind.interface)
+        if not issubclass(item, base):
+            return f"registered {item.__name__}, which is not a subclass of {expected}"
+    elif not isinstance(item, _import_target(kind.interface)):
+        return f"registered {item!r} as {_a(kind.noun)}; expected {_a(expected)}"
+    name = getattr(item, "name", None)
+    if not isinstance(name, str) or not name:
+        return f"registered a {kind.noun} without a string 'name': {item!r}"
+    return None
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def unknown_name_message(what: str, name: str, available: list[str]) -> str:

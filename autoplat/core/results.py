@@ -22,6 +22,7 @@ from autoplat.core.store import (
     Trial,
     TrialMetric,
     _guarded,
+    objectives,
     pareto_front,
 )
 
@@ -42,12 +43,6 @@ def _study_metrics(store: Store, study_id: int) -> list[tuple[int, int, str, flo
     )
     with store.session() as s:
         return [tuple(row) for row in s.exec(query)]
-
-
-def objectives(study: Study) -> list[tuple[str, str]]:
-    """(metric, direction) of each objective of a study; its metric alone when single."""
-    stored = json.loads(study.config or "{}").get(OBJECTIVES_KEY)
-    return [tuple(o) for o in stored] if stored else [(study.metric, study.direction)]
 
 
 def history_rows(store: Store, study: Study) -> list[dict[str, Any]]:
@@ -187,7 +182,7 @@ def list_rows(store: Store) -> list[dict[str, Any]]:
 def checkpoint_folder(store: Store, study: Study) -> Path | None:
     """The folder where a search study's trials saved their weights (as run_study chose it
     from the stored config), or None."""
-    from autoplat.core.study import beside_store
+    from autoplat.core.runner import beside_store
 
     cfg = json.loads(study.config or "{}").get("study", {})
     if study.kind != "search" or cfg.get("checkpoints") == "none":

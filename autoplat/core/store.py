@@ -29,11 +29,17 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlmodel import Field, Session, SQLModel, create_engine, func, select
 
+from autoplat.core.defaults import DEFAULT_URL
 from autoplat.core.errors import StoreError, StoreFault
 
 SCHEMA_VERSION = 2  # 2: al_rounds gained seed and trial_id; trials gained attrs
 OBJECTIVES_KEY = "_objectives"  # in a stored search config: [[metric, direction], ...]
-DEFAULT_URL = "sqlite:///runs/platform.db"
+
+
+def objectives(study: Study) -> list[tuple[str, str]]:
+    """(metric, direction) of each objective of a study; its metric alone when single."""
+    stored = json.loads(study.config or "{}").get(OBJECTIVES_KEY)
+    return [tuple(o) for o in stored] if stored else [(study.metric, study.direction)]
 
 
 def utcnow() -> datetime:

@@ -1,42 +1,41 @@
-"""The search driver: a Strategy as a Ray Tune Searcher, a Tuner, and a callback that
-writes every trial event to the store (the driver is the only writer)."""
+"""The search driver: a Strategy as a Ray Tune Searcher, the trainables of a search's
+trials, and a callback that writes every trial event to the store (the driver is the only
+writer). Ray itself is run by autoplat.core.runner, which active learning shares."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import logging
 import os
 import shutil
-import signal
-import socket
-import threading
-import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from autoplat.core.config import Resolved, unbuildable
-from autoplat.core.errors import AutoplatError, ConfigError, StoreError, StoreFault
+from autoplat.core.errors import ConfigError, StoreError
 from autoplat.core.interfaces import OneShotStrategy, Strategy
+from autoplat.core.runner import (
+    TRIAL_ERROR,
+    Progress,
+    beside_store,
+    driving,
+    find_study,
+    load_splits,
+    ray_workdir,
+    reopen,
+    run_trials,
+    start_ray,
+    study_end_hook,
+    trial_callback,
+)
 from autoplat.core.space import DATASET_PREFIX, SearchSpace, params_key, split_dataset_params
 from autoplat.core.store import OBJECTIVES_KEY, Store, Study, StudyState, Trial, TrialState
 
 log = logging.getLogger(__name__)
 
-# Ray settings that cut per-trial overhead for short trials (see benchmarks/overhead.py).
-RAY_ENV_DEFAULTS = {
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV/JSON/TensorBoard files per trial
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    "RAY_AIR_NEW_OUTPUT": "0",
-    # a trial that raised reports TRIAL_ERROR (without the metric) as its last result
-    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-}
-TRIAL_ERROR = "trial_error"  # a result key: the trial raised this error (it is not retried)
 NUMERIC = (int, float)
 
 
@@ -68,14 +67,6 @@ def trial_seed(study_seed: int, params: dict[str, Any]) -> int:
     )
 
 
-@lru_cache(maxsize=4)
-def _load_splits(dataset: str, options_json: str, seed: int):
-    from autoplat.core.registry import get_registry
-
-    plugin = get_registry().get("datasets", dataset)
-    return plugin.load(plugin.Options.model_validate(json.loads(options_json)), seed)
-
-
 def check_data(resolved: Resolved) -> None:
     """Load a model study's data once in the driver, so a DataError (a missing file, a
     bad row) or a space none of whose params fit the data (a patch size that does not
@@ -93,29 +84,6 @@ def check_data(resolved: Resolved) -> None:
             f"'{resolved.architecture.name}' fit the data of dataset '{resolved.dataset.name}' "
             f"(e.g. {reason}); change the [space] values or the [dataset] options"
         )
-
-
-def reporting_errors(fn: Callable[..., None]) -> Callable[..., None]:
-    """The trainable ``fn`` reporting an exception it raises as its last result (under
-    TRIAL_ERROR, with ``done``) instead of raising it: Tune then ends the trial without a
-    retry, as [resources] max_failures retries only a trial whose worker died. The worker
-    first loads the driver's local plugin modules (``[plugins]``, ``--plugin``)."""
-    from autoplat.core.registry import get_registry, load_local
-
-    local = list(get_registry().local)
-
-    @functools.wraps(fn)
-    def trainable(config: dict[str, Any], job: Any) -> None:
-        from ray import tune
-
-        load_local(local)
-        try:
-            fn(config, job)
-        except Exception as exc:  # noqa: BLE001 - reported to the driver, which stores it
-            log.exception("trial failed")  # the traceback, in the worker's Ray log
-            tune.report({TRIAL_ERROR: f"{type(exc).__name__}: {exc}", "done": True})
-
-    return trainable
 
 
 def run_trial(config: dict[str, Any], job: Job) -> None:
@@ -136,7 +104,7 @@ def run_trial(config: dict[str, Any], job: Job) -> None:
     params = dict(config)
     data_options, model_params = split_dataset_params(params)
     options = json.dumps({**json.loads(job.dataset_options), **data_options}, sort_keys=True)
-    splits = _load_splits(job.dataset, options, job.seed)
+    splits = load_splits(job.dataset, options, job.seed)
     arch = get_registry().get("architectures", job.architecture)
     arch_params, hyper = arch.split_params(model_params)
     seed = trial_seed(job.seed, params)
@@ -200,11 +168,12 @@ def run_one_shot_trial(config: dict[str, Any], job: OneShotJob) -> None:
     from autoplat.core.registry import get_registry
 
     torch.set_num_threads(job.data.threads)
-    splits = _load_splits(job.data.dataset, job.data.dataset_options, job.data.seed)
-    cls = get_registry().get("strategies", job.strategy)
-    strategy = cls(
-        job.space, job.direction, job.data.seed, cls.Options.model_validate_json(job.options)
-    )
+    splits = load_splits(job.data.dataset, job.data.dataset_options, job.data.seed)
+    registry = get_registry()
+    cls = registry.get("strategies", job.strategy)
+    options = cls.Options.model_validate_json(job.options)
+    architecture = registry.get("architectures", job.data.architecture)  # builds the supernet
+    strategy = cls(job.space, job.direction, job.data.seed, options, architecture=architecture)
     held: list[dict[str, Any]] = []  # the last epoch's report waits for the derived cells
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
@@ -231,21 +200,6 @@ class FixedParams(Strategy):
 
     def tell(self, params: dict[str, Any], value: float | None) -> None:
         """Nothing to learn."""
-
-
-def _error_text(trial: Any) -> str:
-    """A one-paragraph reason a Tune trial failed."""
-    try:
-        exc = trial.get_pickled_error()
-    except Exception:  # noqa: BLE001 - fall back to the error file below
-        exc = None
-    cause = getattr(exc, "cause", exc)
-    if cause is not None:
-        return f"{type(cause).__name__}: {cause}"
-    if trial.error_file and Path(trial.error_file).exists():
-        lines = Path(trial.error_file).read_text().strip().splitlines()
-        return lines[-1] if lines else "unknown error"
-    return "unknown error"
 
 
 def _searcher_class():
@@ -397,133 +351,6 @@ def make_scheduler(resolved: Resolved):
     return schedulers.FIFOScheduler()
 
 
-def ensure_ray(address: str | None) -> None:
-    """Start local Ray, or join the cluster at ``address`` (or RAY_ADDRESS)."""
-    import ray
-
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    # Trial results live in our store; Ray's result files are off (see RAY_ENV_DEFAULTS).
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    # On Ctrl-C Tune suggests Tuner.restore (ours is `platform search --resume`), and it logs
-    # each failed trial's traceback and their list: the CLI prints one line per failed
-    # trial, and the store keeps each error.
-    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
-    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
-    # A notice printed on every start of a local cluster; not actionable for users.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
-        logging.ERROR
-    )
-    if ray.is_initialized():
-        return
-    # "local" starts a fresh local Ray; without it ray.init would join whatever cluster
-    # `ray start` last left behind on this machine.
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    _check_reachable(address)
-    sigterm = signal.getsignal(signal.SIGTERM)
-    try:
-        with _sigterm_blocked(address == "local"):
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                log_to_driver=False,
-                configure_logging=True,
-            )
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise AutoplatError(
-            f"cannot reach the Ray cluster at '{address}': {exc}. Start it with "
-            "`ray start --head` there, or drop --address to run locally"
-        ) from None
-    if callable(sigterm) and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, sigterm)  # ray.init replaced it with sys.exit
-    node = getattr(ray._private.worker, "_global_node", None)
-    if address == "local" and node is not None:
-        _LOCAL_SESSION[0] = Path(node.get_session_dir_path())
-
-
-_LOCAL_SESSION: list[Path | None] = [None]  # the temp folder of the local Ray we started
-
-
-@contextlib.contextmanager
-def _sigterm_blocked(block: bool) -> Iterator[None]:
-    """Start a local Ray's processes with SIGTERM blocked: a SIGTERM to the driver's whole
-    process group (systemd, Slurm) then stops the study as Ctrl-C does, instead of killing
-    Ray under it (they still end with the driver: Ray ties them to its life)."""
-    if not block or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def shutdown_ray(keep_files: bool = False) -> None:
-    """Stop Ray; a local Ray this process started also loses its temp session folder
-    (``/tmp/ray/session_*``, its logs) unless ``keep_files``. Other sessions stay."""
-    import ray
-
-    session, _LOCAL_SESSION[0] = _LOCAL_SESSION[0], None
-    node = getattr(ray._private.worker, "_global_node", None)
-    if session is not None and node is not None:
-        # its processes block SIGTERM (see _sigterm_blocked): skip the 1 s wait per process
-        # for a graceful exit they cannot make; they get SIGKILL, as after that wait
-        kill = node.kill_all_processes
-        node.kill_all_processes = lambda **kw: kill(**{**kw, "allow_graceful": False})
-    ray.shutdown()
-    if session is None or keep_files:
-        return
-    shutil.rmtree(session, ignore_errors=True)
-    latest = session.parent / "session_latest"
-    if latest.is_symlink() and Path(os.readlink(latest)) in (session, Path(session.name)):
-        latest.unlink(missing_ok=True)
-
-
-def check_resources(path: Path | str, cpus: float, gpus: float) -> None:
-    """Refuse a trial no Ray node can hold (it would wait forever), before anything is
-    stored: ``cpus`` and ``gpus`` per trial against each live node of the cluster."""
-    import ray
-
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
-        return
-    most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
-    most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
-    if gpus > most_gpus:
-        has = "no GPU" if not most_gpus else f"at most {most_gpus:g} GPUs on one node"
-        raise ConfigError(
-            f"{path}: resources.gpus_per_trial = {gpus:g} but the Ray cluster has {has}; set "
-            f"gpus_per_trial = {most_gpus:g} or join a cluster with more GPUs (--address)"
-        )
-    if cpus > most_cpus:
-        raise ConfigError(
-            f"{path}: resources.cpus_per_trial = {cpus:g} but the Ray cluster has at most "
-            f"{most_cpus:g} CPUs on one node; set cpus_per_trial = {most_cpus:g} or less, or "
-            "join a bigger cluster (--address)"
-        )
-    raise ConfigError(
-        f"{path}: resources: no Ray node has {cpus:g} CPUs and {gpus:g} GPUs at once; lower "
-        "cpus_per_trial or gpus_per_trial, or join a bigger cluster (--address)"
-    )
-
-
-def _check_reachable(address: str) -> None:
-    """Fail fast on a HOST:PORT nobody listens on (ray.init would retry for minutes)."""
-    host, _, port = address.rpartition(":")
-    if address in ("local", "auto") or "://" in address or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as exc:
-        raise AutoplatError(
-            f"cannot reach the Ray cluster at '{address}' ({exc.strerror or exc}). Start it "
-            "with `ray start --head --port=PORT` there, or drop --address to run locally"
-        ) from None
-
-
-Progress = Callable[[str, dict[str, Any]], None]
 CHECKPOINT = "checkpoint"  # the Artifact kind of a trial's weights
 
 
@@ -539,16 +366,6 @@ def checkpoint_dir(resolved: Resolved, store_url: str) -> Path | None:
         return None
     base = Path(cfg.checkpoint_dir).expanduser() if cfg.checkpoint_dir else None
     return ((base or beside_store(store_url, "checkpoints")) / cfg.name).resolve()
-
-
-def beside_store(store_url: str, name: str) -> Path:
-    """The folder ``name`` next to a SQLite store's file, else ``runs/<name>``."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(store_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        return Path(url.database).expanduser().parent / name
-    return Path("runs") / name
 
 
 _NOT_OURS: set[str] = set()  # checkpoint paths outside the study's folder, warned about once
@@ -597,8 +414,6 @@ def record_checkpoint(
 
 
 def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: Progress):
-    from ray.tune import Callback
-
     from autoplat.core.registry import get_registry
 
     metric = resolved.config.study.metric
@@ -607,27 +422,18 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
     folder = checkpoint_dir(resolved, store.url)
     ray_base = ray_workdir(resolved.config.study, store.url)
     artifacts = beside_store(store.url, "artifacts").resolve() / name
-    hooks = get_registry().pm.hook
+    notify = get_registry().notify  # each plugin's on_trial_result on its own
 
-    def call_hook(hook_name: str, **kwargs: Any) -> None:
-        try:
-            getattr(hooks, hook_name)(**kwargs)
-        except Exception:  # noqa: BLE001 - a logger plugin must not stop the study
-            log.exception("plugin hook %s failed", hook_name)
-
-    class StoreCallback(Callback):
+    class StoreCallback(trial_callback()):
         """Writes trial start, each report, completion and errors to the store."""
 
         def __init__(self) -> None:
-            self.ids: dict[str, int] = {}
+            super().__init__(store, on_event)
             self.numbers: dict[str, int] = {}
             self.placed: set[str] = set()  # Tune trial ids whose node is stored
-            self.retries = Retries(store)
 
-        def __reduce__(self):
-            # Ray pickles callbacks into its experiment snapshot; the store is not picklable
-            # and the driver is the only writer, so a restored copy writes nothing.
-            return (Callback, ())
+        def who(self, trial) -> dict[str, Any]:
+            return {"number": self.numbers[trial.trial_id]}
 
         def on_trial_start(self, iteration, trials, trial, **info):
             if trial.trial_id in self.ids:  # a paused trial (HyperBand) goes on: same row
@@ -658,14 +464,10 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
                 store.set_trial_node(trial_id, node)
                 self.placed.add(trial.trial_id)
             number = self.numbers[trial.trial_id]
-            call_hook("on_trial_result", study=name, trial=number, step=step, metrics=values)
+            notify("on_trial_result", study=name, trial=number, step=step, metrics=values)
             on_event("result", {"number": number, "step": step, "metrics": values})
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            last = trial.last_result or {}
-            if TRIAL_ERROR in last:
-                self._failed(trial, last[TRIAL_ERROR])
-                return
+        def completed(self, trial, last: dict[str, Any]) -> None:
             finished = bool(last.get("finished"))
             value = last.get(metric)
             state = TrialState.COMPLETE if finished else TrialState.PRUNED
@@ -693,36 +495,7 @@ def _store_callback(store: Store, study_id: int, resolved: Resolved, on_event: P
                 {"number": self.numbers[trial.trial_id], "state": state.value, "value": value},
             )
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._failed(trial, _error_text(trial))
-
-        def on_trial_recover(self, iteration, trials, trial, **info):
-            retries = self.retries.record(trial.trial_id, self.ids[trial.trial_id], trial)
-            number = self.numbers[trial.trial_id]
-            on_event("retry", {"number": number, **retries})
-
-        def _failed(self, trial, error: str) -> None:
-            store.finish_trial(self.ids[trial.trial_id], TrialState.FAIL, error=error)
-            on_event(
-                "end", {"number": self.numbers[trial.trial_id], "state": "fail", "error": error}
-            )
-
     return StoreCallback()
-
-
-class Retries:
-    """The retries of trials whose worker died, stored as trial attrs ``retries`` (a count)
-    and ``retry_errors`` (why each attempt ended)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.errors: dict[str, list[str]] = {}  # Tune trial id -> errors
-
-    def record(self, tune_id: str, trial_id: int, trial: Any) -> dict[str, Any]:
-        errors = self.errors.setdefault(tune_id, [])
-        errors.append(_error_text(trial))
-        self.store.set_trial_attrs(trial_id, retries=len(errors), retry_errors=errors)
-        return {"retries": len(errors), "error": errors[-1].splitlines()[0]}
 
 
 # What a trial's reports store: the trainers' own metrics (train_/val_/test_ names, so an
@@ -735,29 +508,10 @@ _REPORTED = {
 _REPORTED_PREFIXES = ("train_", "val_", "test_", SUPERNET_PREFIX)
 
 
-def _default_concurrency(cpus: float, gpus: float) -> int:
-    import ray
-
-    total = ray.cluster_resources()
-    fits = int(total.get("CPU", 1) // cpus)
-    if gpus:
-        fits = min(fits, int(total.get("GPU", 0) // gpus))
-    return max(1, fits)
-
-
 def check_study(store: Store, resolved: Resolved, resume: bool) -> Study | None:
     """Refuse a name clash or a bad ``--resume`` before anything is written or started."""
     cfg = resolved.config.study
-    existing = store.find_study(cfg.name)
-    if existing is None and resume:
-        raise StoreError(
-            f"--resume: no study named '{cfg.name}' in {store.display_url}; run without --resume"
-        )
-    if existing is not None and not resume:
-        raise StoreError(
-            f"study '{cfg.name}' already exists in {store.display_url}; pass --resume to "
-            "continue it, or change [study].name"
-        )
+    existing = find_study(store, cfg.name, resume)
     if existing is not None and _without_trials(json.loads(existing.config)) != _without_trials(
         resolved.raw
     ):
@@ -785,42 +539,14 @@ def create_study(store: Store, resolved: Resolved) -> int:
 
 
 def reopen_study(store: Store, study_id: int, trials: int) -> list[Trial]:
-    """Mark a resumed study's trials left running interrupted and the study running again
-    with its (maybe changed) number of ``trials`` (its driver lease held); returns its
-    finished trials."""
-    store.interrupt_running(study_id)
-    store.set_study_state(study_id, StudyState.RUNNING, target_trials=trials)
+    """Continue a resumed study (``runner.reopen``) with its (maybe changed) number of
+    ``trials``; returns its finished trials."""
+    reopen(store, study_id, target_trials=trials)
     return [
         t
         for t in store.trials(study_id)
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     ]
-
-
-@contextlib.contextmanager
-def driving(
-    store: Store, existing: Study | None, start: Callable[[], None], create: Callable[[], int]
-) -> Iterator[int]:
-    """Be the one driver of a study for a block (yields its id). A resumed study's lease is
-    taken first (a live driver's study stays as it is: StoreError naming it), then
-    ``start`` runs (Ray, checks that write nothing); a new study is stored by ``create``
-    after ``start``, then leased. A block that fails or is interrupted leaves the study
-    interrupted where the store allows it, for ``--resume``."""
-    with contextlib.ExitStack() as stack:
-        if existing is not None:
-            stack.enter_context(store.lease(existing.id))
-        start()
-        study_id = existing.id if existing is not None else create()
-        if existing is None:
-            stack.enter_context(store.lease(study_id))
-        try:
-            yield study_id
-        except BaseException:
-            with contextlib.suppress(Exception):  # the store may be what failed
-                store.interrupt_running(study_id)
-                store.set_study_state(study_id, StudyState.INTERRUPTED)
-                _study_end_hook(store, study_id)
-            raise
 
 
 def _without_trials(raw: dict[str, Any]) -> dict[str, Any]:
@@ -873,8 +599,7 @@ def run_study(
     check_data(resolved)
 
     def start() -> None:  # before any write: a cluster that cannot run it leaves no trace
-        ensure_ray(address)
-        check_resources(resolved.path, cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial)
+        start_ray(address, resolved.path, cfg.resources)
 
     with driving(store, existing, start, lambda: create_study(store, resolved)) as study_id:
         done = reopen_study(store, study_id, cfg.study.trials) if existing is not None else []
@@ -910,7 +635,7 @@ def _search(
             if supernet is None:  # it failed or was interrupted: the store says which
                 if store.get_study(cfg.study.name).state == StudyState.RUNNING:
                     store.set_study_state(study_id, StudyState.FINISHED)
-                    _study_end_hook(store, study_id)
+                    study_end_hook(store, study_id)
                 return
         derived = supernet.attrs_dict["derived"]
         trained = {params_key(t.params_dict) for t in done if t.state == TrialState.COMPLETE}
@@ -952,43 +677,25 @@ def _fit(
 ) -> None:
     """Run ``num_samples`` trials of ``fn`` (proposed by ``searcher``, a StrategySearcher;
     None: one trial of a one-shot strategy) and store them."""
-    from ray import tune
-
     cfg = resolved.config
-    res = cfg.resources
-    # A benchmark trial is a lookup of milliseconds: one at a time is as fast, and keeps a
-    # seeded search reproducible (each tell comes before the next ask).
-    concurrency = res.max_concurrent or (
-        1
-        if resolved.benchmark is not None
-        else _default_concurrency(res.cpus_per_trial, res.gpus_per_trial)
-    )
-    fn = tune.with_parameters(reporting_errors(fn), job=job)
-    fn = tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
-    with ray_folder(cfg.study, store.url) as folder:
-        tuner = tune.Tuner(
-            fn,
-            param_space=None if searcher else {"one_shot": cfg.strategy.name},
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=make_scheduler(resolved) if searcher else None,
-                num_samples=num_samples,
-                max_concurrent_trials=concurrency,
-                reuse_actors=True,
-            ),
-            run_config=run_config(
-                folder, _store_callback(store, study_id, resolved, on_event), res.max_failures
-            ),
-        )
+    run_trials(
+        fn,
+        job,
+        store=store,
+        study_id=study_id,
+        study=cfg.study,
+        resources=cfg.resources,
+        callback=_store_callback(store, study_id, resolved, on_event),
+        # A benchmark trial is a lookup of milliseconds: one at a time is as fast, and keeps
+        # a seeded search reproducible (each tell comes before the next ask).
+        concurrency=1 if resolved.benchmark is not None else None,
         # the supernet phase of a one-shot study is not its end (unless it was interrupted)
-        fit(tuner, store, study_id, ends_study=searcher is not None)
-
-
-def ray_workdir(study: Any, store_url: str) -> Path:
-    """Where Ray Tune's per-run folders go: ``[study] workdir``, else ``ray/`` beside the
-    store."""
-    workdir = study.workdir
-    return (Path(workdir).expanduser() if workdir else beside_store(store_url, "ray")).resolve()
+        ends_study=searcher is not None,
+        param_space=None if searcher else {"one_shot": cfg.strategy.name},
+        search_alg=searcher,
+        scheduler=make_scheduler(resolved) if searcher else None,
+        num_samples=num_samples,
+    )
 
 
 def keep_artifact(path: str, ray_base: Path, dest: Path) -> str:
@@ -1004,79 +711,3 @@ def keep_artifact(path: str, ray_base: Path, dest: Path) -> str:
     shutil.copyfile(source, tmp)
     os.replace(tmp, target)
     return str(target)
-
-
-@contextlib.contextmanager
-def ray_folder(study: Any, store_url: str) -> Iterator[Path]:
-    """Ray Tune's folder for one run of a study: ``<workdir>/<name>-<time>``, where workdir
-    is ``[study] workdir``, else ``ray/`` next to a SQLite store, else ``runs/ray``. It and
-    the folders made for it are removed afterwards, unless ``[study] keep_ray_files``."""
-    base = ray_workdir(study, store_url)
-    made = [p for p in (base, *base.parents) if not p.exists()]  # deepest first
-    folder = base / f"{study.name}-{int(time.time())}"
-    try:
-        yield folder
-    finally:
-        if not study.keep_ray_files:
-            shutil.rmtree(folder, ignore_errors=True)
-            for path in made:
-                with contextlib.suppress(OSError):  # a folder someone else wrote to stays
-                    path.rmdir()
-
-
-def run_config(folder: Path, callback: Any, max_failures: int = 0) -> Any:
-    """Tune's RunConfig for a run in ``folder``: our callback stores everything; a trial
-    whose worker died is retried ``max_failures`` times."""
-    from ray import tune
-
-    return tune.RunConfig(
-        name=folder.name,
-        storage_path=str(folder.parent),
-        callbacks=[callback],
-        failure_config=tune.FailureConfig(max_failures=max_failures, fail_fast=False),
-        verbose=0,
-        log_to_file=False,
-    )
-
-
-def fit(tuner: Any, store: Store, study_id: int, ends_study: bool = True) -> None:
-    """Run the trials; mark trials left running and the study interrupted after Ctrl-C.
-
-    With ``ends_study`` the study is then finished (or interrupted) and ``on_study_end``
-    runs; without, only an interruption is recorded. A store that failed under Tune
-    surfaces as its StoreFault (``driving`` then marks what it can).
-    """
-    try:
-        tuner.fit()
-    except Exception as exc:
-        fault = _store_fault(exc)
-        if fault is not None and fault is not exc:
-            raise fault from None
-        raise
-    interrupted = store.interrupt_running(study_id) > 0
-    if ends_study or interrupted:
-        store.set_study_state(
-            study_id, StudyState.INTERRUPTED if interrupted else StudyState.FINISHED
-        )
-        _study_end_hook(store, study_id)
-
-
-def _store_fault(exc: BaseException | None) -> StoreFault | None:
-    """The StoreFault behind an exception Tune raised (a callback's write failed)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, StoreFault):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _study_end_hook(store: Store, study_id: int) -> None:
-    from autoplat.core.registry import get_registry
-
-    study = next(s for s in store.studies() if s.id == study_id)
-    try:
-        get_registry().pm.hook.on_study_end(study=study.name, best=store.summary(study)["best"])
-    except Exception:  # noqa: BLE001 - a logger plugin must not fail the study
-        log.exception("plugin hook on_study_end failed")

@@ -7,16 +7,17 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoplat.core.interfaces import Splits
+if TYPE_CHECKING:
+    from autoplat.core.interfaces import Splits
 
 Report = Callable[[int, dict[str, float]], None]
-Trainer = Callable[[nn.Module, Splits, dict[str, Any], Report, int], dict[str, float]]
+Trainer = Callable[[nn.Module, "Splits", dict[str, Any], Report, int], dict[str, float]]
 
 TRAINER_PARAMS: dict[str, object] = {
     "lr": 1e-3,

@@ -21,9 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from autoplat import hookimpl
 from autoplat.core.errors import PluginError
-from autoplat.core.hookspecs import Register
 from autoplat.core.interfaces import Embedder, Options
 
 
@@ -204,7 +202,7 @@ class StudyModel(Embedder):
             return self._loaded
         import torch
 
-        from autoplat.core import export
+        from autoplat.core import export, predict
         from autoplat.core.store import DEFAULT_URL, Store
 
         store = Store(self.options.storage or DEFAULT_URL, create=False)
@@ -220,7 +218,7 @@ class StudyModel(Embedder):
                 f"({tm.architecture}) has no linear layer to take features before; use an "
                 "architecture with a classification head"
             )
-        info = export.ModelInfo(
+        info = predict.ModelInfo(
             tuple(tm.spec.input_shape), list(tm.spec.label_names), export.preprocessing(tm.spec), {}
         )
         self._loaded = (model, heads[-1] if heads else None, info, device)
@@ -250,7 +248,7 @@ class StudyModel(Embedder):
         return self._dim
 
     def embed(self, items: list[str]) -> np.ndarray:
-        from autoplat.core import export
+        from autoplat.core import predict
 
         info = self._load()[2]
         if not items:
@@ -258,7 +256,7 @@ class StudyModel(Embedder):
         parts = []
         for start in range(0, len(items), self.options.batch_size):
             batch = [str(item) for item in items[start : start + self.options.batch_size]]
-            names, x = export.load_inputs(batch, info)
+            names, x = predict.load_inputs(batch, info)
             if len(names) != len(batch):
                 raise PluginError(
                     f"embedder 'study': a file among {batch[0]} .. {batch[-1]} holds several "
@@ -266,11 +264,3 @@ class StudyModel(Embedder):
                 )
             parts.append(self._features(x))
         return normalize_rows(np.concatenate(parts))
-
-
-@hookimpl
-def register_embedders(register: Register) -> None:
-    """Register the first-party embedders."""
-    register(MiniLM)
-    register(Hashing)
-    register(StudyModel)

@@ -45,14 +45,14 @@ def stop_search(process: subprocess.Popen, wait_s: float = STOP_WAIT_S) -> int:
 def run_with_tui(args: argparse.Namespace, command: str) -> int:
     """Validate the config, start `platform <command>` (search or al) detached, open the
     TUI on its study."""
-    from autoplat.cli import _registry
+    from autoplat.cli import load_registry
     from autoplat.core.al_study import load_al_config
     from autoplat.core.config import load_config
     from autoplat.core.store import DEFAULT_URL
     from autoplat.tui.app import PlatformApp, SearchProcess
 
     load = load_al_config if command == "al" else load_config
-    cfg = load(args.config, _registry(args)).config  # a bad config exits 2 here
+    cfg = load(args.config, load_registry(args)).config  # a bad config exits 2 here
     name = cfg.study.name
     url = args.storage or cfg.study.storage or DEFAULT_URL
     log = Path("runs") / f"{command}-{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"

@@ -1,11 +1,11 @@
-"""Registers `platform tui` through the same hook third-party commands use."""
+"""Registers `platform tui` through the same hook every command uses."""
 
 from __future__ import annotations
 
 import argparse
 
-from autoplat.core.hookspecs import hookimpl
-from autoplat.core.store import DEFAULT_URL
+from autoplat.core.defaults import DEFAULT_URL
+from autoplat.core.hookspecs import Command, Register, hookimpl
 
 
 def _interval(text: str) -> float:
@@ -21,19 +21,7 @@ def _run(args: argparse.Namespace) -> int:
     return run_tui(args)
 
 
-@hookimpl
-def register_commands(cli) -> None:
-    """Add `platform tui [--storage URL] [--study NAME] [--interval SECONDS]`."""
-    from autoplat.cli import HelpFormatter  # keeps the example's lines
-
-    p = cli.add_parser(
-        "tui",
-        help="watch studies live in the terminal (read-only)",
-        description="Watch the studies of a results store live: trials, metrics, best params. "
-        "Keys: Enter opens, / filters, s sorts, ? help, d light/dark, q quits.",
-        epilog="example:\n  platform tui --storage sqlite:///runs/quickstart.db --study quickstart",
-        formatter_class=HelpFormatter,
-    )
+def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage",
         metavar="URL",
@@ -47,4 +35,20 @@ def register_commands(cli) -> None:
         metavar="SECONDS",
         help="how often to poll the store (default 1)",
     )
-    p.set_defaults(func=_run)
+
+
+TUI = Command(
+    "tui",
+    "watch studies live in the terminal (read-only)",
+    "platform tui --storage sqlite:///runs/quickstart.db --study quickstart",
+    _arguments,
+    _run,
+    description="Watch the studies of a results store live: trials, metrics, best params. "
+    "Keys: Enter opens, / filters, s sorts, ? help, d light/dark, q quits.",
+)
+
+
+@hookimpl
+def register_commands(register: Register[Command]) -> None:
+    """Register `platform tui [--storage URL] [--study NAME] [--interval SECONDS]`."""
+    register(TUI)

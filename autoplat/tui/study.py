@@ -438,7 +438,7 @@ class CurateStudyScreen(StudyScreen):
         return reader.curation(study)
 
     def show(self, data: tuple[dict[str, Any], dict[str, str]]) -> None:
-        from autoplat.cli import curate_table
+        from autoplat.views import curate_table
 
         summary, artifacts = data
         self._state = summary["study"]["state"]

@@ -34,15 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import (
     ALLOCATION,
-    DROPOUT,
     EPOCHS,
     LAYERS,
     PATCH,
-    RATIO,
-    SIZE,
     Architecture,
     DataSpec,
     OnnxPart,
@@ -51,8 +47,8 @@ from autoplat.core.interfaces import (
     ints,
 )
 from autoplat.core.training import TRAINER_PARAMS, TrialFailed, train_classification
-from autoplat.plugins.architectures.vit import Block
 from autoplat.plugins.audio.frontend import LogMel
+from autoplat.plugins.layers import BLOCK_RANGES, Block, PatchTokens, heads_problem
 from autoplat.plugins.robustness import ROBUST_PARAMS, check_robust_params, robust_metrics
 
 ENCODERS = ("ast", "cnn")
@@ -81,19 +77,6 @@ class Spectrogram(nn.Module):
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.logmel(waveforms))
         return F.pad(x, (0, self.pad)).unsqueeze(1)
-
-
-class PatchTokens(nn.Module):
-    """An image-like (batch, C, H, W) -> patch tokens with learned positions (batch, N, width)."""
-
-    def __init__(self, channels: int, rows: int, cols: int, patch_size: int, width: int) -> None:
-        super().__init__()
-        self.embed = nn.Conv2d(channels, width, kernel_size=patch_size, stride=patch_size)
-        self.num_patches = (rows // patch_size) * (cols // patch_size)
-        self.pos = nn.Parameter(torch.randn(1, self.num_patches, width) * width**-0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed(x).flatten(2).transpose(1, 2) + self.pos
 
 
 class AST(nn.Module):
@@ -223,12 +206,9 @@ class Audio(Architecture):
     param_ranges: ClassVar[dict[str, Range]] = {
         **FRONTEND_RANGES,
         **ROBUST_TRAINER_RANGES,
+        **BLOCK_RANGES,
         "depth": LAYERS,
-        "width": SIZE,
-        "heads": LAYERS,
-        "mlp_ratio": RATIO,
         "patch_size": PATCH,
-        "dropout": DROPOUT,
     }
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
@@ -244,8 +224,8 @@ class Audio(Architecture):
         if problem:
             return problem
         if p["encoder"] == "ast":
-            if p["width"] % p["heads"]:
-                return f"audio: width {p['width']} is not divisible by heads {p['heads']}"
+            if (reason := heads_problem("audio", p["width"], p["heads"])) is not None:
+                return reason
             if p["n_mels"] % p["patch_size"]:
                 return f"audio: patch_size {p['patch_size']} does not divide n_mels {p['n_mels']}"
         if spec is not None and (len(spec.input_shape) != 1 or spec.input_shape[0] < p["n_fft"]):
@@ -346,9 +326,3 @@ class Audio(Architecture):
             report(epoch, metrics)
 
         return train_classification(model, splits, params, with_robustness, seed)
-
-
-@hookimpl
-def register_architectures(register: Register) -> None:
-    """Register the audio classifier."""
-    register(Audio())

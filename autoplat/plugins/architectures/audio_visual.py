@@ -50,13 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import (
-    DROPOUT,
     LAYERS,
     PATCH,
-    RATIO,
-    SIZE,
     Architecture,
     DataSpec,
     OnnxPart,
@@ -80,7 +76,7 @@ from autoplat.plugins.architectures.audio import (
     frontend_problem,
 )
 from autoplat.plugins.architectures.dino import linear_probe
-from autoplat.plugins.architectures.vit import Block
+from autoplat.plugins.layers import BLOCK_RANGES, Block, heads_problem
 from autoplat.plugins.robustness import ROBUST_PARAMS, check_robust_params, robust_metrics
 
 FUSIONS = ("early", "mid", "late")
@@ -328,13 +324,10 @@ class AudioVisual(Architecture):
     param_ranges: ClassVar[dict[str, Range]] = {
         **FRONTEND_RANGES,
         **ROBUST_TRAINER_RANGES,
+        **BLOCK_RANGES,
         "depth": LAYERS,
-        "width": SIZE,
-        "heads": LAYERS,
-        "mlp_ratio": RATIO,
         "audio_patch": PATCH,
         "image_patch": PATCH,
-        "dropout": DROPOUT,
     }
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
@@ -351,8 +344,8 @@ class AudioVisual(Architecture):
             return problem
         if p["fusion"] == "mid" and p["depth"] < 2:
             return "audio-visual: mid fusion needs depth >= 2 (one block alone, one shared)"
-        if p["width"] % p["heads"]:
-            return f"audio-visual: width {p['width']} is not divisible by heads {p['heads']}"
+        if (reason := heads_problem("audio-visual", p["width"], p["heads"])) is not None:
+            return reason
         if p["n_mels"] % p["audio_patch"]:
             return (
                 f"audio-visual: audio_patch {p['audio_patch']} does not divide n_mels {p['n_mels']}"
@@ -429,9 +422,3 @@ class AudioVisual(Architecture):
     ) -> dict[str, float]:
         """Train with ``train_audio_visual``."""
         return train_audio_visual(model, splits, params, report, seed)  # type: ignore[arg-type]
-
-
-@hookimpl
-def register_architectures(register: Register) -> None:
-    """Register the audio-visual classifier."""
-    register(AudioVisual())

@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import (
     DROPOUT,
     LAYERS,
@@ -61,7 +60,7 @@ from autoplat.core.training import (
     train_epoch,
     warmup_cosine,
 )
-from autoplat.plugins.architectures.vit import Attention, Block, VisionTransformer
+from autoplat.plugins.layers import Block, ConvTower, VisionTransformer
 
 MAX_LOGIT_SCALE = 100.0
 EVAL_LOSS_BATCH = 256
@@ -69,54 +68,6 @@ PAD_ID = 0  # autoplat.plugins.datasets.captions.PAD_ID
 
 
 # -- towers -----------------------------------------------------------------------------
-class ConvTower(nn.Module):
-    """A small CNN: ``depth`` stages of conv3x3-BN-ReLU (+ 2x2 max-pool while the map is
-    larger than 4x4), global average pooling and a linear projection to ``embed_dim``."""
-
-    def __init__(self, input_shape: tuple[int, int, int], width: int, depth: int, embed_dim: int):
-        super().__init__()
-        channels, rows, _ = input_shape
-        layers: list[nn.Module] = []
-        for i in range(depth):
-            out = width * 2 ** min(i, 2)
-            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out)]
-            layers.append(nn.ReLU(inplace=True))
-            if rows > 4:
-                layers.append(nn.MaxPool2d(2))
-                rows //= 2
-            channels = out
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(channels, embed_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
-
-
-class MaskedAttention(Attention):
-    """``Attention`` with a boolean mask (True: may attend), shaped (B, 1, N, N)."""
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
-
-
-class TextBlock(Block):
-    """The ViT's pre-norm ``Block`` with a masked attention."""
-
-    def __init__(self, width: int, heads: int, mlp_ratio: int, dropout: float) -> None:
-        super().__init__(width, heads, mlp_ratio, dropout)
-        self.attn = MaskedAttention(width, heads, dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        x = x + self.attn(self.norm1(x), mask)
-        return x + self.mlp(self.norm2(x))
-
-
 class TextTransformer(nn.Module):
     """Token and position embeddings, transformer blocks, pooling and a projection.
 
@@ -144,9 +95,7 @@ class TextTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, text_length, width))
         nn.init.normal_(self.token_embed.weight, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.01)
-        self.blocks = nn.ModuleList(
-            TextBlock(width, heads, mlp_ratio, dropout) for _ in range(depth)
-        )
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, embed_dim, bias=False)
 
@@ -509,9 +458,3 @@ class CLIP(Architecture):
             )
             for part, (tower, i, name) in towers.items()
         }
-
-
-@hookimpl
-def register_architectures(register: Register) -> None:
-    """Register CLIP."""
-    register(CLIP())

@@ -44,7 +44,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import (
     EPOCHS,
     LAYERS,
@@ -73,7 +72,8 @@ from autoplat.core.training import (
     start_training,
     warmup_cosine,
 )
-from autoplat.plugins.architectures.vit import VisionTransformer, ViT
+from autoplat.plugins.architectures.vit import ViT
+from autoplat.plugins.layers import VisionTransformer
 
 STUDENT_TEMP = 0.1
 KNN_K = 20
@@ -863,9 +863,3 @@ class DINO(Architecture):
         """The feature extractor: the teacher's cls embedding (width) of full-size images."""
         backbone = model.backbone  # forward: the cls embedding, as DINOModel's
         return {"features": OnnxPart(backbone, (splits.test[0],), ("image",), "image", "embedding")}
-
-
-@hookimpl
-def register_architectures(register: Register) -> None:
-    """Register DINO."""
-    register(DINO())

@@ -66,7 +66,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import (
     ALLOCATION,
     DROPOUT,
@@ -95,8 +94,7 @@ from autoplat.core.training import (
     sync_folder,
     train_epoch,
 )
-from autoplat.plugins.architectures.clip import ConvTower
-from autoplat.plugins.architectures.vit import Attention
+from autoplat.plugins.layers import Attention, ConvTower
 
 DENOISERS = ("unet", "dit")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -954,9 +952,3 @@ class _Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.model.from_latents(z)
-
-
-@hookimpl
-def register_architectures(register: Register) -> None:
-    """Register latent diffusion."""
-    register(LatentDiffusion())

@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import DROPOUT, LAYERS, SIZE, Architecture, DataSpec, Range
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
@@ -89,9 +88,3 @@ class MLP(Architecture):
             dropout=float(p["dropout"]),
             activation=p["activation"],
         )
-
-
-@hookimpl
-def register_architectures(register: Register) -> None:
-    """Register the MLP."""
-    register(MLP())

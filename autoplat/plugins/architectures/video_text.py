@@ -42,12 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import (
-    DROPOUT,
     LAYERS,
     NON_NEGATIVE,
-    RATIO,
     SIZE,
     TRAINER_RANGES,
     Architecture,
@@ -66,7 +63,7 @@ from autoplat.core.training import (
     start_training,
     warmup_cosine,
 )
-from autoplat.plugins.architectures.vit import Attention, Block
+from autoplat.plugins.layers import BLOCK_RANGES, Block, heads_problem
 
 PAD_ID, BOS_ID, EOS_ID = 0, 2, 3  # as autoplat.plugins.datasets.captions
 EVAL_BATCH_SIZE = 256
@@ -75,35 +72,6 @@ MAX_LOGIT_SCALE = 100.0
 
 
 # -- modules ---------------------------------------------------------------------------
-class MaskedAttention(Attention):
-    """``vit.Attention`` that may ignore some keys: ``mask`` [B, N] True = attend to it."""
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        attn_mask = None if mask is None else mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            qkv[0],
-            qkv[1],
-            qkv[2],
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
-
-
-class MaskedBlock(Block):
-    """``vit.Block`` with ``MaskedAttention``."""
-
-    def __init__(self, width: int, heads: int, mlp_ratio: int, dropout: float) -> None:
-        super().__init__(width, heads, mlp_ratio, dropout)
-        self.attn = MaskedAttention(width, heads, dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), mask)
-        return x + self.mlp(self.norm2(x))
-
-
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is None:
         return x.mean(dim=1)
@@ -155,9 +123,7 @@ class VideoTower(nn.Module):
         frames = input_shape[0]
         self.frame_encoder = FrameEncoder(input_shape[1:], frame_channels, width)
         self.pos_embed = nn.Parameter(torch.randn(1, frames, width) * width**-0.5)
-        self.blocks = nn.ModuleList(
-            MaskedBlock(width, heads, mlp_ratio, dropout) for _ in range(depth)
-        )
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.proj = nn.Linear(width, embed_dim)
 
@@ -173,8 +139,9 @@ class VideoTower(nn.Module):
         x = torch.cat([frames, frames - before], dim=2)
         x = self.frame_encoder(x.flatten(0, 1)).reshape(b, t, -1)
         x = x + self.pos_embed[:, :t]
+        keys = None if mask is None else mask[:, None, None, :]  # attend to the clip only
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, keys)
         x = self.norm(x)
         return x, F.normalize(self.proj(_masked_mean(x, mask)), dim=-1)
 
@@ -201,9 +168,7 @@ class TextTower(nn.Module):
         self.token_embed = nn.Embedding(vocab_size, width)
         self.pos_embed = nn.Parameter(torch.randn(1, length, width) * width**-0.5)
         self.mask_token = nn.Parameter(torch.zeros(width))  # masked-modality model input
-        self.blocks = nn.ModuleList(
-            MaskedBlock(width, heads, mlp_ratio, dropout) for _ in range(depth)
-        )
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.proj = nn.Linear(width, embed_dim)
 
@@ -220,7 +185,7 @@ class TextTower(nn.Module):
             x = torch.where(masked.unsqueeze(-1), self.mask_token.to(x.dtype), x)
         x = x + self.pos_embed[:, : tokens.shape[1]]
         for block in self.blocks:
-            x = block(x, keep)
+            x = block(x, keep[:, None, None, :])
         x = self.norm(x)
         return x, F.normalize(self.proj(_masked_mean(x, keep)), dim=-1)
 
@@ -678,14 +643,11 @@ class VideoText(Architecture):
         "val_loss": "minimize",
     }
     param_ranges: ClassVar[dict[str, Range]] = {
-        "width": SIZE,
-        "heads": LAYERS,
-        "mlp_ratio": RATIO,
+        **BLOCK_RANGES,
         "temporal_depth": LAYERS,
         "text_depth": LAYERS,
         "embed_dim": SIZE,
         "frame_channels": SIZE,
-        "dropout": DROPOUT,
         "batch_size": replace(TRAINER_RANGES["batch_size"], low=2),
         "clip_min_frames": ints(1, 1024),
         "clip_max_frames": ints(1, 1024),
@@ -699,8 +661,8 @@ class VideoText(Architecture):
         p = {**self.defaults, **params}
         if (reason := self.range_problem(p)) is not None:
             return reason
-        if p["width"] % p["heads"]:
-            return f"video-text: width {p['width']} is not divisible by heads {p['heads']}"
+        if (reason := heads_problem("video-text", p["width"], p["heads"])) is not None:
+            return reason
         if spec is not None:
             if len(spec.input_shape) != 4:
                 return (
@@ -750,9 +712,3 @@ class VideoText(Architecture):
                 meta,
             ),
         }
-
-
-@hookimpl
-def register_architectures(register: Register) -> None:
-    """Register the video-text architecture."""
-    register(VideoText())

@@ -41,11 +41,9 @@ import torch
 from pydantic import Field
 
 from autoplat.core.errors import DataError
-from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import Dataset, DataSpec, Options, Splits
-from autoplat.plugins.datasets.digits import stratified_splits
-from autoplat.plugins.datasets.image_folder import DataOptions, min_per_class
 from autoplat.plugins.datasets.shapes import COLORS, shape_mask
+from autoplat.plugins.datasets.splits import DataOptions, min_per_class, stratified_splits
 
 log = logging.getLogger(__name__)
 
@@ -361,11 +359,3 @@ class AudioFolder(Dataset):
             sample_rate=options.sample_rate,
         )  # fmt: skip
         return stratified_splits(np.stack(waves), y, options, seed, spec)
-
-
-@hookimpl
-def register_datasets(register: Register) -> None:
-    """Register the audio datasets."""
-    register(SoundEvents())
-    register(AudioVisualEvents())
-    register(AudioFolder())

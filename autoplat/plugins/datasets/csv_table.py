@@ -21,10 +21,8 @@ import torch
 from pydantic import Field
 
 from autoplat.core.errors import DataError
-from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import Dataset, DataSpec, Splits
-from autoplat.plugins.datasets.digits import stratified_splits
-from autoplat.plugins.datasets.image_folder import DataOptions, min_per_class
+from autoplat.plugins.datasets.splits import DataOptions, min_per_class, stratified_splits
 
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none"})
 """Cell texts (stripped, lower-cased) that mean a missing value."""
@@ -201,9 +199,3 @@ class CsvTable(Dataset):
             test=scaled(splits.test),
             spec=spec,
         )
-
-
-@hookimpl
-def register_datasets(register: Register) -> None:
-    """Register the CSV dataset."""
-    register(CsvTable())

@@ -41,7 +41,6 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from autoplat.core.errors import DataError
-from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import Dataset, Splits
 from autoplat.plugins.datasets.captions import CaptionOptions, caption_splits
 from autoplat.plugins.datasets.image_folder import GREY_MODES, _opened, _read
@@ -301,9 +300,3 @@ class ImageCaptions(Dataset):
                     f"{table}; its experts are {', '.join(map(str, found))}"
                 )
         return caption_splits(images, captions, labels, parts, names, options, seed)  # type: ignore[arg-type]
-
-
-@hookimpl
-def register_datasets(register: Register) -> None:
-    """Register the image-captions dataset."""
-    register(ImageCaptions())

@@ -12,36 +12,22 @@ files, so exported models see the same inputs they were trained on.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from autoplat.core.errors import DataError
-from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import Dataset, DataSpec, Splits
-from autoplat.plugins.datasets.digits import SplitOptions, stratified_splits
+from autoplat.plugins.datasets.splits import DataOptions, min_per_class, stratified_splits
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 """File extensions (lower-cased) read as images; the same as ``platform predict`` reads."""
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 """Pillow modes of single-channel images."""
-
-
-class DataOptions(SplitOptions):
-    """Options of a dataset read from a file or folder: its path and the split fractions."""
-
-    path: Path = Field(description="the file or folder; relative to where `platform` runs")
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, path: Path) -> Path:
-        # Ray runs trials in their own working directories: fix the path now.
-        return path.expanduser().absolute()
 
 
 class ImageFolderOptions(DataOptions):
@@ -50,21 +36,6 @@ class ImageFolderOptions(DataOptions):
     size: int = Field(32, ge=1, le=1024, description="images are resized to size x size")
     channels: Literal[1, 3] | None = Field(
         None, description="1: grey, 3: RGB; default: 1 when every image is grey, else 3"
-    )
-
-
-def min_per_class(options: SplitOptions) -> int:
-    """The fewest examples a class needs so that train, val and test each hold some.
-
-    With at least this many examples in every class, ``stratified_splits`` succeeds and
-    puts every class in every split (checked for fractions 0.01-0.49 and 2-20 classes).
-    """
-    train_fraction = 1 - options.val_fraction - options.test_fraction
-    return max(
-        3,
-        math.ceil(1 / options.val_fraction),
-        math.ceil(1 / options.test_fraction),
-        math.ceil(2 / train_fraction),
     )
 
 
@@ -188,9 +159,3 @@ class ImageFolder(Dataset):
             tuple(classes),
         )
         return stratified_splits(x, y, options, seed, spec, [str(f) for f in files])
-
-
-@hookimpl
-def register_datasets(register: Register) -> None:
-    """Register the image-folder dataset."""
-    register(ImageFolder())

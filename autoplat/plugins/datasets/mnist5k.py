@@ -8,9 +8,8 @@ from typing import ClassVar
 import numpy as np
 
 from autoplat.core.errors import PluginError
-from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import Dataset, DataSpec, Splits
-from autoplat.plugins.datasets.digits import SplitOptions, stratified_splits
+from autoplat.plugins.datasets.splits import SplitOptions, stratified_splits
 
 
 @functools.lru_cache(maxsize=1)
@@ -40,9 +39,3 @@ class Mnist5k(Dataset):
         """
         x, y = _raw()
         return stratified_splits(x, y, options, seed, self.spec)
-
-
-@hookimpl
-def register_datasets(register: Register) -> None:
-    """Register the MNIST 5k dataset."""
-    register(Mnist5k())

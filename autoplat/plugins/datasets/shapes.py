@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import Dataset, DataSpec, Splits
 from autoplat.plugins.datasets.captions import CaptionOptions, caption_splits
 
@@ -188,9 +187,3 @@ class Shapes(Dataset):
             )
         parts = (range(a), range(a, b), range(b, n))
         return caption_splits(x, captions, y, parts, SHAPES, options, seed)
-
-
-@hookimpl
-def register_datasets(register: Register) -> None:
-    """Register the shapes dataset."""
-    register(Shapes())

@@ -52,10 +52,9 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from autoplat.core.errors import DataError
-from autoplat.core.hookspecs import Register, hookimpl
 from autoplat.core.interfaces import Dataset, DataSpec, Splits
-from autoplat.plugins.datasets.digits import SplitOptions
-from autoplat.plugins.datasets.image_folder import IMAGE_SUFFIXES, DataOptions, _read
+from autoplat.plugins.datasets.image_folder import IMAGE_SUFFIXES, _read
+from autoplat.plugins.datasets.splits import DataOptions, SplitOptions
 
 log = logging.getLogger(__name__)
 
@@ -482,10 +481,3 @@ class VideoCaptions(Dataset):
                 "test need at least 3"
             )
         return split_videos(np.stack(videos), captions, spans, options, seed)
-
-
-@hookimpl
-def register_datasets(register: Register) -> None:
-    """Register the moving-shapes and video-captions datasets."""
-    register(MovingShapes())
-    register(VideoCaptions())

@@ -45,7 +45,6 @@ entries.json``) approximates MetaCLIP's 500,000 entries offline; see its docstri
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -67,18 +66,16 @@ from autoplat.core.curation import (
     state_array,
     state_value,
 )
-from autoplat.core.errors import ConfigError, DataError
-from autoplat.core.hookspecs import hookimpl
+from autoplat.core.errors import ConfigError
 from autoplat.core.interfaces import Options
+from autoplat.plugins.scorers.metaclip_command import DEFAULT_MAX_ENTRIES, WORDNET_DIR
 
 log = logging.getLogger(__name__)
 
 PUNCTUATION = (",", ".", ";", ":", "?", "!", "`")  # wrapped in spaces (MetaCLIP's list)
 TO_SPACE = ("\t", "\n", "\r")  # turned into spaces
 SEPARATOR = "\x00"  # between the captions of a chunk in one scanned string
-WORDNET_DIR = Path("/usr/share/wordnet")
 DEFAULT_T = 100
-DEFAULT_MAX_ENTRIES = 500_000
 
 
 _RANKED = " etaoinshrdlcumwfgypbvkjxqzETAOINSHRDLCUMWFGYPBVKJXQZ0123456789-'&/"
@@ -531,71 +528,3 @@ class MetaCLIP(Scorer):
             "records_scored": self.records_scored,
             "records_kept": self.records_kept,
         }
-
-
-# -- the CLI command --------------------------------------------------------------------
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: give a whole number of at least 1")
-    return value
-
-
-def cmd_metadata(args: argparse.Namespace) -> int:
-    """`platform metaclip-metadata`: write ``build_metadata``'s list as a JSON array."""
-    from autoplat.cli import out
-
-    out_path = Path(args.out)
-    if not out_path.parent.is_dir():
-        raise DataError(
-            f"cannot write {out_path}: the folder {out_path.parent} does not exist; create it "
-            "or choose another --out"
-        )
-    counts: dict[str, int] = {}
-    entries = build_metadata(args.max_entries, args.wordnet_dir, counts)
-    try:
-        out_path.write_text(json.dumps(entries, ensure_ascii=False, indent=0) + "\n", "utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot write {out_path}: {exc}; choose another --out") from None
-    parts = ", ".join(f"{n:,} {name}" for name, n in counts.items())
-    out.print(f"wrote {len(entries):,} entries to {out_path} ({parts})", markup=False)
-    return 0
-
-
-@hookimpl
-def register_scorers(register) -> None:
-    register(MetaCLIP)
-
-
-@hookimpl
-def register_commands(cli) -> None:
-    """Add `platform metaclip-metadata --out FILE [--max-entries N] [--wordnet-dir DIR]`."""
-    from autoplat.cli import HelpFormatter  # keeps the example's lines
-
-    p = cli.add_parser(
-        "metaclip-metadata",
-        help="build MetaCLIP metadata entries (WordNet + wordfreq) as a JSON list",
-        description=build_metadata.__doc__.split("\n\n")[0]
-        + " From WordNet lemmas, wordfreq unigrams, PMI bigrams of WordNet's glosses and "
-        "capitalized forms; use the file as the metaclip scorer's 'metadata'.",
-        epilog="example:\n  platform metaclip-metadata --out metadata.json --max-entries 50000",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("--out", required=True, metavar="FILE", help="the JSON file to write")
-    p.add_argument(
-        "--max-entries",
-        type=_positive,
-        default=DEFAULT_MAX_ENTRIES,
-        metavar="N",
-        help=f"at most N entries (default {DEFAULT_MAX_ENTRIES:,}, MetaCLIP's size)",
-    )
-    p.add_argument(
-        "--wordnet-dir",
-        default=str(WORDNET_DIR),
-        metavar="DIR",
-        help=f"WordNet's dict folder (default {WORDNET_DIR}, Debian's wordnet-base)",
-    )
-    p.set_defaults(func=cmd_metadata)

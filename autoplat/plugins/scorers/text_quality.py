@@ -95,13 +95,10 @@ from pydantic import Field, ValidationError, field_validator
 from autoplat.core.curation import record_uniform as _record_uniform
 from autoplat.core.curation import state_value
 from autoplat.core.errors import AutoplatError, ConfigError
-from autoplat.core.hookspecs import hookimpl
 from autoplat.core.interfaces import Chunk, CurationContext, Options, Scorer
 from autoplat.plugins.scorers.language_models import (
     TOKEN_RE,
     WORDNET_DIR,
-    HuggingFaceLM,
-    NGramLM,
 )
 
 log = logging.getLogger(__name__)
@@ -779,14 +776,3 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
-
-
-@hookimpl
-def register_scorers(register) -> None:
-    register(TextQuality)
-
-
-@hookimpl
-def register_language_models(register) -> None:
-    register(NGramLM)
-    register(HuggingFaceLM)

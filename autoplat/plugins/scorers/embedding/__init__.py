@@ -13,18 +13,3 @@ Each needs embeddings (an ``[embedder]`` section); each is two-pass: the first p
 writes the embeddings to the scorer's work folder, so memory stays bounded by one chunk
 plus the index or the clustering.
 """
-
-from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.plugins.scorers.embedding.balanced import Balanced
-from autoplat.plugins.scorers.embedding.dedup import Dedup
-from autoplat.plugins.scorers.embedding.mode import MoDE, expert_weights
-from autoplat.plugins.scorers.embedding.retrieval import Retrieval
-
-__all__ = ["Balanced", "Dedup", "MoDE", "Retrieval", "expert_weights"]
-
-
-@hookimpl
-def register_scorers(register: Register) -> None:
-    """Register the embedding-based scorers."""
-    for scorer in (Dedup, Retrieval, Balanced, MoDE):
-        register(scorer)

@@ -36,10 +36,20 @@ from torch.func import functional_call
 from autoplat.core.interfaces import Options as BaseOptions
 from autoplat.core.interfaces import Splits
 from autoplat.core.training import Report, autocast, check_finite, evaluate
-from autoplat.strategies.search.oneshot import OneShot
-from autoplat.strategies.search.oneshot.supernet import Bound, inherited_score
+from autoplat.strategies.search.oneshot.base import OneShot
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Bound(nn.Module):
+    """A supernet with its ``arch`` fixed, so it maps a batch to logits like any model."""
+
+    def __init__(self, supernet: nn.Module, arch: Mapping[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.supernet, self.arch = supernet, arch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.supernet(x, self.arch)
 
 
 def _shuffled_batches(
@@ -220,7 +230,7 @@ class DARTS(OneShot):
             weights = {e: a.detach().softmax(0) for e, a in alphas.items()}
             val_accuracy, val_loss = evaluate(Bound(supernet, weights), xv, yv, device)
             cell = derive(alphas, self.candidates)
-            derived_accuracy, _ = inherited_score(
+            derived_accuracy, _ = self.inherited_score(
                 supernet, cell, calibration, (xv, yv), o.batch_size
             )
             report(

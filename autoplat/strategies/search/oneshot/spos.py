@@ -30,16 +30,12 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from autoplat.core.errors import ConfigError
+from autoplat.core.interfaces import DataSpec, Splits
 from autoplat.core.interfaces import Options as BaseOptions
-from autoplat.core.interfaces import Splits
 from autoplat.core.space import ParamsKey, params_key
 from autoplat.core.training import Report, autocast, check_finite
-from autoplat.plugins.architectures.nb201 import NB201, cost
-from autoplat.plugins.benchmarks.nb201 import EDGES
-from autoplat.strategies.search.oneshot import OneShot
-from autoplat.strategies.search.oneshot.supernet import inherited_score
+from autoplat.strategies.search.oneshot.base import Cell, OneShot
 
-Cell = dict[str, str]
 TRIES = 10  # draws per wanted cell before giving up, as SPOS's reference code
 RETIRED = {  # options of the regularized evolution SPOS ran before
     "sample_size": "'parents' (the top-k that breed)",
@@ -75,8 +71,8 @@ class SPOS(OneShot):
     accuracy (ties: lower loss) and returns the ``top_k`` best.
 
     ``max_params`` and ``max_flops`` bound the network a cell will be trained as: the
-    nb201 network at the space's ``channels`` and ``cells_per_stage`` on the dataset's
-    input (FLOPs: multiply-adds, as NAS-Bench-201 counts them; see ``nb201.cost``).
+    architecture's network at the space's fixed params on the dataset's input, as its
+    ``path_cost`` counts it (nb201: FLOPs are multiply-adds, as NAS-Bench-201 counts them).
 
     After ``search``: ``supernet`` is the trained supernet, ``history`` lists every cell
     scored, in order, as ``(cell, val_accuracy, val_loss)``, and ``rejected`` counts the
@@ -173,7 +169,9 @@ class SPOS(OneShot):
                 loss_sum += loss.detach() * len(idx)
             train_loss = loss_sum.item() / len(x)
             check_finite(train_loss, epoch, "spos: the supernet's loss")
-            scores = [inherited_score(supernet, c, calibration, val, o.batch_size) for c in probes]
+            scores = [
+                self.inherited_score(supernet, c, calibration, val, o.batch_size) for c in probes
+            ]
             report(
                 epoch,
                 {
@@ -185,34 +183,15 @@ class SPOS(OneShot):
         self.supernet = supernet
 
         def score(cell: Cell) -> tuple[float, float]:
-            return inherited_score(supernet, cell, calibration, val, o.batch_size)
+            return self.inherited_score(supernet, cell, calibration, val, o.batch_size)
 
         cells = self.evolve(score, self.network_cost(splits.spec))
         return [self.to_params(cell) for cell in cells]
 
-    def network_cost(self, spec: Any) -> Callable[[Cell], tuple[int, int]]:
-        """Parameters and FLOPs of the nb201 network a cell will be trained as, for ``spec``.
-
-        Every edge's op adds its own cost, so the networks of the all-"none" cell and of
-        one op on one edge give every cell's cost without building it.
-        """
-        fixed = {**NB201.defaults, **self.space.fixed()}
-        shape = {key: fixed[key] for key in ("channels", "cells_per_stage")}
-        empty = dict.fromkeys(EDGES, "none")
-
-        def measure(cell: Mapping[str, str]) -> tuple[int, int]:
-            return cost(NB201().build({**cell, **shape}, spec), spec.input_shape)
-
-        base = measure(empty)
-        ops = {op for ops in self.candidates.values() for op in ops}
-        extra = {}
-        for op in ops:
-            params, flops = measure({**empty, EDGES[0]: op})
-            extra[op] = (params - base[0], flops - base[1])
-        return lambda cell: (
-            base[0] + sum(extra[op][0] for op in cell.values()),
-            base[1] + sum(extra[op][1] for op in cell.values()),
-        )
+    def network_cost(self, spec: DataSpec) -> Callable[[Cell], tuple[int, int]]:
+        """Parameters and FLOPs of the network a cell will be trained as, for ``spec``:
+        the architecture's ``path_cost`` at the space's fixed params."""
+        return self.architecture.path_cost(self.candidates, self.space.fixed(), spec)
 
     def evolve(
         self,

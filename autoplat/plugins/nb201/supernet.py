@@ -1,10 +1,10 @@
-"""A weight-sharing NAS-Bench-201 supernet built from nb201.py's own blocks.
+"""A weight-sharing NAS-Bench-201 supernet built from the network's own blocks.
 
 Every edge of every cell holds one module per candidate op (``make_op``), so running a
 single path computes exactly what an ``NB201Net`` of that cell computes with the same
-weights, and ``inherit`` copies those weights into a standalone ``NB201Net`` built by
-the nb201 architecture. The same supernet also runs the DARTS mixture: each edge's
-output is the weighted sum of its ops' outputs.
+weights, and ``copy_path`` copies those weights into a standalone ``NB201Net``. The same
+supernet also runs the DARTS mixture: each edge's output is the weighted sum of its ops'
+outputs.
 """
 
 from __future__ import annotations
@@ -15,15 +15,8 @@ import torch
 from torch import nn
 
 from autoplat.core.interfaces import DataSpec
-from autoplat.core.training import autocast, evaluate
-from autoplat.plugins.architectures.nb201 import (
-    NB201,
-    NB201Cell,
-    NB201Net,
-    build_stages,
-    make_op,
-)
-from autoplat.plugins.benchmarks.nb201 import EDGES
+from autoplat.plugins.nb201.cell import EDGES
+from autoplat.plugins.nb201.network import NB201Cell, NB201Net, build_stages, make_op
 
 Choice = str | torch.Tensor
 """One edge's choice: an op name (a single path) or weights over its candidates (a mixture)."""
@@ -98,26 +91,10 @@ class SuperNet(nn.Module):
         return self.head(self.pool(x).flatten(1))
 
 
-class Bound(nn.Module):
-    """A supernet with its ``arch`` fixed, so it maps a batch to logits like any model."""
-
-    def __init__(self, supernet: SuperNet, arch: Mapping[str, Choice]) -> None:
-        super().__init__()
-        self.supernet, self.arch = supernet, arch
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.supernet(x, self.arch)
-
-
-def inherit(supernet: SuperNet, cell: Mapping[str, str]) -> NB201Net:
-    """A standalone ``NB201Net`` of ``cell`` holding copies of the supernet's path weights.
-
-    The network is built by the nb201 architecture with the supernet's ``channels`` and
-    ``cells_per_stage``, on the supernet's device; BatchNorm running statistics are copied
-    too, so in eval mode it computes what ``supernet(x, cell)`` computes.
-    """
-    params = {**cell, "channels": supernet.channels, "cells_per_stage": supernet.cells_per_stage}
-    net = NB201().build(params, supernet.spec).to(supernet.head.weight.device)
+def copy_path(supernet: SuperNet, cell: Mapping[str, str], net: NB201Net) -> NB201Net:
+    """Load the supernet's weights of ``cell``'s path into ``net``, an ``NB201Net`` of
+    ``cell`` with the supernet's ``channels`` and ``cells_per_stage``; BatchNorm running
+    statistics are copied too, so in eval mode it computes what ``supernet(x, cell)`` does."""
     for name in ("stem", "last_act", "head"):
         getattr(net, name).load_state_dict(getattr(supernet, name).state_dict())
     for source, target in zip(supernet.cells, net.cells, strict=True):
@@ -127,44 +104,3 @@ def inherit(supernet: SuperNet, cell: Mapping[str, str]) -> NB201Net:
         else:
             target.load_state_dict(source.state_dict())
     return net
-
-
-@torch.no_grad()
-def recalibrate_bn(net: nn.Module, x: torch.Tensor, batch_size: int) -> None:
-    """Re-estimate every BatchNorm's running statistics as the exact average over ``x``.
-
-    SPOS does this before scoring a path: the supernet's statistics mix many paths.
-    Leaves ``net`` in train mode with its BatchNorm momentum unchanged.
-    """
-    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [bn.momentum for bn in norms]
-    for bn in norms:
-        bn.reset_running_stats()
-        bn.momentum = None  # a cumulative average over the batches below
-    net.train()
-    for start in range(0, len(x), batch_size):
-        with autocast(x.device):
-            net(x[start : start + batch_size])
-    for bn, momentum in zip(norms, momenta, strict=True):
-        bn.momentum = momentum
-
-
-def inherited_score(
-    supernet: SuperNet,
-    cell: Mapping[str, str],
-    calibration: torch.Tensor,
-    val: tuple[torch.Tensor, torch.Tensor],
-    batch_size: int,
-) -> tuple[float, float]:
-    """Validation accuracy and loss of ``cell`` with inherited weights and recalibrated BN.
-
-    Args:
-        supernet: The trained supernet.
-        cell: An op for each edge of ``EDGES``.
-        calibration: Training inputs (on the supernet's device) to recalibrate BN on.
-        val: Validation inputs and labels.
-        batch_size: Batch size of the recalibration.
-    """
-    net = inherit(supernet, cell)
-    recalibrate_bn(net, calibration, batch_size)
-    return evaluate(net, *val, calibration.device)

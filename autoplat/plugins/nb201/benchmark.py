@@ -24,62 +24,9 @@ from pydantic import Field
 from autoplat.core.errors import PluginError
 from autoplat.core.interfaces import Benchmark
 from autoplat.core.interfaces import Options as BaseOptions
+from autoplat.plugins.nb201.cell import N_CELLS, OPS, cell_index, cell_params
 
-OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-EDGES = ("edge_1_0", "edge_2_0", "edge_2_1", "edge_3_0", "edge_3_1", "edge_3_2")
 DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "ImageNet16-120": "imagenet"}
-N_CELLS = len(OPS) ** len(EDGES)
-
-
-def to_arch_string(params: dict[str, Any]) -> str:
-    """The NAS-Bench-201 string of a cell, e.g. ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``."""
-    nodes = []
-    for node in (1, 2, 3):
-        ops = [f"{params[f'edge_{node}_{src}']}~{src}" for src in range(node)]
-        nodes.append("|" + "|".join(ops) + "|")
-    return "+".join(nodes)
-
-
-def from_arch_string(arch: str) -> dict[str, str]:
-    """The params of a NAS-Bench-201 string (the inverse of ``to_arch_string``)."""
-    params: dict[str, str] = {}
-    nodes = arch.split("+")
-    if len(nodes) != 3:
-        raise ValueError(f"a NAS-Bench-201 cell has 3 nodes separated by '+', got {arch!r}")
-    for node, text in enumerate(nodes, start=1):
-        ops = text.strip("|").split("|")
-        if len(ops) != node:
-            raise ValueError(f"node {node} of {arch!r} needs {node} inputs, got {len(ops)}")
-        for src, item in enumerate(ops):
-            op, _, index = item.partition("~")
-            if op not in OPS or index != str(src):
-                raise ValueError(f"cannot read {item!r} in {arch!r} as 'op~{src}' with op in {OPS}")
-            params[f"edge_{node}_{src}"] = op
-    return params
-
-
-def cell_index(params: dict[str, Any]) -> int:
-    """The row of a cell in the table: its ops as a base-5 number (extra keys are ignored)."""
-    index = 0
-    for edge in EDGES:
-        try:
-            index = index * len(OPS) + OPS.index(params[edge])
-        except KeyError:
-            raise ValueError(
-                f"a NAS-Bench-201 cell needs '{edge}'; got keys {sorted(params)}"
-            ) from None
-        except ValueError:
-            raise ValueError(f"'{edge}' = {params[edge]!r} is not one of {OPS}") from None
-    return index
-
-
-def cell_params(index: int) -> dict[str, str]:
-    """The params of table row ``index`` (the inverse of ``cell_index``)."""
-    ops = []
-    for _ in EDGES:
-        index, op = divmod(index, len(OPS))
-        ops.append(OPS[op])
-    return dict(zip(EDGES, reversed(ops), strict=True))
 
 
 @dataclass(frozen=True)

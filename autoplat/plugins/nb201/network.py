@@ -1,4 +1,4 @@
-"""The NAS-Bench-201 cell and network, so real training searches the table's space.
+"""The NAS-Bench-201 cell and network in torch, so real training searches the table's space.
 
 Dong & Yang, "NAS-Bench-201: Extending the Scope of Reproducible Neural Architecture
 Search" (ICLR 2020). A cell has 4 nodes: node 0 is the cell's input and node ``i`` is the
@@ -15,14 +15,12 @@ images); the default here is 1 cell per stage, which trains about 5x faster on a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from autoplat.core.hookspecs import Register, hookimpl
-from autoplat.core.interfaces import LAYERS, SIZE, Architecture, DataSpec, Range
-from autoplat.plugins.benchmarks.nb201 import EDGES, OPS
+from autoplat.plugins.nb201.cell import EDGES, OPS
 
 MAX_REDUCTIONS = 2  # the paper's 3 stages
 MIN_STAGE_SIZE = 4  # a reduction must leave feature maps at least 4x4
@@ -177,48 +175,3 @@ def cost(net: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
             hook.remove()
         net.train(was_training)
     return sum(p.numel() for p in net.parameters()), flops
-
-
-class NB201(Architecture):
-    """The NAS-Bench-201 network; params: the 6 edges, channels, cells_per_stage."""
-
-    name: ClassVar[str] = "nb201"
-    task: ClassVar[str] = "classification"
-    modalities: ClassVar[tuple[str, ...]] = ("image",)
-    default_space: ClassVar[str] = "nb201"
-    defaults: ClassVar[dict[str, Any]] = {"channels": 16, "cells_per_stage": 1}
-    param_ranges: ClassVar[dict[str, Range]] = {"channels": SIZE, "cells_per_stage": LAYERS}
-
-    def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
-        """Why these params cannot build the network (for ``spec``, when given), or None."""
-        for edge in EDGES:
-            if edge not in params:
-                return f"nb201: missing '{edge}' (a cell needs all of {', '.join(EDGES)})"
-            if params[edge] not in OPS:
-                return f"nb201: '{edge}' = {params[edge]!r} is not one of {OPS}"
-        if (reason := self.range_problem({**self.defaults, **params})) is not None:
-            return reason
-        if spec is not None and len(spec.input_shape) != 3:
-            return f"nb201: needs images shaped (C, H, W), got input shape {spec.input_shape}"
-        return None
-
-    def build(self, params: dict[str, Any], spec: DataSpec) -> nn.Module:
-        """Build the network; ``channels`` and ``cells_per_stage`` default to ``defaults``.
-
-        Raises:
-            ValueError: ``check_params`` found a reason these params cannot work.
-        """
-        p = self.resolve_params(params, spec)
-        return NB201Net(
-            ops={edge: p[edge] for edge in EDGES},
-            input_shape=spec.input_shape,
-            num_classes=spec.num_classes,
-            channels=int(p["channels"]),
-            cells_per_stage=int(p["cells_per_stage"]),
-        )
-
-
-@hookimpl
-def register_architectures(register: Register) -> None:
-    """Register the NAS-Bench-201 network."""
-    register(NB201())
