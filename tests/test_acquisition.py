@@ -31,22 +31,22 @@ from autoplat.testing import AcquisitionContract
 
 NAMES = [
     "random",
-    "least_confidence",
+    "least-confidence",
     "margin",
     "entropy",
     "bald",
-    "variation_ratios",
-    "mean_std",
+    "variation-ratios",
+    "mean-std",
     "batchbald",
     "coreset",
     "typiclust",
     "badge",
-    "ranked_batch",
-    "cluster_margin",
-    "qbc_vote_entropy",
-    "qbc_kl",
+    "ranked-batch",
+    "cluster-margin",
+    "qbc-vote-entropy",
+    "qbc-kl",
 ]
-WITH_LABELED = ["coreset", "typiclust", "ranked_batch"]
+WITH_LABELED = ["coreset", "typiclust", "ranked-batch"]
 
 
 def outputs_for(
@@ -104,7 +104,7 @@ class TestContractNothingLabeled(AcquisitionContract):
         )
 
 
-@pytest.mark.parametrize("name", ["coreset", "ranked_batch", "badge"])
+@pytest.mark.parametrize("name", ["coreset", "ranked-batch", "badge"])
 def test_greedy_loops_restore_the_thread_count(name: str) -> None:
     acquisition = get_registry().get("acquisitions", name)
     threads = torch.get_num_threads()

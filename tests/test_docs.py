@@ -24,3 +24,15 @@ def test_every_hookspec_is_documented_with_its_signature():
         assert documented.get(name) == params, f"{name}({params}) is not in docs/plugins.md"
         assert fn.__doc__, f"hookspec {name} has no docstring"
     assert set(documented) == set(specs), "docs/plugins.md lists a hook that does not exist"
+
+
+def test_architecture_doc_names_every_core_and_face_module():
+    """docs/architecture.md is the reference: a module added without a line there fails."""
+    root = Path(__file__).parents[1]
+    doc = (root / "docs" / "architecture.md").read_text()
+    readme = (root / "README.md").read_text()
+    assert "docs/architecture.md" in readme
+    modules = [p for p in (root / "autoplat" / "core").glob("*.py") if p.stem != "__init__"]
+    modules += [p for p in (root / "autoplat" / "commands").glob("*.py") if p.stem != "__init__"]
+    missing = [str(p.relative_to(root)) for p in modules if f"{p.stem}.py" not in doc]
+    assert missing == []

@@ -175,6 +175,82 @@ def test_predict_errors_are_clear(exported: Path, tmp_path, capsys) -> None:
         assert message in capsys.readouterr().err.replace("\n", " ")
 
 
+def test_predict_takes_options_anywhere_and_stacks_without_a_channel_axis(
+    study: dict, exported: Path, tmp_path, capsys
+) -> None:
+    x = study["splits"].test[0][:5].numpy()  # (5, 1, 8, 8)
+    np.save(tmp_path / "full.npy", x)
+    np.save(tmp_path / "flat.npy", x[:, 0])  # (5, 8, 8): the channel axis added
+    np.save(tmp_path / "one.npy", x[0, 0])  # (8, 8): one example
+    files = [str(tmp_path / n) for n in ("full.npy", "flat.npy", "one.npy")]
+    capsys.readouterr()
+    argv = ["predict", str(exported), files[0], "--json", files[1], "--batch-size", "2", files[2]]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["input"] for r in rows[5:]] == [f"{files[1]}[{i}]" for i in range(5)] + [files[2]]
+    assert [r["index"] for r in rows[:5]] == [r["index"] for r in rows[5:10]]
+    assert rows[10]["probability"] == pytest.approx(rows[0]["probability"], abs=1e-6)
+
+
+def test_predict_refuses_unclear_shapes_with_the_fix() -> None:
+    from autoplat.core.predict import ModelInfo, PredictError, _stack, image_preprocessing
+
+    rgb = (3, 8, 8)
+    assert ModelInfo(rgb, [], image_preprocessing(rgb), {}).modality == "image"
+    assert _stack(np.zeros((2, 3, 8, 8)), rgb, Path("a.npy")).shape == (2, 3, 8, 8)
+    with pytest.raises(PredictError, match=r"channels-last: np.moveaxis\(a, -1, -3\)"):
+        _stack(np.zeros((2, 8, 8, 3)), rgb, Path("a.npy"))
+    with pytest.raises(PredictError, match="lacks the model's 3 channels"):
+        _stack(np.zeros((2, 8, 8)), rgb, Path("a.npy"))
+    with pytest.raises(PredictError, match=r"\(8, 8\) examples without the size-1 axes"):
+        _stack(np.zeros((2, 7, 7)), (1, 8, 8), Path("a.npy"))
+
+
+def test_predict_hints_at_invert_for_dark_on_light_images(
+    study: dict, exported: Path, tmp_path, capsys
+) -> None:
+    """With the training images' border brightness in the model (export records it), a
+    digit drawn dark on white gets a hint naming --invert; the right way round, none."""
+    from autoplat.core.predict import with_border_mean
+
+    x = study["splits"].test[0]
+    proto = onnx.load(str(exported))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    prep = with_border_mean(json.loads(meta["autoplat.preprocessing"]), x)
+    assert prep["border_mean"] < 0.25  # digits: light strokes on a dark background
+    meta["autoplat.preprocessing"] = json.dumps(prep)
+    onnx.helper.set_model_props(proto, meta)
+    model = tmp_path / "digits.onnx"
+    onnx.save(proto, str(model))
+    pixels = (x[0, 0].numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "light-on-dark.png")
+    Image.fromarray(255 - pixels).save(tmp_path / "dark-on-light.png")
+    normal, inverted = str(tmp_path / "light-on-dark.png"), str(tmp_path / "dark-on-light.png")
+    capsys.readouterr()
+
+    def predict(*args: str) -> tuple[list[dict], str]:
+        assert main(["predict", str(model), *args, "--json"]) == 0
+        captured = capsys.readouterr()
+        return json.loads(captured.out), captured.err.strip()
+
+    rows, hint = predict(normal)
+    assert hint == ""
+    _, hint = predict(normal, inverted)
+    assert hint.startswith(f"hint: {inverted} has a light background (border brightness 0.")
+    assert f"trained on light-on-dark images (border {prep['border_mean']:.2f})" in hint
+    assert hint.endswith("if its predictions look wrong, add --invert")
+    fixed, hint = predict(inverted, "--invert")
+    assert hint == "" and fixed[0]["index"] == rows[0]["index"]
+    assert fixed[0]["probability"] == pytest.approx(rows[0]["probability"], abs=1e-6)
+    _, hint = predict(normal, "--invert")
+    assert hint.startswith(f"hint: inverted by --invert, {normal} has a light background")
+    assert hint.endswith("drop --invert")
+    older = {k: v for k, v in prep.items() if k != "border_mean"}  # exported before it
+    onnx.helper.set_model_props(proto, meta | {"autoplat.preprocessing": json.dumps(older)})
+    onnx.save(proto, str(model))
+    assert predict(inverted)[1] == ""
+
+
 def test_cpu_machines_get_the_cpu_provider_only() -> None:
     if not torch.cuda.is_available() and not Path("/dev/nvidiactl").exists():
         assert default_providers() == ["CPUExecutionProvider"]
@@ -223,3 +299,8 @@ def test_search_then_export_its_best_trial(write_config, tmp_path, ray_address, 
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert meta["autoplat.trial"] == str(best.number)
     assert float(meta["autoplat.value"]) == pytest.approx(best.value)
+
+
+def test_export_records_the_test_images_border_brightness(exported: Path) -> None:
+    meta = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
+    assert 0 < json.loads(meta["autoplat.preprocessing"])["border_mean"] < 0.25

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from autoplat.core.errors import AutoplatError
-from autoplat.core.scaffold import new_plugin
+from autoplat.core.scaffold import KINDS, MARKER, new_plugin
 from autoplat.core.store import Store
 from autoplat.testing import run_platform
 
@@ -118,10 +118,58 @@ def test_plugins_new_refuses_bad_names(tmp_path, name):
     assert not any(tmp_path.iterdir())
 
 
+def test_plugins_new_kind_keeps_one_kind(tmp_path):
+    result = platform(
+        "plugins", "new", "autoplat-mymargin", "--kind", "acquisition", "--dir", str(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    files = tree(tmp_path / "autoplat-mymargin")
+    assert set(files) == {
+        "pyproject.toml",
+        "README.md",
+        "src/autoplat_mymargin/__init__.py",
+        "src/autoplat_mymargin/plugin.py",
+        "src/autoplat_mymargin/margin.py",
+        "tests/conftest.py",
+        "tests/test_conformance.py",
+        "tests/test_plugin.py",
+    }
+    assert files["src/autoplat_mymargin/plugin.py"].count("@hookimpl") == 1
+    assert "def register_acquisitions" in files["src/autoplat_mymargin/plugin.py"]
+    assert "| acquisition | `mymargin-margin`" in files["README.md"]
+    for name, text in files.items():
+        assert not any(MARKER.match(line) for line in text.splitlines()), name
+        for other in ("mlp", "shapes", "hill", "word_count", "WordCount", "search example.toml"):
+            assert other not in text, (name, other)
+    bad = platform("plugins", "new", "autoplat-x", "--kind", "benchmark", "--dir", str(tmp_path))
+    assert bad.returncode == 2 and "invalid choice: 'benchmark'" in bad.stderr
+    with pytest.raises(AutoplatError, match="unknown plugin kind 'benchmark'"):
+        new_plugin("autoplat-y", tmp_path, ["benchmark"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["autoplat-mymargin"]
+
+
+def test_select_kinds_keeps_marked_lines_and_blocks():
+    from autoplat.core.scaffold import select_kinds
+
+    text = (
+        "import a\n\nimport b  # kind: dataset\n\nimport c\n\n\n"
+        "# kind: scorer\n@deco\ndef f():\n    x = 1\n\n    return x\n\n\n"
+        "<!-- kind: dataset, scorer -->\npara\ngraph\n\nend\n"
+    )
+    assert select_kinds(text, {"dataset", "scorer"}) == (
+        "import a\n\nimport b\n\nimport c\n\n\n"
+        "@deco\ndef f():\n    x = 1\n\n    return x\n\n\npara\ngraph\n\nend\n"
+    )
+    assert select_kinds(text, {"dataset"}) == "import a\n\nimport b\n\nimport c\n\n\nend\n"
+    assert select_kinds(text, set()) == "import a\n\nimport c\n\n\nend\n"
+
+
 @pytest.mark.slow
-def test_scaffolded_package_passes_its_own_tests(tmp_path):
-    """Installed (pip --target, no network), the new package loads and passes its tests."""
-    made, site = new_plugin("autoplat-mynet", tmp_path), tmp_path / "site"
+@pytest.mark.parametrize("kinds", [None, *[[k] for k in KINDS]], ids=["all", *KINDS])
+def test_scaffolded_package_passes_its_own_tests(tmp_path, kinds):
+    """Installed (pip --target, no network), the new package loads and passes its tests:
+    the whole template, and each kind on its own; ruff finds nothing to fix."""
+    made, site = new_plugin("autoplat-mynet", tmp_path, kinds), tmp_path / "site"
     pip = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
         + ["--no-compile", "--target", str(site), str(made)],
@@ -140,6 +188,12 @@ def test_scaffolded_package_passes_its_own_tests(tmp_path):
     )
     assert tests.returncode == 0, tests.stdout[-3000:]
     assert " passed" in tests.stdout
+    ruff = Path(sys.executable).with_name("ruff")
+    for check in (["check"], ["format", "--check"]):
+        linted = subprocess.run(
+            [str(ruff), *check, "--no-cache", str(made)], capture_output=True, text=True
+        )
+        assert linted.returncode == 0, linted.stdout + linted.stderr
 
 
 def test_the_example_is_the_template_platform_copies():

@@ -289,3 +289,113 @@ def test_help_runs_and_plugins_import_no_heavy_library(tmp_path):
             timeout=60,
         )
         assert result.stdout.strip().splitlines()[-1] == "[]", (args, result.stdout, result.stderr)
+
+
+# -- names: dashes are canonical, the underscore names of older releases still work -------
+OLD_NAMES = {
+    "acquisitions": {
+        "least_confidence": "least-confidence",
+        "variation_ratios": "variation-ratios",
+        "mean_std": "mean-std",
+        "ranked_batch": "ranked-batch",
+        "cluster_margin": "cluster-margin",
+        "qbc_vote_entropy": "qbc-vote-entropy",
+        "qbc_kl": "qbc-kl",
+    },
+    "search_spaces": {
+        "audio_visual": "audio-visual",
+        "latent_diffusion": "latent-diffusion",
+        "video_text": "video-text",
+    },
+}
+
+
+def test_builtin_names_are_dashed_and_old_underscore_names_still_resolve():
+    from autoplat.core.registry import get_registry
+
+    registry = get_registry()
+    builtin = [
+        (kind, name)
+        for (kind, name), owner in registry.owners.items()
+        if registry.plugins[owner].package == "autoplat"
+    ]
+    assert builtin and [(k, n) for k, n in builtin if "_" in n] == []
+    for kind, renamed in OLD_NAMES.items():
+        for old, new in renamed.items():
+            assert registry.get(kind, old) is registry.get(kind, new), (kind, old)
+            assert registry.get(kind, old).name == new
+    with pytest.raises(PluginError, match="unknown acquisition 'least_confidense'"):
+        registry.get("acquisitions", "least_confidense")
+
+
+def test_a_name_differing_only_in_dash_or_underscore_is_taken():
+    from autoplat import hookimpl
+    from autoplat.strategies.acquisition.uncertainty import LeastConfidence
+
+    class Clash(LeastConfidence):
+        name = "least_confidence"
+
+    class Plugin:
+        @hookimpl
+        def register_acquisitions(self, register):
+            register(Clash)
+
+    registry = Registry()
+    registry.load_entry_points()
+    info = registry.add_plugin(Plugin(), "clash")
+    assert info.errors == [
+        "acquisition 'least_confidence' is already registered by plugin 'acquisitions' (as "
+        "'least-confidence': '_' and '-' are the same); plugin 'clash' registering it again "
+        "was skipped"
+    ]
+    assert registry.get("acquisitions", "least_confidence").name == "least-confidence"
+
+
+def test_an_al_config_with_old_names_loads(tmp_path):
+    from autoplat.core.al_study import load_al_config
+    from autoplat.core.registry import get_registry
+
+    example = (Path(__file__).parents[1] / "examples" / "al_digits.toml").read_text()
+    old = '["random", "least_confidence", "qbc_vote_entropy", "ranked_batch"]'
+    config = tmp_path / "old.toml"
+    config.write_text(
+        example.replace('["random", "margin", "entropy", "bald", "coreset", "badge"]', old)
+    )
+    assert old in config.read_text()
+    resolved = load_al_config(config, get_registry())
+    names = [a.name for a in resolved.acquisitions]
+    assert names == ["random", "least-confidence", "qbc-vote-entropy", "ranked-batch"]
+
+
+def test_show_reads_a_study_stored_under_old_names(tmp_path, capsys):
+    from autoplat.cli import main
+    from autoplat.core.store import ALRound, Store, TrialState
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    store = Store(url)
+    config = {"al": {"acquisitions": ["least_confidence", "qbc_vote_entropy"]}}
+    study = store.create_study(
+        "old-al", kind="al", direction="maximize", metric="test_accuracy", config=json.dumps(config)
+    )
+    for acquisition in ("least_confidence", "qbc_vote_entropy"):
+        trial = store.start_trial(study.id, {"acquisition": acquisition, "seed": 0})
+        for round_, (n, accuracy) in enumerate([(20, 0.5), (30, 0.7)]):
+            metrics = {"test_accuracy": accuracy, "queried": [], "labels": []}
+            store.add_al_round(
+                ALRound(
+                    study_id=study.id,
+                    trial_id=trial.id,
+                    acquisition=acquisition,
+                    seed=0,
+                    round=round_,
+                    n_labeled=n,
+                    metrics=json.dumps(metrics),
+                )
+            )
+        store.finish_trial(trial.id, TrialState.COMPLETE, value=0.7)
+    assert main(["show", "old-al", "--storage", url]) == 0
+    shown = capsys.readouterr().out
+    assert "least_confidence" in shown and "qbc_vote_entropy" in shown
+    assert main(["show", "old-al", "--storage", url, "--json"]) == 0
+    curves = json.loads(capsys.readouterr().out)
+    assert "least_confidence" in json.dumps(curves)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from autoplat.core.predict import (
         PredictError,
+        background_hint,
         load_inputs,
         model_info,
         open_session,
@@ -118,6 +120,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     session = open_session(args.model)
     info = model_info(session)
     names, x = load_inputs(args.inputs, info, invert=args.invert)
+    hint = background_hint(names, x, info, args.invert) if isinstance(x, np.ndarray) else ""
+    if hint:
+        print(hint, file=sys.stderr)  # unwrapped: it names a path
     if info.output == "logits" and not args.texts:
         rows = predict(session, x, info.labels, args.batch_size)
         if args.out:
@@ -201,27 +206,50 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
 
 
+class _Intermixed(argparse.ArgumentParser):
+    """Options anywhere among the positionals (argparse's intermixed parsing), e.g.
+    ``platform predict m.onnx a.png --json b.png``."""
+
+    _outer = True
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if not self._outer:  # the two passes parse_known_intermixed_args makes
+            return super().parse_known_args(args, namespace)
+        self._outer = False
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._outer = True
+
+
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.__class__ = _Intermixed  # the parser `platform` made for this command
     p.add_argument("model", help="an .onnx file written by `platform export`")
     p.add_argument(
         "inputs",
         nargs="+",
         metavar="INPUT",
         help="image files, frame folders, audio files, texts (or .txt files of lines) for a "
-        "text part, .npy/.npz arrays, CSV/Parquet of features",
+        "text part, .npy/.npz arrays, CSV/Parquet of features; options may come before, "
+        "between or after them",
     )
     p.add_argument(
         "--batch-size", type=int, default=64, metavar="N", help="examples per run (default 64)"
     )
     p.add_argument(
-        "--invert", action="store_true", help="invert images (dark ink on light background)"
+        "--invert",
+        action="store_true",
+        help="invert images (1 - pixel): for dark ink on a light background when the model "
+        "was trained on light-on-dark images (e.g. digits); predict prints a hint when "
+        "images look the other way round from the model's training images",
     )
     p.add_argument(
         "--texts",
         nargs="+",
         metavar="TEXT",
         help="rank these texts for each input (zero-shot) with the text part exported beside "
-        "an image or video part; give it after the inputs",
+        "an image or video part; it takes every value up to the next option, so give it "
+        "after the inputs (or end it with --)",
     )
     p.add_argument(
         "--out", metavar="FILE", help="save the outputs (logits, embeddings, ...) as a .npy file"

@@ -45,22 +45,33 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_plugins_new(args: argparse.Namespace) -> int:
     from autoplat.core.scaffold import new_plugin
 
-    path = new_plugin(args.name, Path(args.dir))
+    path = new_plugin(args.name, Path(args.dir), args.kind)
     out.print(f"created {path}; next: pip install -e {path} && pytest {path}")
     return 0
 
 
 def _new_arguments(p: argparse.ArgumentParser) -> None:
+    from autoplat.core.scaffold import KINDS
+
     p.add_argument("name", help="package name, e.g. autoplat-mynet")
     p.add_argument(
         "--dir", default=".", metavar="DIR", help="parent folder of the new package (default: .)"
+    )
+    p.add_argument(
+        "--kind",
+        action="append",
+        choices=KINDS,
+        metavar="KIND",
+        help=f"keep only this kind's example plugin ({', '.join(KINDS)}; repeat for more; "
+        "architecture brings its search space). Default: all of them",
     )
 
 
 NEW = Command(
     "new",
     "scaffold a plugin package from the template",
-    "platform plugins new autoplat-mynet --dir ~/src",
+    "platform plugins new autoplat-mynet --dir ~/src\n"
+    "platform plugins new autoplat-mymargin --kind acquisition",
     _new_arguments,
     cmd_plugins_new,
 )

@@ -36,7 +36,7 @@ from autoplat.core.config import (
 )
 from autoplat.core.errors import StoreError
 from autoplat.core.interfaces import Architecture, Dataset, Options, Splits
-from autoplat.core.registry import Registry
+from autoplat.core.registry import Registry, same_name
 from autoplat.core.runner import (
     TRIAL_ERROR,
     Progress,
@@ -198,7 +198,7 @@ def load_al_config(path: str | Path, registry: Registry) -> ResolvedAL:
         )
     acquisitions = []
     for i, name in enumerate(config.al.acquisitions):
-        if name in config.al.acquisitions[:i]:
+        if same_name(name) in {same_name(n) for n in config.al.acquisitions[:i]}:
             raise source.error(("al", "acquisitions"), f"'{name}' is listed twice")
         acquisitions.append(lookup("acquisitions", name, ("al", "acquisitions")))
     if config.oracle.name == "file" and config.al.initial_sampling == "stratified":
@@ -416,7 +416,7 @@ def run_al(
     """Run (or resume) every (acquisition, seed) experiment of a config; returns the study id."""
     on_event = on_event or (lambda kind, data: None)
     cfg = resolved.config
-    names = [a.name for a in resolved.acquisitions]
+    names = list(cfg.al.acquisitions)  # as written: stored experiment keys use them
     seeds = cfg.study.seed_list()
     existing = find_study(store, cfg.study.name, resume)
     if existing is not None and (
@@ -458,7 +458,7 @@ def _run_experiments(resolved: ResolvedAL, store: Store, study_id: int, on_event
     from ray import tune
 
     cfg = resolved.config
-    names = [a.name for a in resolved.acquisitions]
+    names = list(cfg.al.acquisitions)  # as written: stored experiment keys use them
     seeds = cfg.study.seed_list()
     finished = {
         experiment_key(t.params_dict["acquisition"], t.params_dict["seed"])

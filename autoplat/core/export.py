@@ -31,6 +31,7 @@ from autoplat.core.predict import (
     image_preprocessing,
     open_session,
     run_batches,
+    with_border_mean,
 )
 from autoplat.core.space import split_dataset_params
 from autoplat.core.store import Store, Study, Trial, TrialState
@@ -598,7 +599,9 @@ def export_trial(
             )
         metadata = common | {
             "input_shape": json.dumps(list(part.inputs[0].shape[1:])),
-            "preprocessing": json.dumps(part_preprocessing(part, tm.spec)),
+            "preprocessing": json.dumps(
+                with_border_mean(part_preprocessing(part, tm.spec), part.inputs[0])
+            ),
             "output": _describe_output(part.output, expected),
             "parity_max_abs_diff": f"{diff:.3g}",
         }

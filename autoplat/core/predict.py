@@ -55,6 +55,58 @@ def image_preprocessing(shape: Sequence[int]) -> dict[str, Any]:
     }
 
 
+def with_border_mean(prep: dict[str, Any], examples: Any) -> dict[str, Any]:
+    """``prep`` of an image or video part plus ``border_mean``: the mean border brightness
+    of ``examples`` (its test inputs, in [0, 1]; about 0 for light-on-dark digits, 1 for
+    dark ink on white), which predict compares each image with (``background_hint``)."""
+    if prep.get("modality") not in {"image", "video"} or not len(examples):
+        return prep
+    borders = border_brightness(np.asarray(examples, dtype=np.float32))
+    return prep | {"border_mean": round(float(borders.mean()), 3)}
+
+
+def border_brightness(x: np.ndarray) -> np.ndarray:
+    """The mean of each example's outermost rows and columns (the last two axes): (N,)."""
+    edges = [x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]]
+    return np.concatenate([e.reshape(len(x), -1) for e in edges], axis=1).mean(axis=1)
+
+
+def background_hint(names: Sequence[str], x: np.ndarray, info: ModelInfo, invert: bool) -> str:
+    """A line for the person when image inputs have the opposite background of the images
+    the model was trained on (light where those are dark, or the reverse); else "".
+
+    Only models whose export recorded ``border_mean`` of clearly dark (< 0.25) or light
+    (> 0.75) images are checked; an image counts as opposite when its border brightness
+    lies more than 0.5 away. Predict does not flip images itself: a border can mislead
+    (a framed or cropped picture), and results should not change silently.
+    """
+    trained = info.preprocessing.get("border_mean")
+    if trained is None or info.modality not in {"image", "video"} or 0.25 <= trained <= 0.75:
+        return ""
+    images = [i for i, n in enumerate(names) if _is_image_input(Path(n))]
+    if not images:
+        return ""
+    borders = border_brightness(x[images])
+    odd = [i for i, b in zip(images, borders, strict=True) if abs(b - trained) > 0.5]
+    if not odd:
+        return ""
+    dark = trained < 0.5
+    seen = "light" if dark else "dark"
+    example = names[odd[0]] + (f" and {len(odd) - 1} more" if len(odd) > 1 else "")
+    fix = "drop --invert" if invert else "add --invert"
+    return (
+        f"hint: {'inverted by --invert, ' if invert else ''}{example} "
+        f"{'has' if len(odd) == 1 else 'have'} a {seen} background (border "
+        f"brightness {float(borders[images.index(odd[0])]):.2f}), but the model was trained "
+        f"on {'light-on-dark' if dark else 'dark-on-light'} images (border {trained:.2f}); "
+        f"if its predictions look wrong, {fix}"
+    )
+
+
+def _is_image_input(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES or path.is_dir()
+
+
 def default_providers() -> list[str]:
     """CUDA then CPU when onnxruntime has CUDA and this machine has a GPU; else CPU only."""
     import onnxruntime as ort
@@ -371,16 +423,27 @@ def _is_number(text: str) -> bool:
 
 
 def _stack(array: np.ndarray, shape: tuple[int, ...], path: Path) -> np.ndarray:
+    """``array`` as a stack (N, *shape): one example, a stack, rows of flat features, or
+    either of the first two without the model's size-1 axes (e.g. (N, 8, 8) for a model
+    taking (1, 8, 8): the channel axis is added)."""
     size = math.prod(shape)
-    if array.shape == shape:
-        return array[None]
-    if array.shape[1:] == shape:
-        return array
+    squeezed = tuple(d for d in shape if d != 1)
+    if array.shape in (shape, squeezed):
+        return array.reshape(1, *shape)
+    if array.shape[1:] in (shape, squeezed):
+        return array.reshape(-1, *shape)
     if array.ndim in (1, 2) and array.shape[-1] == size:
         return array.reshape(-1, *shape)
+    dims = ", ".join(map(str, shape))
+    hint = ""
+    if len(shape) == 3 and array.shape[-3:] == (*shape[1:], shape[0]):
+        hint = f" (it looks channels-last: np.moveaxis(a, -1, -3) gives (..., {dims}))"
+    elif len(shape) == 3 and array.shape[-2:] == shape[1:]:
+        hint = f" (it lacks the model's {shape[0]} channels)"
     raise PredictError(
-        f"input {path} has shape {array.shape}; the model takes {shape}: give one example "
-        f"shaped {shape}, a stack (N, {', '.join(map(str, shape))}), or {size} features a row"
+        f"input {path} has shape {array.shape}; the model takes {shape}{hint}: give one "
+        f"example shaped {shape}, a stack (N, {dims}), or {size} features a row"
+        + (f"; {squeezed} examples without the size-1 axes work too" if squeezed != shape else "")
     )
 
 

@@ -202,11 +202,13 @@ class Registry:
             info.errors.append(problem)
             return
         item_name = item.name
-        owner = self.owners.get((kind, item_name))
-        if owner is not None:
+        taken = self._canonical(kind, item_name)
+        if taken is not None:
+            owner = self.owners[(kind, taken)]
+            same = "" if taken == item_name else f" (as '{taken}': '_' and '-' are the same)"
             info.errors.append(
-                f"{SINGULAR[kind]} '{item_name}' is already registered by plugin '{owner}'; "
-                f"plugin '{plugin}' registering it again was skipped"
+                f"{SINGULAR[kind]} '{item_name}' is already registered by plugin '{owner}'"
+                f"{same}; plugin '{plugin}' registering it again was skipped"
             )
             return
         self.items[kind][item_name] = item
@@ -229,8 +231,13 @@ class Registry:
     # -- lookups -----------------------------------------------------------------
     def get(self, kind: str, name: str) -> Any:
         """The item of this kind and name (the class; for a shared kind, its one instance),
-        imported now if it was registered lazily; PluginError when unknown or broken."""
+        imported now if it was registered lazily; PluginError when unknown or broken.
+
+        Names match with '_' and '-' alike: dashes are the canonical spelling, and the
+        underscore names of older releases (``least_confidence``, in configs and stored
+        studies) still find ``least-confidence``."""
         items = self.items[kind]
+        name = self._canonical(kind, name) or name
         if name not in items:
             raise PluginError(unknown_name_message(SINGULAR[kind], name, list(items)))
         item = items[name]
@@ -266,6 +273,13 @@ class Registry:
             self.plugins[owner].errors.append(problem)
             raise PluginError(f"plugin '{owner}': {problem}") from exc
 
+    def _canonical(self, kind: str, name: str) -> str | None:
+        """The registered spelling of ``name`` ('_' and '-' alike), or None."""
+        if name in self.items[kind]:
+            return name
+        key = same_name(name)
+        return next((n for n in self.items[kind] if same_name(n) == key), None)
+
     def names(self, kind: str) -> list[str]:
         return sorted(self.items[kind])
 
@@ -300,6 +314,12 @@ def _registration_problem(kind: hookspecs.Kind, item: Any) -> str | None:
     if not isinstance(name, str) or not name:
         return f"registered a {kind.noun} without a string 'name': {item!r}"
     return None
+
+
+def same_name(name: str) -> str:
+    """The form names are compared in: '_' and '-' are the same ("least_confidence" is
+    "least-confidence")."""
+    return name.replace("_", "-")
 
 
 def _a(noun: str) -> str:

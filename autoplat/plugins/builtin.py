@@ -96,20 +96,20 @@ one_shot = builtin(
 acquisitions = builtin(
     acquisitions={
         "random": f"{S}.acquisition.uncertainty:Random",
-        "least_confidence": f"{S}.acquisition.uncertainty:LeastConfidence",
+        "least-confidence": f"{S}.acquisition.uncertainty:LeastConfidence",
         "margin": f"{S}.acquisition.uncertainty:Margin",
         "entropy": f"{S}.acquisition.uncertainty:Entropy",
         "bald": f"{S}.acquisition.bayesian:BALD",
-        "variation_ratios": f"{S}.acquisition.bayesian:VariationRatios",
-        "mean_std": f"{S}.acquisition.bayesian:MeanStd",
+        "variation-ratios": f"{S}.acquisition.bayesian:VariationRatios",
+        "mean-std": f"{S}.acquisition.bayesian:MeanStd",
         "batchbald": f"{S}.acquisition.bayesian:BatchBALD",
         "coreset": f"{S}.acquisition.diversity:CoreSet",
         "typiclust": f"{S}.acquisition.diversity:TypiClust",
         "badge": f"{S}.acquisition.hybrid:BADGE",
-        "ranked_batch": f"{S}.acquisition.hybrid:RankedBatch",
-        "cluster_margin": f"{S}.acquisition.hybrid:ClusterMargin",
-        "qbc_vote_entropy": f"{S}.acquisition.committee:VoteEntropy",
-        "qbc_kl": f"{S}.acquisition.committee:KLDisagreement",
+        "ranked-batch": f"{S}.acquisition.hybrid:RankedBatch",
+        "cluster-margin": f"{S}.acquisition.hybrid:ClusterMargin",
+        "qbc-vote-entropy": f"{S}.acquisition.committee:VoteEntropy",
+        "qbc-kl": f"{S}.acquisition.committee:KLDisagreement",
     }
 )
 

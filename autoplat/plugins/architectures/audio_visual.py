@@ -294,7 +294,7 @@ class AudioVisual(Architecture):
     name: ClassVar[str] = "audio-visual"
     task: ClassVar[str] = "classification"
     modalities: ClassVar[tuple[str, ...]] = ("audio-image",)
-    default_space: ClassVar[str] = "audio_visual"
+    default_space: ClassVar[str] = "audio-visual"
     defaults: ClassVar[dict[str, Any]] = {
         "fusion": "mid",
         "depth": 2,

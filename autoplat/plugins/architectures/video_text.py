@@ -623,7 +623,7 @@ class VideoText(Architecture):
     name: ClassVar[str] = "video-text"
     task: ClassVar[str] = "video_text"
     modalities: ClassVar[tuple[str, ...]] = ("video-text",)
-    default_space: ClassVar[str] = "video_text"
+    default_space: ClassVar[str] = "video-text"
     defaults: ClassVar[dict[str, Any]] = {
         "width": 64,
         "heads": 4,

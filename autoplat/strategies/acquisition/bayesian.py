@@ -41,7 +41,7 @@ class VariationRatios(ScoredAcquisition):
     class. Returns the ``k`` highest, best first (many ties: broken by the generator).
     """
 
-    name = "variation_ratios"
+    name = "variation-ratios"
     needs = ("mc_probs",)
 
     def scores(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -62,7 +62,7 @@ class MeanStd(ScoredAcquisition):
     classes. Returns the ``k`` highest, best first.
     """
 
-    name = "mean_std"
+    name = "mean-std"
     needs = ("mc_probs",)
 
     def scores(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -15,7 +15,7 @@ class VoteEntropy(ScoredAcquisition):
     broken by the generator).
     """
 
-    name = "qbc_vote_entropy"
+    name = "qbc-vote-entropy"
     needs = ("committee_probs",)
 
     def scores(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -36,7 +36,7 @@ class KLDisagreement(ScoredAcquisition):
     highest, best first.
     """
 
-    name = "qbc_kl"
+    name = "qbc-kl"
     needs = ("committee_probs",)
 
     def scores(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -87,7 +87,7 @@ class RankedBatch(PermutedAcquisition):
     mean distance to the pool (O(N^2 D) time). Returns ``k`` indices in pick order.
     """
 
-    name = "ranked_batch"
+    name = "ranked-batch"
     needs = ("probs", "embeddings", "labeled_embeddings")
 
     def select_permuted(
@@ -200,7 +200,7 @@ class ClusterMargin(Acquisition):
         max_items: Items HAC runs on; beyond, a random sample (see ``average_linkage``).
     """
 
-    name = "cluster_margin"
+    name = "cluster-margin"
     needs = ("probs", "embeddings", "labeled_embeddings")
 
     def __init__(

@@ -32,7 +32,7 @@ class LeastConfidence(ScoredAcquisition):
     Returns the ``k`` items whose most probable class is least probable, least first.
     """
 
-    name = "least_confidence"
+    name = "least-confidence"
     needs = ("probs",)
 
     def scores(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import pytest
-from autoplat.core.interfaces import DataSpec
+from autoplat.core.interfaces import DataSpec  # kind: architecture
 from autoplat.testing import (
-    AcquisitionContract,
-    ArchitectureContract,
-    DatasetContract,
-    ScorerContract,
-    StrategyContract,
+    AcquisitionContract,  # kind: acquisition
+    ArchitectureContract,  # kind: architecture
+    DatasetContract,  # kind: dataset
+    ScorerContract,  # kind: scorer
+    StrategyContract,  # kind: strategy
 )
 
-from autoplat_example.hill_climb import HillClimb
-from autoplat_example.margin import Margin
-from autoplat_example.mlp import MLP
-from autoplat_example.shapes import Shapes
-from autoplat_example.word_count import WordCount
+from autoplat_example.hill_climb import HillClimb  # kind: strategy
+from autoplat_example.margin import Margin  # kind: acquisition
+from autoplat_example.mlp import MLP  # kind: architecture
+from autoplat_example.shapes import Shapes  # kind: dataset
+from autoplat_example.word_count import WordCount  # kind: scorer
 
 
+# kind: architecture
 class TestMLP(ArchitectureContract):
     @pytest.fixture
     def architecture(self):
@@ -29,12 +30,14 @@ class TestMLP(ArchitectureContract):
         return DataSpec("classification", "image", (1, 12, 12), 4)
 
 
+# kind: dataset
 class TestShapes(DatasetContract):
     @pytest.fixture
     def dataset(self):
         return Shapes()
 
 
+# kind: strategy
 class TestHillClimb(StrategyContract):
     @pytest.fixture
     def strategy_cls(self):
@@ -45,12 +48,14 @@ class TestHillClimb(StrategyContract):
         return HillClimb.Options(n_initial=3, patience=2)  # restarts within the test's trials
 
 
+# kind: acquisition
 class TestMargin(AcquisitionContract):
     @pytest.fixture
     def acquisition(self):
         return Margin()
 
 
+# kind: scorer
 class TestWordCount(ScorerContract):
     @pytest.fixture
     def make_scorer(self):

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path  # kind: architecture, dataset, strategy
 
-import torch
-from autoplat.core.config import load_config
-from autoplat.core.registry import Registry, get_registry
-from autoplat.core.space import SearchSpace
+import torch  # kind: acquisition
+from autoplat.core.config import load_config  # kind: architecture, dataset, strategy
+from autoplat.core.registry import (
+    Registry,
+    get_registry,  # kind: architecture, dataset, strategy
+)
+from autoplat.core.space import SearchSpace  # kind: strategy
 
-from autoplat_example.hill_climb import HillClimb
-from autoplat_example.margin import Margin
+from autoplat_example.hill_climb import HillClimb  # kind: strategy
+from autoplat_example.margin import Margin  # kind: acquisition
 
 EXPECTED = {
-    "architectures": ["example-mlp"],
-    "search_spaces": ["example-mlp"],
-    "datasets": ["example-shapes"],
-    "strategies": ["example-hill-climb"],
-    "acquisitions": ["example-margin"],
-    "scorers": ["example-word-count"],
+    "architectures": ["example-mlp"],  # kind: architecture
+    "search_spaces": ["example-mlp"],  # kind: architecture
+    "datasets": ["example-shapes"],  # kind: dataset
+    "strategies": ["example-hill-climb"],  # kind: strategy
+    "acquisitions": ["example-margin"],  # kind: acquisition
+    "scorers": ["example-word-count"],  # kind: scorer
 }
 
 
@@ -31,12 +34,14 @@ def test_entry_point_loads_the_plugin(monkeypatch):
     assert info.registered == EXPECTED
 
 
+# kind: architecture, dataset, strategy
 def test_example_config_is_valid():
     resolved = load_config(Path(__file__).parents[1] / "example.toml", get_registry())
     assert resolved.architecture.name == "example-mlp"
     assert resolved.strategy_cls is HillClimb
 
 
+# kind: strategy
 def test_hill_climb_finds_the_best_of_a_small_space():
     space = SearchSpace.from_dict({"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]})
     strategy = HillClimb(space, "minimize", seed=0, options=HillClimb.Options(n_initial=2))
@@ -48,6 +53,7 @@ def test_hill_climb_finds_the_best_of_a_small_space():
     assert min(losses) == 0
 
 
+# kind: acquisition
 def test_margin_prefers_uncertain_examples():
     probs = torch.tensor([[0.9, 0.1], [0.55, 0.45], [0.7, 0.3]])
     picked = Margin().select({"probs": probs}, 2, torch.Generator().manual_seed(0))

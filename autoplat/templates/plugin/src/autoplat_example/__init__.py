@@ -1,3 +1,3 @@
-"""Example autoplat plugins: one architecture, dataset, strategy, acquisition and scorer."""
+"""autoplat plugins, made from autoplat's plugin template (README.md lists them)."""
 
 __version__ = "0.1.0"

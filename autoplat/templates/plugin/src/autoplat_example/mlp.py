@@ -29,7 +29,8 @@ class MLP(Architecture):
         """Why these params cannot build an MLP, or None."""
         p = {**self.defaults, **params}
         if p["depth"] < 0 or p["width"] < 1:
-            return f"example-mlp: needs depth >= 0 and width >= 1, got {p['depth']}, {p['width']}"
+            got = f"{p['depth']}, {p['width']}"
+            return f"example-mlp: needs depth >= 0 and width >= 1, got {got}"
         if p["activation"] not in ACTIVATIONS:
             return f"example-mlp: activation must be one of {sorted(ACTIVATIONS)}"
         if not 0 <= p["dropout"] < 1:
