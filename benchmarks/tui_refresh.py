@@ -111,9 +111,9 @@ async def measure(url: str, store: Any, study_id: int, repeats: int) -> dict[str
 
     times: dict[str, list[float]] = {name: [] for name in NAMES}
     app = PlatformApp(url, study="bench", interval=3600)  # only the timed refreshes poll
+    started = time.perf_counter()  # run_test returns once the app is up: time from before
+    deadline = started + 600
     async with app.run_test(size=(120, 40)) as pilot:
-        started = time.perf_counter()
-        deadline = started + 600
         while not (
             isinstance(app.screen, SearchStudyScreen)
             and app.screen.model is not None

@@ -23,7 +23,16 @@ from autoplat.cli import main
 from autoplat.core.store import OBJECTIVES_KEY, SCHEMA_VERSION, ALRound, Store, TrialState
 from autoplat.tui.app import PlatformApp, SearchProcess
 from autoplat.tui.base import HelpScreen, QuitSearchScreen
-from autoplat.tui.data import COLUMNS, FRONT_MARK, Reader, TrialsModel
+from autoplat.tui.data import (
+    COLUMNS,
+    FRONT_MARK,
+    Reader,
+    TrialsModel,
+    axis,
+    parse_filter,
+    plural,
+    tick_label,
+)
 from autoplat.tui.launch import detached_command, stop_search
 from autoplat.tui.study import ALStudyScreen, CurateStudyScreen, SearchStudyScreen
 from autoplat.views import curate_table
@@ -83,12 +92,13 @@ async def test_studies_then_trials_update_in_place(store: Store) -> None:
         await until(pilot, lambda: studies.row_count == 1)
         row = [str(c) for c in studies.get_row("demo")]
         assert row[:7] == ["demo", "search", "running", "1/4", "1", "1", "0.7000"]
+        assert app.screen.status_text().startswith("1 study in sqlite:///")
 
         await pilot.press("enter")
         trials = await study_trials(pilot, 3)
         screen = app.screen
         assert keys(trials) == ["0", "1", "2"]
-        assert [cell(trials, "0", c) for c in ("state", "latest", "best", "epoch")] == [
+        assert [cell(trials, "0", c) for c in ("state", "latest", "peak", "epoch")] == [
             "complete",
             "0.7000",
             "0.7000",
@@ -134,7 +144,7 @@ async def test_filter_by_state(store: Store) -> None:
         trials = await study_trials(pilot, 3)
         await pilot.press("slash", *"fail", "enter")
         assert keys(trials) == ["2"]
-        assert "filter: fail" in str(app.screen.query_one("#status", Static).render())
+        assert "filter `fail`: 1 shown" in str(app.screen.query_one("#status", Static).render())
         await pilot.press("slash", *"run complete")
         assert keys(trials) == ["0", "1"]
         await pilot.press("escape")  # clears the filter and leaves the box
@@ -181,10 +191,21 @@ async def test_small_terminal_help_theme_and_read_only(store: Store, tmp_path: P
     async with app.run_test(size=(80, 24)) as pilot:
         trials = await study_trials(pilot, 3)
         screen = app.screen
-        for selector in ("#trials", "#trial-plot", "#best-plot", "#details"):
-            region = screen.query_one(selector).region
-            assert region.width > 10 and region.height >= 5, selector
-        assert trials.region.height >= 6  # header + several trials at 80x24
+        await pilot.pause()
+
+        def fits(*selectors: str) -> None:
+            for selector in selectors:
+                region = screen.query_one(selector).region
+                assert region.width > 20 and region.height >= 9, selector
+
+        assert trials.region.height == 4  # header + 3 trials: no blank rows below them
+        fits("#trial-plot", "#details")  # one chart at a time below 100 columns
+        assert screen.query_one("#trial-plot").border_title == "trial 0: val_accuracy"
+        assert not screen.query_one("#best-plot").display
+        await pilot.press("c")
+        await pilot.pause()
+        fits("#best-plot", "#details")
+        assert not screen.query_one("#trial-plot").display
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
@@ -219,7 +240,7 @@ async def test_active_learning_study_gets_its_screen(store: Store) -> None:
         assert cell(rounds, "entropy/1/1", "metric") == "0.9000"
         assert cell(rounds, "entropy/1/1", "labels") == "200"
         # the status line ranks acquisitions by AULC over seeds: entropy (0.5->0.8) wins
-        assert "best AULC entropy 0.6500" in app.screen.status_text()
+        assert "2 acquisitions, 8 rounds, best AULC entropy 0.6500" in app.screen.status_text()
 
 
 @pytest.mark.asyncio
@@ -332,7 +353,7 @@ async def test_pareto_front_marked_live_and_absent_for_one_objective(store: Stor
             "front",
             "state",
             "latest",
-            "best",
+            "peak",
             "model_params",
         ]
         assert marked(trials) == {0, 1}  # 2 is dominated by 0; 3 runs; 4 failed
@@ -363,7 +384,7 @@ async def test_pareto_front_marked_live_and_absent_for_one_objective(store: Stor
         cells = [str(c) for k in keys(single) for c in single.get_row(k)]
         assert FRONT_MARK not in "".join(cells)
         status = app.screen.status_text()
-        assert "val_accuracy (maximize) · " in status and "Pareto" not in status
+        assert status.startswith("val_accuracy (max) · ") and "Pareto" not in status
         assert "Pareto" not in str(app.screen.query_one("#details-text", Static).render())
 
 
@@ -400,3 +421,94 @@ def test_front_kept_incrementally_matches_show(store: Store) -> None:
         assert {n for n, cells in model.cells.items() if cells[front]} == set(expected)
     assert len(model.front) > 3
     reader.close()
+
+
+@pytest.mark.asyncio
+async def test_filter_by_params_and_state_with_hints(store: Store) -> None:
+    fill(store)  # trial 0: lr 0.01 depth 2 complete; 1: 0.02, 4 running; 2: 0.03, 2 failed
+    app = PlatformApp(store.url, study="demo", interval=POLL)
+    async with app.run_test(size=(100, 30)) as pilot:
+        trials = await study_trials(pilot, 3)
+        screen = app.screen
+        box = screen.query_one("#filter")
+
+        async def typed(text: str) -> list[str]:
+            box.value = text  # as typed: each change re-filters
+            await pilot.pause()
+            return keys(trials)
+
+        await pilot.press("slash", *"depth=2")
+        assert app.focused is box and keys(trials) == ["0", "2"]
+        assert await typed("lr < 0.015") == ["0"]  # spaces around the operator are fine
+        assert await typed("depth>=2 fail") == ["2"]
+        assert await typed("depth!=2") == ["1"]
+        assert await typed("lr=1e-2") == ["0"]  # numbers compare as numbers
+        assert "filter `lr=1e-2`: 1 shown" in screen.status_text()
+
+        assert await typed("depth=3") == []
+        hint = "no trial matches `depth=3` (params: lr, depth); Esc clears the filter"
+        assert hint in screen.status_text() and box.border_title == hint
+        assert await typed("dept=3") == []
+        assert "no trial has a param dept (params: lr, depth)" in screen.status_text()
+        assert await typed("deep") == []  # not a state or condition: the last filter stays
+        assert "'deep' is no state or condition; filter by states" in screen.status_text()
+
+        await pilot.press("escape")
+        assert keys(trials) == ["0", "1", "2"] and not screen.filter_hint
+
+
+def test_parse_filter_words() -> None:
+    assert parse_filter("  ") is None
+    f = parse_filter("run, c opt = adam lr<=1e-3")
+    assert f.states == {"running", "complete"}
+    assert f.conditions == (("opt", "=", "adam"), ("lr", "<=", "1e-3"))
+    with pytest.raises(ValueError, match="'x1' is no state or condition"):
+        parse_filter("complete x1")
+
+
+@pytest.mark.asyncio
+async def test_columns_widen_as_values_arrive(store: Store) -> None:
+    """A column sized at the first paint ("run", blank "latest") widens for "complete"
+    and 0.9600, header included."""
+    study = store.create_study("live", metric="val_accuracy")
+    trial = store.start_trial(study.id, {"lr": 0.1})
+    app = PlatformApp(store.url, study="live", interval=POLL)
+    async with app.run_test(size=(120, 30)) as pilot:
+        trials = await study_trials(pilot, 1)
+        await pilot.pause()
+        store.add_metrics(trial.id, 1, {"val_accuracy": 0.96})
+        store.finish_trial(trial.id, TrialState.COMPLETE, value=0.96)
+        await until(pilot, lambda: cell(trials, "0", "state") == "complete")
+        await pilot.pause()
+        await pilot.pause()
+        assert trials.columns["state"].content_width >= len("complete")
+        assert trials.columns["latest"].content_width >= len("0.9600")
+        header, row = ("".join(s.text for s in trials.render_line(y)) for y in (0, 1))
+        assert "complete" in row and row.index("0.9600") == header.index("latest")
+
+
+@pytest.mark.parametrize(
+    ("values", "ticks"),
+    [
+        ([0.49, 0.5, 0.52], [0.49, 0.5, 0.51, 0.52]),  # an accuracy line: no 0.49-1.47
+        ([0.95, 0.96, 0.97], [0.95, 0.955, 0.96, 0.965, 0.97]),
+        ([0.9], [0.85, 0.875, 0.9, 0.925, 0.95]),  # a flat line gets a margin
+        ([1.0], [0.94, 0.96, 0.98, 1.0]),  # ... inside [0, 1]
+        ([120.0, 2980.0], [0.0, 1000.0, 2000.0, 3000.0]),
+    ],
+)
+def test_chart_axes_fit_the_data(values: list[float], ticks: list[float]) -> None:
+    assert axis(values) == pytest.approx(ticks)
+    assert axis([1, 2], whole=True) == [1, 2]  # epochs: whole ticks, never 1.25
+    assert axis([0, 5, 9], whole=True) == [0, 5, 10]
+    assert [tick_label(t, [0.95, 0.955]) for t in (0.95, 0.955)] == ["0.950", "0.955"]
+    assert tick_label(2000.0, [0.0, 1000.0]) == "2000"
+
+
+def test_plural() -> None:
+    assert [plural(1, "study"), plural(3, "study"), plural(1, "round"), plural(0, "round")] == [
+        "1 study",
+        "3 studies",
+        "1 round",
+        "0 rounds",
+    ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from subprocess import Popen
 
@@ -19,10 +21,15 @@ from autoplat.tui.study import screen_for
 CSS = """
 #status { height: 1; padding: 0 1; background: $boost; }
 #status.error { background: $error 25%; }
-#studies, #trials, #rounds { height: 1fr; }
-#panels { height: 40%; min-height: 8; }
-#details { width: 34; padding: 0 1; border-left: solid $primary 50%; }
-#al-plot { height: 60%; }
+#studies, #rounds { height: 1fr; }
+#trials { height: auto; max-height: 50%; }
+#panels { height: 1fr; min-height: 9; }
+#panels > * { border-top: solid $primary 50%; border-title-color: $text; }
+#details { width: 36; padding: 0 1; border-left: solid $primary 50%; }
+.-narrow #details { width: 30; }
+.-narrow #best-plot, .-narrow.-best-chart #trial-plot { display: none; }
+.-narrow.-best-chart #best-plot { display: block; }
+#al-plot { height: 60%; border-top: solid $primary 50%; border-title-color: $text; }
 #filter { display: none; }
 #filter.-visible { display: block; }
 HelpScreen, QuitSearchScreen { align: center middle; }
@@ -34,6 +41,9 @@ HelpScreen, QuitSearchScreen { align: center middle; }
 #choices { height: auto; }
 #choices Button { width: 1fr; margin: 0 1; }
 """
+
+
+GENERIC_ACTIONS = {"focus_next", "focus_previous", "copy_text"}  # Textual's own: not in ?
 
 
 @dataclass
@@ -61,10 +71,11 @@ class PlatformApp(App[str | None]):
 
     TITLE = "platform tui"
     CSS = CSS
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
     BINDINGS = [
-        Binding("q", "quit", "Quit"),
-        Binding("question_mark", "help", "Help"),
-        Binding("d", "toggle_dark", "Light/dark"),
+        Binding("q", "quit", "Quit", tooltip="quit (asks first while a --tui run goes on)"),
+        Binding("question_mark", "help", "Help", tooltip="this help"),
+        Binding("d", "toggle_dark", "Light/dark", show=False, tooltip="light or dark colours"),
     ]
 
     def __init__(
@@ -73,8 +84,10 @@ class PlatformApp(App[str | None]):
         study: str | None = None,
         interval: float = 1.0,
         search: SearchProcess | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         super().__init__()
+        self.now = clock or (lambda: datetime.now(UTC))  # "now" for elapsed times; tests fix it
         self.reader = Reader(url)
         self.interval = interval
         self.pending_study = study
@@ -124,10 +137,11 @@ class PlatformApp(App[str | None]):
         for active in self.active_bindings.values():
             binding = active.binding  # the screen's and app's keys; table keys are standard
             own = isinstance(active.node, App | Screen)
+            generic = binding.system or binding.action.split(".")[-1] in GENERIC_ACTIONS
             key = self.get_key_display(binding)
-            if own and binding.description and key not in seen:
+            if own and binding.description and not generic and key not in seen:
                 seen.add(key)
-                keys.append((key, binding.description))
+                keys.append((key, binding.tooltip or binding.description))
         screen = self.screen
         intro = getattr(screen, "HELP", "") if isinstance(screen, PollingScreen) else ""
         intro += (
@@ -154,5 +168,10 @@ def run_tui(args: argparse.Namespace) -> int:
     """`platform tui`: watch the store at ``--storage`` (``func`` of the subcommand)."""
     from autoplat.core.store import DEFAULT_URL
 
-    PlatformApp(args.storage or DEFAULT_URL, study=args.study, interval=args.interval).run()
+    url = args.storage or DEFAULT_URL
+    if getattr(args, "web", False):
+        from autoplat.tui.web import serve
+
+        return serve(args, url)
+    PlatformApp(url, study=args.study, interval=args.interval).run()
     return 0

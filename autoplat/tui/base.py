@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
@@ -14,13 +13,32 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Static
+from textual.widgets import Button, DataTable, Static
 
 from autoplat.core.errors import StoreError
 
 if TYPE_CHECKING:
     from autoplat.tui.app import PlatformApp
     from autoplat.tui.data import Reader
+
+
+class LiveTable(DataTable):
+    """A DataTable whose header keeps up with columns that widen as data arrives.
+
+    Textual (8.2) widens auto-width columns on idle but keeps serving the header line it
+    cached before, so a live table's header drifts from its cells until another edit.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self._widths: tuple[int, ...] = ()
+
+    def on_idle(self) -> None:
+        widths = tuple(column.content_width for column in self.columns.values())
+        if widths != self._widths:
+            self._widths = widths
+            self._clear_caches()
+            self.refresh()
 
 
 class PollingScreen(Screen):
@@ -31,7 +49,7 @@ class PollingScreen(Screen):
     store's message in the status line and is retried on the next tick.
     """
 
-    BINDINGS = [Binding("r", "refresh_now", "Refresh", show=False)]
+    BINDINGS = [Binding("r", "refresh_now", "Refresh", show=False, tooltip="poll the store now")]
 
     app: PlatformApp
 
@@ -100,7 +118,7 @@ class PollingScreen(Screen):
 
     def update_status(self) -> None:
         status = self.query_one("#status", Static)
-        clock = datetime.now().strftime("%H:%M:%S")
+        clock = self.app.now().astimezone().strftime("%H:%M:%S")
         if self.error:
             status.update(
                 Text(f"{self.error} — retrying every {self.app.interval:g}s ({clock})", "bold red")
@@ -124,10 +142,10 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         text = Text()
         text.append(f"{self._title}\n", "bold")
-        text.append(f"{self._intro}\n\n")
         for key, description in self._keys:
             text.append(f"{key:>10}  ", "bold")
             text.append(f"{description}\n")
+        text.append(f"\n{self._intro}\n")
         text.append("\nEsc, q or ? closes this help.", "dim")
         with VerticalScroll(id="help"):
             yield Static(text)

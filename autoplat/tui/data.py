@@ -9,6 +9,9 @@ caller shows it and polls again.
 from __future__ import annotations
 
 import json
+import math
+import operator
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -317,7 +320,13 @@ class Reader:
 # -- the trials model: poll, diff by row key -----------------------------------------
 
 
-COLUMNS = ("number", "state", "latest", "best", "epoch", "duration", "params")
+COLUMNS = ("number", "state", "latest", "peak", "epoch", "duration", "params")
+RULE = (
+    "latest: the metric at the trial's last epoch; once the trial ends that is its value, "
+    "the one `platform show`, `export` and the best-trial panel rank by. peak: the best "
+    "epoch's value, for information only."
+)
+RULE_SHORT = "best = last epoch, as in show · peak = best epoch"
 FRONT_COLUMN = "front"  # multi-objective studies: marks the trials on the Pareto front
 FRONT_MARK = "★"
 OBJECTIVE_PREFIX = "objective:"  # column key of each objective after the study metric
@@ -381,6 +390,7 @@ class TrialsModel:
         self.front: list[int] = []  # trial numbers on the Pareto front, by first objective
         self._values: dict[str, set[str]] = {}  # param -> distinct JSON values seen
         self._varying: list[str] = []
+        self.now = datetime.now(UTC)  # the time of the last poll: running trials' durations
 
     @property
     def maximize(self) -> bool:
@@ -388,7 +398,7 @@ class TrialsModel:
 
     def poll(self, reader: Reader, now: datetime | None = None) -> Changes:
         """Read the store and return what changed since the last poll."""
-        now = now or datetime.now(UTC)
+        now = self.now = now or datetime.now(UTC)
         rows = reader.trials(self.study.id)
         seen: set[int] = set()
         stale: list[tuple[int, int, TrialState, float | None]] = []
@@ -487,13 +497,13 @@ class TrialsModel:
 
     def _cells(self, t: TrialView, now: datetime) -> tuple[str, ...]:
         values = [v for _, v in t.curve]
-        best = (max if self.maximize else min)(values) if values else None
+        peak = (max if self.maximize else min)(values) if values else None
         params = " ".join(f"{k}={fmt_param(t.params[k])}" for k in self._varying if k in t.params)
         cells = (
             str(t.number),
             t.state.value,
             fmt_value(values[-1] if values else None),
-            fmt_value(best),
+            fmt_value(peak),
             str(t.curve[-1][0]) if t.curve else "",
             fmt_seconds(t.duration_s(now)),
             params,
@@ -513,12 +523,17 @@ class TrialsModel:
             "number": t.number,
             "state": t.state.value,
             "latest": values[-1] if values else None,
-            "best": ((max if self.maximize else min)(values)) if values else None,
+            "peak": ((max if self.maximize else min)(values)) if values else None,
             "epoch": t.curve[-1][0] if t.curve else None,
-            "duration": t.duration_s(datetime.now(UTC)),
+            "duration": t.duration_s(self.now),
             "params": self.cells[number][-1],
         }[column]
         return ((raw is None) != reverse, raw if raw is not None else 0, t.number)
+
+    @property
+    def params(self) -> list[str]:
+        """The names of every param seen, in first-seen order."""
+        return list(self._values)
 
     def best_so_far(self) -> tuple[list[int], list[float]]:
         """The study's best value by trial number, as the corners of a step line (a point
@@ -541,3 +556,121 @@ class TrialsModel:
             xs.append(last)
             ys.append(ys[-1])
         return xs, ys
+
+
+# -- the `/` filter: states and param conditions --------------------------------------
+
+CONDITION = re.compile(r"^([A-Za-z_][\w.\-]*)(<=|>=|!=|==|=|<|>)(.+)$")
+ORDERING = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+FILTER_HELP = (
+    "states (run, complete, fail, ...) and param conditions (depth=3, lr<0.01, "
+    "opt!=sgd), e.g. `complete depth>=3`"
+)
+
+
+@dataclass(frozen=True)
+class TrialFilter:
+    """Trials in one of ``states`` (any, when empty) whose params meet every condition."""
+
+    text: str
+    states: frozenset[str] = frozenset()
+    conditions: tuple[tuple[str, str, str], ...] = ()
+
+    def matches(self, trial: TrialView) -> bool:
+        if self.states and trial.state.value not in self.states:
+            return False
+        return all(
+            name in trial.params and _meets(trial.params[name], op, wanted)
+            for name, op, wanted in self.conditions
+        )
+
+    def unknown(self, params: list[str]) -> list[str]:
+        """The params the conditions name that no trial has."""
+        return [name for name, _, _ in self.conditions if name not in params]
+
+
+def parse_filter(text: str) -> TrialFilter | None:
+    """The filter the `/` box holds (None: empty). Words are state prefixes or conditions
+    ``NAME OP VALUE`` (OP: = != < <= > >=); raises ValueError naming a word that is
+    neither."""
+    text = re.sub(r"\s*(<=|>=|!=|==|=|<|>)\s*", r"\1", text.replace(",", " ")).strip()
+    if not text:
+        return None
+    states: set[str] = set()
+    conditions = []
+    for word in text.split():
+        found = CONDITION.match(word)
+        if found:
+            name, op, wanted = found.groups()
+            conditions.append((name, "=" if op == "==" else op, wanted))
+            continue
+        matched = {s.value for s in TrialState if s.value.startswith(word.lower())}
+        if not matched:
+            raise ValueError(f"'{word}' is no state or condition; filter by {FILTER_HELP}")
+        states |= matched
+    return TrialFilter(text, frozenset(states), tuple(conditions))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _meets(actual: Any, op: str, wanted: str) -> bool:
+    """Whether a param's value meets ``op wanted``: numbers compare as numbers, anything
+    else as text (case-insensitive; only = and != apply)."""
+    a, w = _number(actual), _number(wanted)
+    if op in ORDERING:
+        return a is not None and w is not None and ORDERING[op](a, w)
+    if a is not None and w is not None:
+        equal = a == w
+    else:
+        text = json.dumps(actual) if isinstance(actual, bool | list | dict) else str(actual)
+        equal = text.lower() == wanted.lower()
+    return equal if op == "=" else not equal
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 study``, ``2 studies``, ``3 rounds``."""
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5, whole: bool = False) -> list[float]:
+    """About ``count`` round ticks (steps of 1, 2, 2.5 or 5 x 10^k; whole numbers, no
+    2.5, when ``whole``) from the last at or below ``lo`` to the first at or above ``hi``."""
+    raw = max((hi - lo) / (count - 1), 1e-12)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    steps = (1, 2, 5, 10) if whole else (1, 2, 2.5, 5, 10)
+    step = next(m * magnitude for m in steps if m * magnitude >= raw * 0.999)
+    step = max(step, 1.0) if whole else step
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    return [round(i * step, 12) for i in range(first, last + 1)]
+
+
+def tick_label(tick: float, ticks: list[float]) -> str:
+    """A tick's label with as many decimals as its axis's step needs."""
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+    decimals = 0
+    while decimals < 6 and abs(round(step, decimals) - step) > 1e-9:
+        decimals += 1
+    return f"{tick:.{decimals}f}"
+
+
+def axis(values: list[float], whole: bool = False) -> list[float]:
+    """The ticks of an axis that fits ``values`` (ends on round numbers; a flat line gets
+    a small margin); [] for no values."""
+    if not values:
+        return []
+    lo, hi = min(values), max(values)
+    if hi - lo < 1e-12:
+        pad = max(abs(hi) * 0.05, 0.01) if not whole else 1
+        lo, hi = lo - pad, hi + pad
+        if min(values) >= 0 and max(values) <= 1:
+            lo, hi = max(lo, 0.0), min(hi, 1.0)
+    return nice_ticks(lo, hi, whole=whole)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header
 
-from autoplat.tui.base import PollingScreen
-from autoplat.tui.data import Reader, StudyRow
+from autoplat.tui.base import LiveTable, PollingScreen
+from autoplat.tui.data import Reader, StudyRow, plural
 
 STUDY_COLUMNS = (
     ("name", "name"),
@@ -29,7 +29,7 @@ class StudiesScreen(PollingScreen):
     """The studies in the store; Enter opens one."""
 
     HELP = "Every study in the store, refreshed live. Enter opens the highlighted study."
-    BINDINGS = [Binding("enter", "open", "Open", show=True)]
+    BINDINGS = [Binding("enter", "open", "Open", tooltip="open the highlighted study")]
 
     def __init__(self) -> None:
         super().__init__()
@@ -39,7 +39,7 @@ class StudiesScreen(PollingScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield from self.compose_status()
-        yield DataTable(id="studies", cursor_type="row", zebra_stripes=True)
+        yield LiveTable(id="studies")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -49,7 +49,7 @@ class StudiesScreen(PollingScreen):
         super().on_mount()
 
     def load(self, reader: Reader) -> tuple[list[StudyRow], datetime]:
-        return reader.studies(), datetime.now(UTC)
+        return reader.studies(), self.app.now()
 
     def show(self, data: tuple[list[StudyRow], datetime]) -> None:
         rows, now = data
@@ -66,7 +66,7 @@ class StudiesScreen(PollingScreen):
             else:
                 for (key, _), new, was in zip(STUDY_COLUMNS, cells, old, strict=True):
                     if new != was:
-                        table.update_cell(name, key, Text(new))
+                        table.update_cell(name, key, Text(new), update_width=True)
             self._cells[name] = cells
         self.rows = fresh
         pending = self.app.pending_study
@@ -77,7 +77,7 @@ class StudiesScreen(PollingScreen):
     def status_text(self) -> str:
         pending = self.app.pending_study
         waiting = f" · waiting for study '{pending}' to appear" if pending else ""
-        return f"{len(self.rows)} studies in {self.app.reader.url}{waiting}"
+        return f"{plural(len(self.rows), 'study')} in {self.app.reader.url}{waiting}"
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         row = self.rows.get(str(event.row_key.value))

@@ -20,18 +20,26 @@ from textual_plotext import PlotextPlot
 
 from autoplat.core.errors import StoreError
 from autoplat.core.store import ALRound, Study, TrialState
-from autoplat.tui.base import PollingScreen
+from autoplat.tui.base import LiveTable, PollingScreen
 from autoplat.tui.data import (
     COLUMNS,
+    FILTER_HELP,
     FRONT_COLUMN,
     FRONT_MARK,
     OBJECTIVE_PREFIX,
+    RULE,
+    RULE_SHORT,
     Changes,
     Reader,
+    TrialFilter,
     TrialsModel,
+    axis,
     fmt_objective,
     fmt_param,
     fmt_value,
+    parse_filter,
+    plural,
+    tick_label,
 )
 
 STATE_STYLES = {
@@ -41,7 +49,7 @@ STATE_STYLES = {
     TrialState.FAIL.value: "bold red",
     TrialState.INTERRUPTED.value: "magenta",
 }
-SORTABLE = ("number", "latest", "best", "duration", "epoch", "state")
+SORTABLE = ("number", "latest", "peak", "duration", "epoch", "state")
 PARETO_HELP = (
     " This study has several objectives: {mark} in the front column marks the complete "
     "trials no other complete trial beats on every objective (the Pareto front, as "
@@ -52,7 +60,7 @@ PARETO_HELP = (
 class StudyScreen(PollingScreen):
     """Base of the per-kind study screens: knows its study's name, goes back on Esc."""
 
-    BINDINGS = [Binding("escape,backspace", "back", "Studies")]
+    BINDINGS = [Binding("escape,backspace", "back", "Studies", tooltip="back to the studies")]
 
     def __init__(self, study_name: str) -> None:
         super().__init__()
@@ -80,47 +88,74 @@ class StudyScreen(PollingScreen):
         self.app.pop_screen()
 
 
+def draw_lines(
+    plot: PlotextPlot, title: str, xlabel: str, lines: dict[str, tuple[list, list]]
+) -> None:
+    """Redraw ``plot``: one braille line per label (``""``: no legend), both axes fitted
+    to the data on round ticks, the title in the widget's border (visible when narrow)."""
+    plt = plot.plt
+    plt.clear_data()
+    xs = [x for x_values, _ in lines.values() for x in x_values]
+    ys = [y for _, y_values in lines.values() for y in y_values]
+    for label, (x_values, y_values) in lines.items():
+        if x_values:
+            plt.plot(x_values, y_values, marker="braille", label=label or None)
+    whole = all(float(x).is_integer() for x in xs)
+    for ticks, limit, set_ticks in (
+        (axis(ys), plt.ylim, plt.yticks),
+        (axis(xs, whole=whole), plt.xlim, plt.xticks),
+    ):
+        if ticks:
+            limit(ticks[0], ticks[-1])
+            set_ticks(ticks, [tick_label(t, ticks) for t in ticks])
+    plt.xlabel(xlabel)
+    plot.border_title = title
+    plot.refresh()
+
+
 class SearchStudyScreen(StudyScreen):
     """A search study: live trials table, metric charts, best params, errors."""
 
     HELP = (
         "The trials of a search, updated in place as they report. The charts show the "
         "highlighted trial's metric per epoch and the study's best value so far; the panel "
-        "shows the best trial's params and the error of a failed trial."
+        f"shows the best trial's params and the error of a failed trial.\n\n{RULE}\n\n"
+        f"/ filters by {FILTER_HELP}; Esc clears it. Below 100 columns one chart shows at "
+        "a time: c swaps them."
     )
     BINDINGS = [
-        Binding("slash", "filter", "Filter state"),
-        Binding("s", "sort", "Sort"),
-        Binding("S", "reverse", "Reverse sort", show=False),
+        Binding("slash", "filter", "Filter", tooltip="filter trials: states, depth=3, lr<0.01"),
+        Binding("c", "chart", "Chart", tooltip="swap the trial / best-so-far chart (narrow)"),
+        Binding("s", "sort", "Sort", tooltip="sort by the next column"),
+        Binding("S", "reverse", "Reverse sort", show=False, tooltip="reverse the sort"),
     ]
 
     def __init__(self, study_name: str) -> None:
         super().__init__(study_name)
         self.model: TrialsModel | None = None
-        self.states: set[str] | None = None  # the state filter; None: every state
+        self.filter: TrialFilter | None = None  # None: every trial
+        self.filter_hint = ""  # why the filter shows nothing, or what is wrong with it
+        self._filter_error = ""
         self.sort_column = "number"
         self.sort_reverse = False
         self.selected: int | None = None
 
     def compose(self) -> ComposeResult:
         yield from self.compose_header()
-        yield DataTable(id="trials", cursor_type="row", zebra_stripes=True)
+        yield LiveTable(id="trials")
         with Horizontal(id="panels"):
             yield PlotextPlot(id="trial-plot")
             yield PlotextPlot(id="best-plot")
             with VerticalScroll(id="details"):
                 yield Static(id="details-text")
-        yield Input(
-            placeholder="states to show: running complete pruned fail interrupted (empty: all)",
-            id="filter",
-        )
+        yield Input(placeholder=f"filter: {FILTER_HELP}", id="filter")
         yield Footer()
 
     # -- polling -----------------------------------------------------------------------
     def load(self, reader: Reader) -> Changes:
         if self.model is None:
             self.model = TrialsModel(self.load_study(reader))
-        return self.model.poll(reader)
+        return self.model.poll(reader, self.app.now())
 
     def show(self, changes: Changes) -> None:
         table = self._table()
@@ -136,7 +171,7 @@ class SearchStudyScreen(StudyScreen):
             shown, wanted = key in table.rows, self._visible(number)
             if shown and wanted:
                 for column, value in cells.items():
-                    table.update_cell(key, column, self._cell(column, value))
+                    table.update_cell(key, column, self._cell(column, value), update_width=True)
                 resort |= self.sort_column in cells
             elif wanted:
                 table.add_row(*self._row(number), key=key)
@@ -148,6 +183,8 @@ class SearchStudyScreen(StudyScreen):
         if self.selected is None and table.row_count:
             row_key = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key
             self.selected = int(row_key.value)
+        if self.filter is not None:
+            self._show_hint()
         if changes.study_changed:
             self._draw_best()
         if changes.study_changed or self.selected in changes.updated:
@@ -162,12 +199,15 @@ class SearchStudyScreen(StudyScreen):
             counts[t.state.value] += 1
         if model.objectives:
             objectives = ", ".join(f"{name} ({way[:3]})" for name, way in model.objectives)
-            parts = [f"{self.study_name} · {objectives}", f"{len(model.front)} on the Pareto front"]
+            parts = [objectives, f"{len(model.front)} on the Pareto front"]
         else:
-            parts = [f"{self.study_name} · {model.study.metric} ({model.study.direction})"]
+            parts = [f"{model.study.metric} ({model.study.direction[:3]})"]
         parts.append(", ".join(f"{n} {s}" for s, n in counts.items()) or "no trials yet")
-        if self.states is not None:
-            parts.append(f"filter: {' '.join(sorted(self.states)) or 'none match'}")
+        if self.filter is not None:
+            shown = sum(map(self._visible, model.trials))
+            parts.append(f"filter `{self.filter.text}`: {shown} shown")
+        if self.filter_hint:
+            parts.append(self.filter_hint)
         if self.sort_column != "number" or self.sort_reverse:
             parts.append(f"sort: {self.sort_column} {'desc' if self.sort_reverse else 'asc'}")
         return " · ".join(parts)
@@ -175,6 +215,8 @@ class SearchStudyScreen(StudyScreen):
     # -- the table -------------------------------------------------------------------
     def on_mount(self) -> None:
         self._add_columns(COLUMNS)
+        self.sub_title = RULE_SHORT
+        self.query_one("#details").border_title = "best trial"
         super().on_mount()
 
     def _add_columns(self, columns: tuple[str, ...]) -> None:
@@ -195,7 +237,7 @@ class SearchStudyScreen(StudyScreen):
         return table
 
     def _visible(self, number: int) -> bool:
-        return self.states is None or self.model.trials[number].state.value in self.states
+        return self.filter is None or self.filter.matches(self.model.trials[number])
 
     def _cell(self, column: str, value: str) -> Text:
         if column == FRONT_COLUMN:
@@ -240,7 +282,7 @@ class SearchStudyScreen(StudyScreen):
     def action_sort(self) -> None:
         """Sort by the next sortable column."""
         self.sort_column = SORTABLE[(SORTABLE.index(self.sort_column) + 1) % len(SORTABLE)]
-        self.sort_reverse = self.sort_column in ("latest", "best") and self._maximize()
+        self.sort_reverse = self.sort_column in ("latest", "peak") and self._maximize()
         if self.model is not None:
             self._sort()
         self.update_status()
@@ -261,13 +303,34 @@ class SearchStudyScreen(StudyScreen):
         box.focus()
 
     def set_filter(self, text: str) -> None:
-        """Show only trials whose state starts with one of the words of ``text``."""
-        words = text.replace(",", " ").lower().split()
-        states = {s.value for s in TrialState if any(s.value.startswith(w) for w in words)}
-        self.states = states if words else None
-        if self.model is not None:
-            self._rebuild()
+        """Show only the trials ``text`` selects (states, param conditions); a word that
+        is neither keeps the last filter and says why in the hint."""
+        try:
+            self.filter, self._filter_error = parse_filter(text), ""
+        except ValueError as exc:
+            self._filter_error = str(exc)
+        else:
+            if self.model is not None:
+                self._rebuild()
+        self._show_hint()
         self.update_status()
+
+    def _empty_reason(self) -> str:
+        """Why the filter shows no trial ("" when it shows some or there is none)."""
+        model = self.model
+        if self.filter is None or model is None or any(map(self._visible, model.trials)):
+            return ""
+        known = model.params
+        listed = f" (params: {', '.join(known)})" if known else ""
+        unknown = self.filter.unknown(known)
+        if unknown:
+            return f"no trial has a param {', '.join(unknown)}{listed}"
+        return f"no trial matches `{self.filter.text}`{listed}; Esc clears the filter"
+
+    def _show_hint(self) -> None:
+        """The filter's hint in the filter box's border (and the next status line)."""
+        self.filter_hint = self._filter_error or self._empty_reason()
+        self.query_one("#filter", Input).border_title = self.filter_hint or None
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.set_filter(event.value)
@@ -288,30 +351,26 @@ class SearchStudyScreen(StudyScreen):
             super().action_back()
 
     # -- charts and details ----------------------------------------------------------
+    def action_chart(self) -> None:
+        """Swap the trial's chart and the best-so-far chart (narrow terminals show one)."""
+        self.toggle_class("-best-chart")
+
     def _draw_trial(self) -> None:
         model = self.model
-        plot = self.query_one("#trial-plot", PlotextPlot)
-        plt = plot.plt
-        plt.clear_data()
         trial = model.trials.get(self.selected) if model and self.selected is not None else None
-        if trial is not None and trial.curve:
-            plt.plot([s for s, _ in trial.curve], [v for _, v in trial.curve], marker="braille")
-        plt.title(f"trial {trial.number}: {model.study.metric}" if trial else "no trial")
-        plt.xlabel("epoch")
-        plot.refresh()
+        curve = trial.curve if trial is not None else []
+        title = f"trial {trial.number}: {model.study.metric}" if trial else "no trial"
+        if trial is not None and not curve:
+            title += " (no epoch reported yet)"
+        line = ([s for s, _ in curve], [v for _, v in curve])
+        draw_lines(self.query_one("#trial-plot", PlotextPlot), title, "epoch", {"": line})
         self._draw_details()
 
     def _draw_best(self) -> None:
         model = self.model
-        plot = self.query_one("#best-plot", PlotextPlot)
-        plt = plot.plt
-        plt.clear_data()
-        xs, ys = model.best_so_far()
-        if xs:
-            plt.plot(xs, ys, marker="braille")
-        plt.title(f"best {model.study.metric} so far")
-        plt.xlabel("trial")
-        plot.refresh()
+        title = f"best {model.study.metric} so far"
+        line = model.best_so_far()
+        draw_lines(self.query_one("#best-plot", PlotextPlot), title, "trial", {"": line})
         self._draw_details()
 
     def _draw_details(self) -> None:
@@ -363,7 +422,7 @@ class ALStudyScreen(StudyScreen):
     def compose(self) -> ComposeResult:
         yield from self.compose_header()
         yield PlotextPlot(id="al-plot")
-        yield DataTable(id="rounds", cursor_type="row", zebra_stripes=True)
+        yield LiveTable(id="rounds")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -388,16 +447,12 @@ class ALStudyScreen(StudyScreen):
             if key not in self._rounds:
                 table.add_row(*map(Text, cells), key=key)
             elif self._rounds[key] != cells:
-                table.update_cell(key, "metric", Text(cells[4]))
+                table.update_cell(key, "metric", Text(cells[4]), update_width=True)
             self._rounds[key] = cells
         self._curves = learning_curves(rounds, study.metric)
-        plot = self.query_one("#al-plot", PlotextPlot)
-        plot.plt.clear_data()
-        for acquisition, curve in self._curves.items():
-            plot.plt.plot(curve["labels"], curve["mean"], label=acquisition, marker="braille")
-        plot.plt.title(f"{study.metric} vs labels (mean over seeds)")
-        plot.plt.xlabel("labels")
-        plot.refresh()
+        lines = {name: (c["labels"], c["mean"]) for name, c in self._curves.items()}
+        title = f"{study.metric} vs labels (mean over seeds)"
+        draw_lines(self.query_one("#al-plot", PlotextPlot), title, "labels", lines)
 
     def status_text(self) -> str:
         best = max(
@@ -407,8 +462,8 @@ class ALStudyScreen(StudyScreen):
         )
         lead = f", best AULC {best[0]} {best[1]:.4f}" if best else ""
         return (
-            f"{self.study_name} · active learning · {len(self._curves)} acquisitions, "
-            f"{len(self._rounds)} rounds{lead}"
+            f"{plural(len(self._curves), 'acquisition')}, "
+            f"{plural(len(self._rounds), 'round')}{lead}"
         )
 
 
@@ -446,7 +501,7 @@ class CurateStudyScreen(StudyScreen):
         self.query_one("#curation", Static).update(curate_table(summary, artifacts))
 
     def status_text(self) -> str:
-        return f"{self.study_name} · curation · {self._state} · {self._records:.0f} records scored"
+        return f"curation {self._state} · {self._records:.0f} records scored"
 
 
 STUDY_SCREENS: dict[str, type[StudyScreen]] = {
