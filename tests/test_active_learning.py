@@ -143,7 +143,7 @@ def test_file_oracle_refuses_bad_answers_with_file_and_line(tmp_path, rows, mess
 
 def test_file_oracle_round_trip_csv_and_jsonl(tmp_path) -> None:
     oracle = FileOracle(tmp_path, "exp", ("cat", "dog"), poll_seconds=0.01, timeout_seconds=0.2)
-    with pytest.raises(DataError, match="no labels at .*after 0.2 s"):
+    with pytest.raises(DataError, match=r"no labels for round 1 after 0.2 s .*round001.query"):
         oracle.label([4, 2], 1)
     query, answer = oracle.paths(1)
     assert query.read_text().splitlines() == ["id,label", "4,", "2,"]

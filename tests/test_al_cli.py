@@ -18,6 +18,8 @@ import pytest
 from autoplat.core.store import Store, TrialState
 from autoplat.testing import run_platform
 
+pytestmark = pytest.mark.slow  # every test here runs `platform al` in a subprocess
+
 AL = """
 [study]
 name = "{name}"

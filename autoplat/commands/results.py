@@ -57,12 +57,14 @@ def print_curate_study(store: Store, study: Study) -> None:
 
 def print_al_study(store: Store, study: Study, curves: dict[str, Any]) -> None:
     """Learning curves (mean +- std over seeds at each label count) and AULC per acquisition."""
+    from autoplat.core.store import SUPERSEDED
+
     table = al_table(study.name, study.metric, curves)
     out.print(table)
     counts_by_state = {k: v for k, v in store.summary(study)["study"]["trial_counts"].items() if v}
     out.print("experiments: " + ", ".join(f"{v} {k}" for k, v in counts_by_state.items()))
     for t in store.trials(study.id):
-        if t.state == "fail":
+        if t.state == "fail" and SUPERSEDED not in t.attrs_dict:
             out.print(
                 f"{t.params_dict['acquisition']} seed {t.params_dict['seed']} failed: {t.error}",
                 markup=False,

@@ -9,6 +9,8 @@ import argparse
 import contextlib
 import json
 import signal
+import statistics
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,17 +28,108 @@ from autoplat.core.hookspecs import Command
 
 
 def _progress():
-    """The progress bar of a study on stderr: done/total, elapsed time, a status line."""
+    """The progress bar of a study on stderr: done/total, elapsed time, the time left
+    (``Eta``), the best so far and a status line."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Column
+
+    def text(field: str, ratio: int) -> TextColumn:  # takes what is left, cut with "…"
+        column = Column(ratio=ratio, no_wrap=True, overflow="ellipsis")
+        return TextColumn(f"{{task.fields[{field}]}}", markup=False, table_column=column)
 
     return Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=16),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
+        _eta_column(),
+        text("best", 1),
+        text("status", 3),
         console=err,
+        expand=True,
     )
+
+
+def _eta_column():
+    """A column "ETA h:mm:ss" from the task's ``eta`` field (``Eta`` or ``PassEta``);
+    "ETA -" until there is something to estimate from."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class EtaColumn(ProgressColumn):
+        max_refresh = 0.5
+
+        def render(self, task: Any) -> Text:
+            eta = task.fields.get("eta")
+            seconds = 0.0 if task.finished else eta.seconds(task) if eta else None
+            if seconds is None:
+                return Text("ETA -", style="progress.remaining")
+            minutes, secs = divmod(round(seconds), 60)
+            hours, minutes = divmod(minutes, 60)
+            return Text(f"ETA {hours}:{minutes:02d}:{secs:02d}", style="progress.remaining")
+
+    return EtaColumn()
+
+
+class Eta:
+    """The time left of trials that run concurrently: the median duration of the trials
+    finished in this run (before the first: the running ones' elapsed time over the share
+    they did) for each trial left, spread over as many as were seen running at once.
+    Rich's own estimate (steps per second over the last 30 s) swings wildly when several
+    trials end at once and long ones start together; this one does not. The median is
+    not thrown off by a worker's first trial, which also waited for the worker to start."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.started: dict[Any, float] = {}  # running trial -> its start
+        self.share: dict[Any, float] = {}  # running trial -> the share of it done
+        self.durations: list[float] = []
+        self.peak = 1  # the most trials seen running at once
+
+    def start(self, key: Any) -> None:
+        self.started[key] = self.clock()
+        self.peak = max(self.peak, len(self.started))
+
+    def progress(self, key: Any, share: float) -> None:
+        if key in self.started:
+            self.share[key] = share
+
+    def end(self, key: Any) -> None:
+        start = self.started.pop(key, None)
+        self.share.pop(key, None)
+        if start is not None:
+            self.durations.append(self.clock() - start)
+
+    def seconds(self, task: Any) -> float | None:
+        """Seconds until the task's remaining trials end; None before anything is known."""
+        if task.remaining is None:
+            return None
+        now = self.clock()
+        elapsed = {key: now - start for key, start in self.started.items()}
+        guesses = self.durations or [
+            elapsed[key] / share for key, share in self.share.items() if share > 0
+        ]
+        if not guesses:
+            return None
+        typical = statistics.median(guesses)
+        running = [max(typical - e, 0.0) for e in elapsed.values()]
+        queued = max(0.0, task.remaining - len(running))
+        work = sum(running) + queued * typical
+        return max(work / max(self.peak, 1), max(running, default=0.0))
+
+
+class PassEta:
+    """The time left of a pass over records (curate) that starts now at record ``first``
+    (a resumed pass starts past 0): its rate so far times what is left."""
+
+    def __init__(self, first: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock, self.first, self.start = clock, first, clock()
+
+    def seconds(self, task: Any) -> float | None:
+        done = task.completed - self.first
+        if task.remaining is None or done <= 0:
+            return None
+        return (self.clock() - self.start) / done * task.remaining
 
 
 SIGINT_EXIT, SIGTERM_EXIT = 130, 143  # 128 + the signal, as a shell reports it
@@ -134,13 +227,15 @@ def _ray_study(
     load: Callable[..., Any],
     run: Callable[..., Any],
     total: Callable[[Any], int | None],
-    events: Callable[[Any, Any, Any], Callable[[str, dict[str, Any]], None]],
+    events: Callable[[Any, Any, Any, Eta], Callable[[str, dict[str, Any]], None]],
+    finished: tuple[str, ...],
 ) -> tuple[Any, Any, Any, list[int]] | int:
     """What search and al share: ``--tui`` hands over to the TUI; else load and check the
     config (exit 2 before any work), run the study on Ray under a progress bar of
-    ``total(resolved)`` steps fed by ``events(resolved, progress, task)``, SIGTERM as
-    Ctrl-C. Returns (resolved, store, study, SIGTERMs received), or the exit code when the
-    store failed or the run stopped before the study was stored."""
+    ``total(resolved)`` steps fed by ``events(resolved, progress, task, eta)``, SIGTERM as
+    Ctrl-C; a resumed study's bar starts at its trials in a ``finished`` state. Returns
+    (resolved, store, study, SIGTERMs received), or the exit code when the store failed or
+    the run stopped before the study was stored."""
     from autoplat.core.store import Store
 
     if args.tui:
@@ -150,9 +245,19 @@ def _ray_study(
     resolved = load(args.config, load_registry(args))
     cfg = resolved.config
     store = Store(storage(args, cfg.study.storage))
+    eta = Eta()
+    before = store.find_study(cfg.study.name) if args.resume else None
+    done = 0 if before is None else sum(t.state in finished for t in store.trials(before.id))
     with _progress() as progress:
-        task = progress.add_task(cfg.study.name, total=total(resolved), status="starting Ray")
-        on_event = events(resolved, progress, task)
+        task = progress.add_task(
+            cfg.study.name,
+            total=total(resolved),
+            completed=done,
+            status="starting Ray",
+            best="",
+            eta=eta,
+        )
+        on_event = events(resolved, progress, task, eta)
         sigterm, code = _drive(
             command,
             args,
@@ -174,8 +279,9 @@ def _retry_line(who: str, data: dict[str, Any], max_failures: int) -> str:
     return f"{who}: its worker died ({data['error']}); retry {data['retries']} of {max_failures}"
 
 
-def _search_events(resolved: Any, progress: Any, task: Any) -> Callable[..., None]:
-    """The progress of a search: each trial's start, epochs, end, and the best so far."""
+def _search_events(resolved: Any, progress: Any, task: Any, eta: Eta) -> Callable[..., None]:
+    """The progress of a search: each trial's start, epochs, end, the time left and the
+    best so far."""
     metric = resolved.config.study.metric
     sign = 1 if resolved.direction == "maximize" else -1
     best: list[float] = []
@@ -183,6 +289,7 @@ def _search_events(resolved: Any, progress: Any, task: Any) -> Callable[..., Non
     def on_event(kind: str, data: dict[str, Any]) -> None:
         trial = f"trial {data['number']}"
         if kind == "start":
+            eta.start(data["number"])
             progress.update(task, status=f"{trial} started")
         elif kind == "result":
             value = data["metrics"].get(metric)
@@ -192,6 +299,7 @@ def _search_events(resolved: Any, progress: Any, task: Any) -> Callable[..., Non
             line = _retry_line(trial, data, resolved.config.resources.max_failures)
             progress.console.print(line, markup=False)
         elif kind == "end":
+            eta.end(data["number"])
             progress.advance(task)
             value = data.get("value")
             if data["state"] == "complete" and value is not None:
@@ -204,7 +312,7 @@ def _search_events(resolved: Any, progress: Any, task: Any) -> Callable[..., Non
                     line += f": {data['error']}"
             progress.console.print(line, markup=False)
             if best:
-                progress.update(task, status=f"best {metric}={best[0]:.4f}")
+                progress.update(task, best=f"best {metric}={best[0]:.4f}")
 
     return on_event
 
@@ -223,7 +331,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autoplat.core.store import StudyState, TrialState
     from autoplat.core.study import run_study
 
-    started = _ray_study("search", args, load_config, run_study, _search_trials, _search_events)
+    started = _ray_study(
+        "search",
+        args,
+        load_config,
+        run_study,
+        _search_trials,
+        _search_events,
+        ("complete", "pruned", "fail"),
+    )
     if isinstance(started, int):
         return started
     _, store, study, sigterm = started
@@ -246,6 +362,24 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _waiting(progress: Any, task: Any, who: str, data: dict[str, Any], told: set) -> None:
+    """A file oracle waits for a person: the status line names the file and the number
+    of ids; the first report of a round (``told`` holds those printed) prints where to
+    label it, each later one how far the query file got (or what is wrong in it)."""
+    query, where = data["query"], f"{who} round {data['round']}"
+    progress.update(task, status=f"waiting for {data['ids']} labels: {query} ({who})")
+    if where not in told:
+        told.add(where)
+        images = f"; images: {data['images']}" if data.get("images") else ""
+        progress.console.print(
+            f"{where}: label {data['ids']} ids: fill the label column of {query} (or write "
+            f"{data['labels']}){images}",
+            markup=False,
+        )
+    if data["status"] != f"0 of {data['ids']} labeled":
+        progress.console.print(f"{where}: {data['status']}", markup=False)
+
+
 def cmd_al(args: argparse.Namespace) -> int:
     from autoplat.core.al_study import learning_curves, load_al_config, run_al
     from autoplat.core.runner import exit_code
@@ -256,26 +390,42 @@ def cmd_al(args: argparse.Namespace) -> int:
     def experiments(resolved: Any) -> int:
         return len(resolved.acquisitions) * len(resolved.config.study.seed_list())
 
-    def events(resolved: Any, progress: Any, task: Any) -> Callable[..., None]:
+    def events(resolved: Any, progress: Any, task: Any, eta: Eta) -> Callable[..., None]:
         cfg = resolved.config
-        if cfg.oracle.name == "file":
+        human = cfg.oracle.name == "file"
+        if human:
             folder = Path(cfg.oracle.path) / cfg.study.name
+            fmt = cfg.oracle.format
             err.print(
-                f"file oracle: queries appear in {folder}/ as *.query.{cfg.oracle.format}; "
-                f"write the labeled copy as *.labels.{cfg.oracle.format} next to each"
+                f"file oracle: each round's query appears in {folder}/ as *.query.{fmt} (image "
+                f"pools: with *.sheet.png); fill its label column, or write *.labels.{fmt}",
+                markup=False,
             )
+            progress.update(task, eta=None)  # a person's pace: nothing to predict from
+        best: list[tuple[float, str]] = []
+        told: set[str] = set()
 
         def on_event(kind: str, data: dict[str, Any]) -> None:
             who = f"{data['acquisition']} seed {data['seed']}"
-            if kind == "retry":
+            key = (data["acquisition"], data["seed"])
+            if kind == "start":
+                eta.start(key)
+            elif kind == "retry":
                 line = _retry_line(who, data, cfg.resources.max_failures)
                 progress.console.print(line, markup=False)
+            elif kind == "waiting":
+                _waiting(progress, task, who, data, told)
             elif kind == "round":
+                eta.progress(key, (data["round"] + 1) / data["rounds"])
                 accuracy = data.get("test_accuracy", float("nan"))
                 progress.update(
                     task, status=f"{who}: {data['n_labeled']} labels, test acc {accuracy:.3f}"
                 )
+                if data["round"] + 1 == data["rounds"] and accuracy == accuracy:
+                    best[:] = [max([*best, (accuracy, who)])]
+                    progress.update(task, best=f"best test acc {best[0][0]:.3f} ({best[0][1]})")
             elif kind == "end":
+                eta.end(key)
                 progress.advance(task)
                 if data.get("error"):
                     failures.append(data)
@@ -286,7 +436,7 @@ def cmd_al(args: argparse.Namespace) -> int:
 
         return on_event
 
-    started = _ray_study("al", args, load_al_config, run_al, experiments, events)
+    started = _ray_study("al", args, load_al_config, run_al, experiments, events, ("complete",))
     if isinstance(started, int):
         return started
     _, store, study, sigterm = started
@@ -315,13 +465,20 @@ def cmd_curate(args: argparse.Namespace) -> int:
     resolved = load_curate_config(args.config, registry)
     store = Store(storage(args, resolved.config.study.storage))
     names = ", ".join(cls.name for cls, _ in resolved.scorers)
-    progress = _progress()  # shown from the first chunk on, so setup errors print alone
-    task = progress.add_task(resolved.config.study.name, total=None, status="")
+    phases = {"fit": "first pass (counts, fits)", "score": f"scoring: {names}"}
+    name, progress = resolved.config.study.name, _progress()
+    first = progress.add_task(name, total=None, status=f"setting up: {names}", best="", eta=None)
+    progress.start()  # at once: setting up scorers and reading the input take a while
+    passes: dict[str, Any] = {}  # phase -> its bar: the first one, then one per pass
 
     def on_progress(phase: str, done: int, total: int) -> None:
-        progress.start()
-        status = {"fit": "first pass (counts, fits)", "score": f"scoring: {names}"}[phase]
-        progress.update(task, completed=done, total=total, status=status)
+        if not total:
+            progress.update(first, status="reading input")
+            return
+        if phase not in passes:
+            passes[phase] = progress.add_task(name, status="", best="") if passes else first
+            progress.update(passes[phase], eta=PassEta(done))
+        progress.update(passes[phase], completed=done, total=total, status=phases[phase])
 
     try:
         with _sigterm_as_ctrl_c() as sigterm:
@@ -329,6 +486,9 @@ def cmd_curate(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         progress.stop()
         return _interrupted("chunks are kept", "curate", args, sigterm)
+    except BaseException:
+        progress.live.transient = True  # the error prints alone
+        raise
     finally:
         progress.stop()
     study = store.get_study(resolved.config.study.name)

@@ -1,4 +1,5 @@
-"""Active learning: the ``Acquisition`` interface, the pool, the oracles and the rounds.
+"""Active learning: the ``Acquisition`` interface, the pool, the oracles (and what a
+person sees of a query: thumbnails, contact sheets, text) and the rounds.
 
 One experiment is one (acquisition, seed): an initial labeled set, then rounds of
 train -> compute the model outputs the acquisition needs on the pool -> select a batch ->
@@ -11,19 +12,24 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from autoplat.core.errors import DataError
 from autoplat.core.interfaces import Acquisition, Splits
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 OUTPUTS = ("probs", "mc_probs", "embeddings", "labeled_embeddings", "committee_probs")
 """The model outputs the loop can compute, once per round, for the acquisitions' ``needs``."""
@@ -58,6 +64,104 @@ def initial_indices(y: torch.Tensor, n: int, seed: int, stratified: bool) -> lis
     return chosen[:n]
 
 
+# -- what a person sees of the queried items -------------------------------------------
+# ``pool_preview(splits)`` gives an image pool (inputs (N, C, H, W), array datasets such as
+# digits included) an ``ImagePreview``: one PNG thumbnail per queried id and one contact
+# sheet per round with each id printed under its image; a text pool with a tokenizer gets
+# a ``TextPreview``, whose text goes into the query file.
+
+THUMBNAIL = 96  # pixels: small images are enlarged (nearest) to about this, large ones shrunk
+SHEET_COLUMNS = 10
+CAPTION = 14  # pixels under each image of the contact sheet for its id
+
+
+class ImagePreview:
+    """Thumbnails and a contact sheet of pool images (a tensor (N, C, H, W))."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def image(self, index: int) -> Image.Image:
+        """Pool item ``index`` as a grey or RGB thumbnail (values scaled to 0-255)."""
+        from PIL import Image
+
+        pixels = self.x[index].detach().float().cpu().numpy()
+        pixels = pixels[:3] if len(pixels) >= 3 else pixels[:1]
+        low, high = float(pixels.min()), float(pixels.max())
+        if low < 0 or high > 1:  # not in [0, 1]: stretch to it
+            pixels = (pixels - low) / (high - low or 1.0)
+        data = np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
+        image = Image.fromarray(data[0] if len(data) == 1 else data.transpose(1, 2, 0))
+        side = max(image.size)
+        if side < THUMBNAIL:
+            scale = max(1, THUMBNAIL // side)
+            return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+        image.thumbnail((THUMBNAIL, THUMBNAIL))
+        return image
+
+    def write(self, indices: list[int], folder: Path, stem: str) -> tuple[Path, dict[int, str]]:
+        """Write ``<stem>.images/<id>.png`` per id and the sheet ``<stem>.sheet.png`` in
+        ``folder``; returns the sheet's path and each id's thumbnail path, relative to
+        ``folder``."""
+        images = {i: self.image(i) for i in indices}
+        thumbnails = folder / f"{stem}.images"
+        thumbnails.mkdir(parents=True, exist_ok=True)
+        for i, image in images.items():
+            save_png(image, thumbnails / f"{i}.png")
+        sheet = folder / f"{stem}.sheet.png"
+        save_png(contact_sheet(images), sheet)
+        return sheet, {i: f"{thumbnails.name}/{i}.png" for i in indices}
+
+
+def contact_sheet(images: dict[int, Image.Image]) -> Image.Image:
+    """The images in a grid of up to ``SHEET_COLUMNS`` columns, in order, each id under it."""
+    from PIL import Image, ImageDraw
+
+    width = max(image.width for image in images.values()) + 8
+    height = max(image.height for image in images.values()) + CAPTION + 6
+    columns = min(SHEET_COLUMNS, len(images))
+    rows = math.ceil(len(images) / columns)
+    sheet = Image.new("RGB", (columns * width, rows * height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for n, (index, image) in enumerate(images.items()):
+        left, top = (n % columns) * width + 4, (n // columns) * height + 4
+        sheet.paste(image.convert("RGB"), (left, top))
+        draw.text((left, top + image.height + 2), f"id {index}", fill="black")
+    return sheet
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    """Save ``image`` as PNG to ``path`` through a temporary name."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+class TextPreview:
+    """The text of pool items whose inputs are token ids of a ``tokenizers`` tokenizer."""
+
+    def __init__(self, tokens: torch.Tensor, tokenizer_json: str) -> None:
+        self.tokens, self.tokenizer_json = tokens, tokenizer_json
+
+    def texts(self, indices: list[int]) -> list[str]:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(self.tokenizer_json)
+        rows = [self.tokens[i].tolist() for i in indices]
+        return tokenizer.decode_batch(rows, skip_special_tokens=True)
+
+
+def pool_preview(splits: Splits) -> ImagePreview | TextPreview | None:
+    """How to show the pool (``splits.train``) to a person; None when it is neither images
+    nor tokenized text."""
+    x, spec = splits.train[0], splits.spec
+    if spec.modality == "image" and x.dim() == 4:
+        return ImagePreview(x)
+    if spec.modality == "text" and spec.tokenizer and x.dim() == 2:
+        return TextPreview(x, spec.tokenizer)
+    return None
+
+
 # -- oracles -------------------------------------------------------------------------
 
 
@@ -79,15 +183,24 @@ class SimulatedOracle(Oracle):
         return [int(self.y[i]) for i in indices]
 
 
+class LabelsTimeout(DataError):
+    """No labels came for a query within the file oracle's timeout."""
+
+
 class FileOracle(Oracle):
-    """Writes each query to a file, waits for its labeled copy, and checks it.
+    """Writes each query to a file, waits for its labels, and checks them.
 
     The query ``<folder>/<name>-round<R>.query.<fmt>`` lists ``id`` (the pool position),
-    ``source`` (where the item is: a file, or ``file:line``; when the dataset says) and
-    ``label`` (empty). A person (or a labeling tool) writes the answer as
-    ``<name>-round<R>.labels.<fmt>`` with every queried id and its label: a class name
-    or a class index. An answer with unknown, repeated or missing ids or invalid labels
-    raises DataError naming the file and line; fix the file and resume the study.
+    ``source`` (where the item is: a file, or ``file:line``; when the dataset says),
+    ``text`` (text pools), ``image`` (image pools: the item's thumbnail; the round's
+    contact sheet ``<name>-round<R>.sheet.png`` shows every item with its id) and ``label``
+    (empty). A person fills the label column of the query file in place, or writes
+    ``<name>-round<R>.labels.<fmt>`` with every queried id and its label: a class name or
+    a class index. A labels file with unknown, repeated or missing ids or invalid labels
+    raises DataError naming the file and line (fix it and resume); a query file filled in
+    place is taken once every label is filled and valid, and its problems are reported
+    (``notify``) while it waits. ``notify`` receives what the oracle waits for: the
+    round, the number of ids, the query, labels and contact-sheet paths and a status line.
     """
 
     def __init__(
@@ -99,30 +212,57 @@ class FileOracle(Oracle):
         poll_seconds: float = 2.0,
         timeout_seconds: float | None = None,
         sources: Sequence[str] = (),
+        preview: ImagePreview | TextPreview | None = None,
+        notify: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        self.folder, self.name, self.fmt = folder, name, fmt
-        self.label_names, self.sources = label_names, sources
+        self.folder, self.name, self.fmt = folder.absolute(), name, fmt
+        self.label_names, self.sources, self.preview = label_names, sources, preview
         self.poll_seconds, self.timeout_seconds = poll_seconds, timeout_seconds
+        self.notify = notify or (lambda info: None)
 
     def paths(self, round_: int) -> tuple[Path, Path]:
         """The query file and the answer file of a round."""
-        stem = self.folder / f"{self.name}-round{round_:03d}"
+        stem = self.folder / self.stem(round_)
         return Path(f"{stem}.query.{self.fmt}"), Path(f"{stem}.labels.{self.fmt}")
+
+    def stem(self, round_: int) -> str:
+        return f"{self.name}-round{round_:03d}"
 
     def label(self, indices: list[int], round_: int) -> list[int]:
         query, answer = self.paths(round_)
-        if not answer.exists():
-            self._write_query(query, indices)
-            self._wait(answer)
-        return self._read_answer(answer, indices)
+        if answer.exists():
+            return self._read_answer(answer, indices)
+        sheet = self._write_query(query, indices, round_)
+        wanted = {
+            "round": round_,
+            "ids": len(indices),
+            "query": str(query),
+            "labels": str(answer),
+            "images": str(sheet) if sheet else None,
+        }
+        return self._wait(query, answer, indices, wanted)
 
-    def _write_query(self, path: Path, indices: list[int]) -> None:
+    def _write_query(self, path: Path, indices: list[int], round_: int) -> Path | None:
+        """Write the query (kept when it already asks for these ids, maybe half filled in)
+        and the round's images; returns the contact sheet's path, if any."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        rows: list[dict[str, Any]] = [{"id": i} for i in indices]
+        if self.sources:
+            for row in rows:
+                row["source"] = self.sources[row["id"]]
+        sheet = None
+        if isinstance(self.preview, TextPreview):
+            for row, text in zip(rows, self.preview.texts(indices), strict=True):
+                row["text"] = text
+        elif isinstance(self.preview, ImagePreview):
+            sheet, thumbnails = self.preview.write(indices, self.folder, self.stem(round_))
+            for row in rows:
+                row["image"] = thumbnails[row["id"]]
+        for row in rows:
+            row["label"] = None
+        if path.exists() and self._kept(path, indices):
+            return sheet
         tmp = path.with_name(f".{path.name}.tmp")
-        rows = [
-            {"id": i, **({"source": self.sources[i]} if self.sources else {}), "label": None}
-            for i in indices
-        ]
         with tmp.open("w", newline="") as f:
             if self.fmt == "csv":
                 writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id", "label"])
@@ -131,16 +271,60 @@ class FileOracle(Oracle):
             else:
                 f.writelines(json.dumps(row) + "\n" for row in rows)
         os.replace(tmp, path)
+        return sheet
 
-    def _wait(self, answer: Path) -> None:
-        start = time.monotonic()
+    def _kept(self, path: Path, indices: list[int]) -> bool:
+        """Whether an existing query file asks for ``indices`` (then it stays as it is, with
+        what a person filled in); DataError when it asks for others and holds labels."""
+        try:
+            rows = [row for _, row in self._rows(path)]
+        except DataError:
+            rows = []
+        if [str(row.get("id", "")).strip() for row in rows] == [str(i) for i in indices]:
+            return True
+        if any(_text(row.get("label")) for row in rows):
+            raise DataError(
+                f"{path}: holds labels for other ids than this round queries (from an earlier "
+                "study?); move the file away and resume"
+            )
+        return False
+
+    def _wait(self, query: Path, answer: Path, indices: list[int], wanted: dict) -> list[int]:
+        """Wait for the labels file or a filled-in query file (``wanted``: what to report)."""
+        start, seen, status = time.monotonic(), None, ""
         while not answer.exists():
-            if self.timeout_seconds is not None and time.monotonic() - start > self.timeout_seconds:
-                raise DataError(
-                    f"no labels at {answer} after {self.timeout_seconds:g} s; label the "
-                    "queried items and resume the study with --resume"
+            stamp = _stamp(query)
+            if stamp != seen:
+                seen = stamp
+                labels, now = self._in_place(query, indices)
+                if labels is not None:
+                    return labels
+                if now != status:
+                    status = now
+                    self.notify({**wanted, "status": status})
+            waited = time.monotonic() - start
+            if self.timeout_seconds is not None and waited > self.timeout_seconds:
+                raise LabelsTimeout(
+                    f"no labels for round {wanted['round']} after {self.timeout_seconds:g} s "
+                    f"([oracle] timeout_seconds): fill the label column of {query} (or write "
+                    f"{answer}), then resume"
                 )
             time.sleep(self.poll_seconds)
+        return self._read_answer(answer, indices)
+
+    def _in_place(self, query: Path, indices: list[int]) -> tuple[list[int] | None, str]:
+        """The labels a person filled into the query file, once all are there and valid;
+        else None and how far they got (or what is wrong)."""
+        if not query.exists():
+            return None, f"{query.name} is gone; write the labels file"
+        try:
+            rows = self._rows(query)
+            filled = sum(1 for _, row in rows if _text(row.get("label")))
+            if filled < len(indices):
+                return None, f"{filled} of {len(indices)} labeled"
+            return self._labels(query, rows, indices), ""
+        except DataError as exc:
+            return None, str(exc)
 
     def _rows(self, path: Path) -> list[tuple[int, dict[str, Any]]]:
         """(line number, row) of every record of an answer file."""
@@ -168,10 +352,17 @@ class FileOracle(Oracle):
         return rows
 
     def _read_answer(self, path: Path, indices: list[int]) -> list[int]:
+        return self._labels(path, self._rows(path), indices)
+
+    def _labels(
+        self, path: Path, rows: list[tuple[int, dict[str, Any]]], indices: list[int]
+    ) -> list[int]:
+        """The label of each of ``indices`` from ``rows`` of ``path``; DataError names the
+        file and line of a bad one."""
         wanted = set(indices)
         labels: dict[int, int] = {}
         names = {name: i for i, name in enumerate(self.label_names)}
-        for number, row in self._rows(path):
+        for number, row in rows:
             where = f"{path}:{number}"
             try:
                 item = int(str(row.get("id", "")).strip())
@@ -195,7 +386,7 @@ class FileOracle(Oracle):
         return [labels[i] for i in indices]
 
     def _label_index(self, value: Any, names: dict[str, int], where: str) -> int:
-        text = "" if value is None else str(value).strip()
+        text = _text(value)
         if text in names:
             return names[text]
         if text.lstrip("-").isdigit() and 0 <= int(text) < len(self.label_names):
@@ -206,6 +397,20 @@ class FileOracle(Oracle):
             f"{where}: label {text!r} is not a class; use one of "
             f"{', '.join(self.label_names)} (or its index 0-{len(self.label_names) - 1})"
         )
+
+
+def _text(value: Any) -> str:
+    """A cell of a query or labels file as text ("" for an empty cell or null)."""
+    return "" if value is None else str(value).strip()
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """When ``path`` last changed and its size (None: it does not exist)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 # -- model outputs -------------------------------------------------------------------
@@ -420,9 +625,9 @@ def run_experiment(
         settings: Sizes, warm start, MC samples, committee size.
         seed: The experiment's seed (initial set, training, selection tie-breaks).
         train: Trains a model on the labeled examples (see ``Train``).
-        report: Receives, per round, ``round``, ``n_labeled``, the metrics of ``train``,
-            ``queried`` and ``labels`` (the round's new ids and their labels),
-            ``select_seconds`` and, on the last round, ``finished``.
+        report: Receives, per round, ``round`` (of ``rounds``), ``n_labeled``, the metrics
+            of ``train``, ``queried`` and ``labels`` (the round's new ids and their
+            labels), ``select_seconds`` and, on the last round, ``finished``.
         done: Rounds stored by an earlier run (their ``queried`` and ``labels``): the
             labeled set is rebuilt from them and the experiment continues after them.
     """
@@ -467,6 +672,7 @@ def run_experiment(
             {
                 **metrics,
                 "round": round_,
+                "rounds": len(sizes),
                 "n_labeled": len(labeled),
                 "queried": queried,
                 "labels": answers,

@@ -21,6 +21,7 @@ from autoplat.core.active_learning import (
     LoopSettings,
     SimulatedOracle,
     aulc,
+    pool_preview,
     run_experiment,
 )
 from autoplat.core.config import (
@@ -48,7 +49,7 @@ from autoplat.core.runner import (
     start_ray,
     trial_callback,
 )
-from autoplat.core.store import ALRound, Store, StudyState, TrialState
+from autoplat.core.store import SUPERSEDED, ALRound, Store, StudyState, TrialState
 
 KIND = "al"
 METRIC = "test_accuracy"
@@ -94,8 +95,16 @@ class OracleSection(Section):
     name: Literal["simulated", "file"] = "simulated"
     path: str = "runs/labels"  # the file oracle's folder (one subfolder per study)
     format: Literal["csv", "jsonl"] = "csv"
-    poll_seconds: float = Field(2.0, gt=0)
-    timeout_seconds: float | None = Field(None, gt=0)
+    poll_seconds: float = Field(2.0, gt=0, le=3600)
+    timeout_seconds: float | None = Field(
+        None, gt=0, description="stop an experiment that waited this long for labels"
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        # Ray runs trials in their own working directories: fix the folder now.
+        return str(Path(path).expanduser().absolute())
 
 
 class TrainingSection(Section):
@@ -207,6 +216,13 @@ def load_al_config(path: str | Path, registry: Registry) -> ResolvedAL:
             "stratified sampling reads the labels, which a file oracle does not have yet; "
             'use initial_sampling = "random"',
         )
+    oracle = config.oracle
+    if oracle.timeout_seconds is not None and oracle.timeout_seconds < oracle.poll_seconds:
+        raise source.error(
+            ("oracle", "timeout_seconds"),
+            f"timeout_seconds {oracle.timeout_seconds:g} is below poll_seconds "
+            f"{oracle.poll_seconds:g}; give a person longer than one look at the folder",
+        )
     if config.al.budget is None and config.al.rounds is None:
         raise source.error(("al",), "set budget (total labels) or rounds (or both)")
     if config.al.budget is not None and config.al.budget < config.al.initial:
@@ -261,6 +277,10 @@ class ALJob:
     done: dict[str, list[dict[str, Any]]]  # "acquisition/seed" -> stored rounds
 
 
+WANTED = "labels_wanted"
+"""A worker's result key and a trial's attr: what its file oracle waits for (JSON)."""
+
+
 def experiment_key(acquisition: str, seed: int) -> str:
     return f"{acquisition}/{seed}"
 
@@ -309,6 +329,8 @@ def run_al_trial(config: dict[str, Any], job: ALJob) -> None:
             poll_seconds=job.oracle["poll_seconds"],
             timeout_seconds=job.oracle["timeout_seconds"],
             sources=splits.train_sources,
+            preview=pool_preview(splits),
+            notify=lambda wanted: tune.report({WANTED: json.dumps(wanted)}),
         )
     else:
         oracle = SimulatedOracle(splits.train[1])
@@ -344,6 +366,10 @@ def _callback(store: Store, study_id: int, on_event: Progress):
     class ALCallback(trial_callback()):
         """Stores each experiment as a trial and each of its rounds as an al_rounds row."""
 
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.waiting: set[int] = set()  # trials whose oracle waits for labels
+
         def who(self, trial) -> dict[str, Any]:
             return dict(trial.config["experiment"])
 
@@ -351,14 +377,24 @@ def _callback(store: Store, study_id: int, on_event: Progress):
             if trial.trial_id in self.ids:  # a retry after its worker died: same row
                 return
             params = dict(trial.config["experiment"])
+            earlier = [t for t in store.trials(study_id) if t.params_dict == params]
             row = store.start_trial(study_id, params, ray_trial_id=trial.trial_id)
             self.ids[trial.trial_id] = row.id
+            for old in earlier:  # history: the experiment's state is now this trial's
+                if SUPERSEDED not in old.attrs_dict:
+                    store.set_trial_attrs(old.id, **{SUPERSEDED: row.number})
             on_event("start", params)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if TRIAL_ERROR in result:  # stored as the trial's error when it completes
                 return
             trial_id = self.ids[trial.trial_id]
+            if WANTED in result:  # its file oracle waits for a person's labels
+                wanted = json.loads(result[WANTED])
+                store.set_trial_attrs(trial_id, **{WANTED: wanted})
+                self.waiting.add(trial_id)
+                on_event("waiting", {**trial.config["experiment"], **wanted})
+                return
             numeric = {
                 k: float(result[k])
                 for k in ("train_loss", "val_accuracy", "test_accuracy", "select_seconds")
@@ -381,8 +417,16 @@ def _callback(store: Store, study_id: int, on_event: Progress):
                     metrics=json.dumps(metrics),
                 )
             )
+            if trial_id in self.waiting:  # labeled
+                self.waiting.discard(trial_id)
+                store.set_trial_attrs(trial_id, **{WANTED: None})
             on_event(
-                "round", {**trial.config["experiment"], **numeric, "n_labeled": result["n_labeled"]}
+                "round",
+                {
+                    **trial.config["experiment"],
+                    **numeric,
+                    **{k: int(result[k]) for k in ("n_labeled", "round", "rounds")},
+                },
             )
 
         def completed(self, trial, last: dict[str, Any]) -> None:

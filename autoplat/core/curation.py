@@ -288,7 +288,8 @@ def load_curate_config(path: str | Path, registry: Registry) -> ResolvedCurate:
 
 
 # -- the run ---------------------------------------------------------------------------
-Progress = Callable[[str, int, int], None]  # (phase, records done, records in all)
+# (phase "fit" or "score", records done, records in all); ("fit", 0, 0): reading the input
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -515,12 +516,14 @@ class _Run:
     def fit(self, progress: Progress) -> None:
         if self.state["phase"] != "fit":
             return  # the fit was restored by _check_resume
+        progress("fit", 0, 0)  # reading the input: its records are counted
         total = len(self.source)
         if not total:
             raise DataError(f"{self.source.path} holds no records: nothing to curate")
         fitting = [s for s in self.scorers if s.two_pass]
         if fitting:
             done = 0
+            progress("fit", done, total)
             for index, part in enumerate(self.source.parts()):
                 chunk = self._with_embeddings(index, part.chunk)
                 for scorer in fitting:

@@ -59,9 +59,15 @@ def with_border_mean(prep: dict[str, Any], examples: Any) -> dict[str, Any]:
     """``prep`` of an image or video part plus ``border_mean``: the mean border brightness
     of ``examples`` (its test inputs, in [0, 1]; about 0 for light-on-dark digits, 1 for
     dark ink on white), which predict compares each image with (``background_hint``)."""
-    if prep.get("modality") not in {"image", "video"} or not len(examples):
-        return prep
-    borders = border_brightness(np.asarray(examples, dtype=np.float32))
+    x = np.asarray(examples, dtype=np.float32)
+    if (
+        prep.get("modality") not in {"image", "video"}
+        or x.ndim < 3
+        or min(x.shape[-2:]) < 3
+        or not len(x)
+    ):
+        return prep  # not images (e.g. a latent beside an image model): nothing to compare
+    borders = border_brightness(x)
     return prep | {"border_mean": round(float(borders.mean()), 3)}
 
 

@@ -54,6 +54,11 @@ class TrialState(enum.StrEnum):
     INTERRUPTED = "interrupted"
 
 
+SUPERSEDED = "superseded_by"
+"""A trial attr: the number of a later trial that ran the same work again (an AL experiment
+re-run by --resume); the summary counts only the later one (the store keeps both)."""
+
+
 class StudyState(enum.StrEnum):
     RUNNING = "running"
     FINISHED = "finished"
@@ -866,7 +871,8 @@ class Store:
         best = self.best_trial(study)
         counts = {state.value: 0 for state in TrialState}
         for t in trials:
-            counts[t.state.value] += 1
+            if SUPERSEDED not in t.attrs_dict:  # history: a later trial re-ran its work
+                counts[t.state.value] += 1
         summary = {
             "study": {
                 "name": study.name,
