@@ -244,6 +244,7 @@ async def test_active_learning_study_gets_its_screen(store: Store) -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_quit_asks_whether_to_stop_the_search(store: Store, tmp_path: Path) -> None:
     fill(store)
     process = subprocess.Popen(
@@ -512,3 +513,23 @@ def test_plural() -> None:
         "1 round",
         "0 rounds",
     ]
+
+
+def test_al_screen_says_which_file_a_person_must_label(tmp_path):
+    """With `al --tui` the run's output goes to a log: the TUI is where a person sees it."""
+    url = f"sqlite:///{tmp_path}/al.db"
+    store = Store(url)
+    study = store.create_study("labels", kind="al")
+    waiting = store.start_trial(study.id, {"acquisition": "margin", "seed": 0})
+    wanted = {"round": 1, "ids": 10, "query": "/runs/q/margin-seed0-round001.query.csv"}
+    store.set_trial_attrs(waiting.id, labels_wanted=wanted)
+    done = store.start_trial(study.id, {"acquisition": "margin", "seed": 1})
+    store.set_trial_attrs(done.id, labels_wanted=None)
+    assert Reader(url).labels_wanted(study.id) == [wanted]
+    screen = ALStudyScreen("labels")
+    screen._wanted = [wanted]
+    assert screen.status_text() == (
+        "waiting for 10 labels: /runs/q/margin-seed0-round001.query.csv"
+    )
+    store.finish_trial(waiting.id, TrialState.COMPLETE, 0.9)
+    assert Reader(url).labels_wanted(study.id) == []

@@ -312,6 +312,17 @@ class Reader:
         summary = {"study": {"name": study.name, "state": study.state.value}, "trials": rows}
         return summary, artifacts
 
+    def labels_wanted(self, study_id: int) -> list[dict[str, Any]]:
+        """What the running experiments' file oracles wait for (their ``labels_wanted``
+        attr: query file, ids, images), oldest trial first."""
+        q = (
+            select(Trial.attrs)
+            .where(Trial.study_id == study_id, Trial.state == TrialState.RUNNING)
+            .order_by(Trial.number)
+        )
+        wanted = [json.loads(attrs or "{}").get("labels_wanted") for (attrs,) in self._run(q)]
+        return [w for w in wanted if w]
+
     def al_rounds(self, study_id: int) -> list[ALRound]:
         q = select(ALRound).where(ALRound.study_id == study_id).order_by(ALRound.round)
         return [row for (row,) in self._run(q, orm=True)]

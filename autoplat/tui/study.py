@@ -418,6 +418,7 @@ class ALStudyScreen(StudyScreen):
         super().__init__(study_name)
         self._rounds: dict[str, tuple[str, ...]] = {}
         self._curves: dict[str, Any] = {}
+        self._wanted: list[dict[str, Any]] = []
 
     def compose(self) -> ComposeResult:
         yield from self.compose_header()
@@ -431,14 +432,14 @@ class ALStudyScreen(StudyScreen):
             table.add_column(column, key=column)
         super().on_mount()
 
-    def load(self, reader: Reader) -> tuple[Study, list[ALRound]]:
+    def load(self, reader: Reader) -> tuple[Study, list[ALRound], list[dict[str, Any]]]:
         study = self.load_study(reader)
-        return study, reader.al_rounds(study.id)
+        return study, reader.al_rounds(study.id), reader.labels_wanted(study.id)
 
-    def show(self, data: tuple[Study, list[ALRound]]) -> None:
+    def show(self, data: tuple[Study, list[ALRound], list[dict[str, Any]]]) -> None:
         from autoplat.core.al_study import learning_curves
 
-        study, rounds = data
+        study, rounds, self._wanted = data
         table = self.query_one("#rounds", DataTable)
         for r in rounds:
             value = r.metrics_dict.get(study.metric)
@@ -461,6 +462,9 @@ class ALStudyScreen(StudyScreen):
             default=None,
         )
         lead = f", best AULC {best[0]} {best[1]:.4f}" if best else ""
+        if self._wanted:  # a person must label: say what and where, first
+            first = self._wanted[0]
+            return f"waiting for {plural(first['ids'], 'label')}: {first['query']}"
         return (
             f"{plural(len(self._curves), 'acquisition')}, "
             f"{plural(len(self._rounds), 'round')}{lead}"
