@@ -19,7 +19,10 @@ from autoplat.core.interfaces import Architecture, DataSpec, Splits
 from autoplat.core.registry import get_registry
 from autoplat.core.training import TrialFailed
 from autoplat.plugins.architectures.latent_diffusion import (
+    EMA,
+    LABEL_STD,
     LatentDiffusion,
+    _optimizer,
     evaluate_generation,
     fixed_classifier,
     frechet_distance,
@@ -43,6 +46,7 @@ TRAIN = {
     "guidance_scale": 2.0,
 }
 CPU = torch.device("cpu")
+DIGITS_SPEC = Digits.spec
 
 
 # -- Frechet distance ------------------------------------------------------------------------
@@ -139,6 +143,26 @@ def test_guided_samples_are_recognized_as_their_class(trained) -> None:
     assert final["val_accuracy"] == final["val_sample_accuracy"]
 
 
+@pytest.mark.slow
+def test_dit_samples_are_recognized_as_their_class(trained, digits: Splits, cache_dir) -> None:
+    """The DiT with the paper's recipe (patches of 2, sin-cos positions, adaLN-Zero, EMA,
+    warmup, guidance) on the UNet's budget: its samples are their class far above chance
+    (benchmarks/dit_vs_unet.py measures it at size)."""
+    from autoplat.plugins.architectures.latent_diffusion import train_latent_diffusion
+
+    torch.manual_seed(0)
+    params = {"denoiser": "dit", "latent_channels": 2, "ae_width": 16}
+    model = LatentDiffusion().build(params, digits.spec)
+    final = train_latent_diffusion(
+        model, digits, TRAIN | {"epochs": 10}, lambda *a: None, 0, cache_dir=cache_dir
+    )
+    unet = trained["final"]
+    print(f"dit {final['val_sample_accuracy']:.2f}, unet {unet['val_sample_accuracy']:.2f}")
+    for split in ("val", "test"):  # chance is 0.1
+        assert final[f"{split}_sample_accuracy"] >= 0.4, final
+    assert final["val_sample_accuracy"] >= unet["val_sample_accuracy"] - 0.1
+
+
 def test_sample_grid_is_a_png_with_a_row_per_class(trained) -> None:
     path = trained["final"]["artifact_samples"]
     with Image.open(path) as image:
@@ -156,6 +180,119 @@ def test_fixed_classifier_is_cached_and_accurate(digits: Splits, cache_dir) -> N
     assert (logits.argmax(1) == digits.val[1]).float().mean() > 0.9
     again, _ = fixed_classifier(digits, CPU, cache_dir)(digits.val[0])
     assert torch.equal(logits, again)
+
+
+# -- the DiT recipe (Peebles & Xie 2023) --------------------------------------------------------
+def mae_sincos_2d(width: int, rows: int, cols: int) -> np.ndarray:
+    """MAE's / DiT's ``get_2d_sincos_pos_embed`` (numpy, as published), for a grid."""
+
+    def one_d(dim: int, pos: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    grid = np.meshgrid(np.arange(cols, dtype=np.float32), np.arange(rows, dtype=np.float32))
+    return np.concatenate([one_d(width // 2, grid[0]), one_d(width // 2, grid[1])], axis=1)
+
+
+def test_dit_positions_are_the_papers_fixed_sincos() -> None:
+    from autoplat.plugins.layers import sincos_positions
+
+    for width, rows, cols in ((16, 2, 2), (64, 3, 5)):
+        got = sincos_positions(width, rows, cols).numpy()
+        np.testing.assert_allclose(got, mae_sincos_2d(width, rows, cols), atol=1e-6)
+    model = LatentDiffusion().build({"denoiser": "dit", "dit_width": 32}, DIGITS_SPEC)
+    dit = model.denoiser
+    assert dit.grid == (2, 2)  # 4x4 latents, the default patch of 2
+    assert "pos_embed" not in dict(dit.named_parameters())  # fixed, not learned
+    np.testing.assert_allclose(dit.pos_embed[0].numpy(), mae_sincos_2d(32, 2, 2), atol=1e-6)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_positions(18, 2, 2)
+
+
+def test_dit_starts_as_the_identity_with_adaln_zero() -> None:
+    torch.manual_seed(0)
+    params = {"denoiser": "dit", "dit_width": 32, "dit_depth": 3}
+    dit = LatentDiffusion().build(params, DIGITS_SPEC).denoiser
+    z, t = torch.randn(5, 4, 4, 4), torch.tensor([0, 10, 500, 900, 999])
+    labels = torch.tensor([0, 3, 9, 10, 10])  # 10: the null class
+    x = dit.patch_embed(z).flatten(2).transpose(1, 2) + dit.pos_embed
+    c = dit.time_embed(dit.time_proj(t)) + dit.label_embed(labels)
+    for block in dit.blocks:  # the gates are zero: each block returns its input
+        assert torch.equal(block(x, c), x)
+        assert block.modulation[1].weight.abs().sum() == 0
+    assert torch.equal(dit(z, t, labels), torch.zeros_like(z))  # zero final layer
+    # ... and a gradient step moves the gates, so the blocks start to learn
+    torch.nn.functional.mse_loss(dit(z, t, labels), torch.randn_like(z)).backward()
+    assert dit.head.weight.grad.abs().sum() > 0
+    assert dit.blocks[0].modulation[1].weight.grad is not None
+    # the paper's init elsewhere: Xavier-uniform linears, normal(0.02) timestep MLP
+    qkv = dit.blocks[0].attn.qkv.weight
+    assert qkv.abs().max() <= (6 / sum(qkv.shape)) ** 0.5 and qkv.abs().max() > 0
+    assert dit.time_embed.linear_1.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert dit.label_embed.weight.std().item() == pytest.approx(LABEL_STD, rel=0.2)
+
+
+def test_ema_average_with_warmup_and_swap() -> None:
+    layer = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        layer.weight.fill_(0.0)
+    ema = EMA(layer, decay=0.9)
+    assert ema.rate() == pytest.approx(0.1)  # (1 + 0) / (10 + 0): the first step mostly copies
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    ema.update(layer)
+    assert ema.state["weight"] == pytest.approx(torch.full((1, 2), 0.9))
+    rates = []
+    for _ in range(100):  # (1 + t) / (10 + t) reaches 0.9 at t = 80
+        rates.append(ema.rate())
+        ema.update(layer)
+    assert rates[:3] == pytest.approx([2 / 11, 3 / 12, 4 / 13])
+    assert rates[-1] == 0.9  # capped at decay
+    expected = 1 - 0.1 * np.prod([1 - r for r in rates])  # the gap shrinks by each rate
+    assert ema.state["weight"][0, 0].item() == pytest.approx(expected, rel=1e-5)
+    with torch.no_grad():
+        layer.weight.fill_(5.0)
+    with ema.applied(layer):
+        assert torch.equal(layer.weight, ema.state["weight"])
+    assert torch.equal(layer.weight, torch.full((1, 2), 5.0))  # its own weights are back
+    frozen = EMA(layer, decay=0.0)  # decay 0: always the latest weights
+    with torch.no_grad():
+        layer.weight.fill_(-2.0)
+    frozen.update(layer)
+    assert torch.equal(frozen.state["weight"], layer.weight)
+
+
+def test_denoiser_lr_warms_up_then_decays() -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer, scheduler = _optimizer([param], 1e-3, 0.0, steps=10, warmup=4)
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])  # linear warmup
+    assert lrs[4] == pytest.approx(1e-3) and lrs[5:] == sorted(lrs[5:], reverse=True)
+    assert lrs[-1] < 0.1e-3  # cosine to zero at the end
+
+
+def test_training_samples_with_the_ema_weights(digits: Splits, cache_dir) -> None:
+    """The trainer averages every optimizer step and leaves the average in the model, so
+    the test metrics and the checkpoint use the weights sampling used."""
+    from autoplat.plugins.architectures.latent_diffusion import train_latent_diffusion
+
+    params = {"denoiser": "dit", "dit_width": 16, "dit_heads": 2, "latent_channels": 2}
+    few = TRAIN | {"epochs": 1, "ae_epochs": 1, "eval_samples": 10, "sample_steps": 2}
+    kept = {}
+    for decay in (0.0, 0.99):
+        torch.manual_seed(0)
+        model = LatentDiffusion().build(params, digits.spec)
+        train_latent_diffusion(
+            model, digits, few | {"ema_decay": decay}, lambda *a: None, 0, cache_dir=cache_dir
+        )
+        kept[decay] = {k: v.clone() for k, v in model.denoiser.state_dict().items()}
+    # the same training run, kept as the raw weights (decay 0) or their average
+    assert any(not torch.equal(kept[0.0][k], kept[0.99][k]) for k in kept[0.0])
 
 
 # -- the architecture contract, export and errors ---------------------------------------------
@@ -215,6 +352,10 @@ def test_bad_params_are_refused_clearly(digits: Splits) -> None:
     model = arch.build(TINY, spec)
     with pytest.raises(TrialFailed, match="cfg_dropout must be in"):
         arch.train(model, digits, {"cfg_dropout": 1.5}, lambda *a: None, 0)
+    with pytest.raises(TrialFailed, match="ema_decay must be in"):
+        arch.train(model, digits, {"ema_decay": 1.0}, lambda *a: None, 0)
+    assert "ema_decay" in arch.check_params({"ema_decay": 1.0})
+    assert "by 4" in arch.check_params({"denoiser": "dit", "dit_width": 34, "dit_heads": 2})
 
 
 CONFIG = """

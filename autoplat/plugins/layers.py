@@ -1,5 +1,6 @@
 """Layers several architectures share: attention, transformer blocks, the ViT backbone,
-patch tokens and a small conv tower; and the ranges and checks of the blocks' params."""
+patch tokens, fixed sin-cos positions and a small conv tower; and the ranges and checks
+of the blocks' params."""
 
 from __future__ import annotations
 
@@ -109,16 +110,47 @@ class VisionTransformer(nn.Module):
 
 
 class PatchTokens(nn.Module):
-    """An image-like (batch, C, H, W) -> patch tokens with learned positions (batch, N, width)."""
+    """An image-like (batch, C, H, W) -> patch tokens with learned positions (batch, N, width).
 
-    def __init__(self, channels: int, rows: int, cols: int, patch_size: int, width: int) -> None:
+    Patches are ``patch_size`` squared, ``stride`` apart (default: ``patch_size``, no
+    overlap; a smaller stride overlaps them, as AST does).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        rows: int,
+        cols: int,
+        patch_size: int,
+        width: int,
+        stride: int | None = None,
+    ) -> None:
         super().__init__()
-        self.embed = nn.Conv2d(channels, width, kernel_size=patch_size, stride=patch_size)
-        self.num_patches = (rows // patch_size) * (cols // patch_size)
+        stride = stride or patch_size
+        self.embed = nn.Conv2d(channels, width, kernel_size=patch_size, stride=stride)
+        self.grid = ((rows - patch_size) // stride + 1, (cols - patch_size) // stride + 1)
+        self.num_patches = self.grid[0] * self.grid[1]
         self.pos = nn.Parameter(torch.randn(1, self.num_patches, width) * width**-0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(x).flatten(2).transpose(1, 2) + self.pos
+
+
+def sincos_positions(width: int, rows: int, cols: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embeddings (rows * cols, width), row-major, as MAE's and
+    DiT's ``get_2d_sincos_pos_embed``: the first half of the channels encodes the column,
+    the second half the row, each as ``[sin(p * w_k), cos(p * w_k)]`` with
+    ``w_k = 10000 ** (-k / (width / 4))``. ``width`` must be a multiple of 4."""
+    if width % 4:
+        raise ValueError(f"sin-cos positions need a width divisible by 4, got {width}")
+    omega = 10000.0 ** (-torch.arange(width // 4, dtype=torch.float64) / (width / 4))
+    row, col = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+
+    def embed(positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.reshape(-1, 1).double() * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([embed(col), embed(row)], dim=1).float()
 
 
 class ConvTower(nn.Module):

@@ -6,11 +6,15 @@ Inputs are waveforms (batch, samples) in [-1, 1] (``DataSpec.input_shape`` is
 log-mel power (batch, n_mels, frames), a batch norm per mel bin standardises it (as
 PANNs do), and then:
 
-- ``ast`` (Gong et al. 2021, small): the spectrogram, padded to a multiple of
-  ``patch_size`` frames, is cut into non-overlapping ``patch_size`` squared
-  time-frequency patches, embedded linearly, given a cls token and learned positions and
-  run through ``depth`` pre-norm transformer blocks (the ViT's ``Block``); the cls token
-  is the feature.
+- ``ast`` (Gong et al. 2021, small, from scratch): the spectrogram is cut into
+  ``patch_size`` squared time-frequency patches ``patch_size - patch_overlap`` apart
+  (AST overlaps them; the frames are padded so the patches tile them), embedded
+  linearly, given learned positions (and a cls token) and run through ``depth`` pre-norm
+  transformer blocks (the ViT's ``Block``); the feature is the cls token's output
+  (``pooling = "cls"``) or the mean of the patch tokens (``"mean"``). SpecAugment's
+  masking (``freq_mask`` mel bins, ``time_mask`` frames; one band each per clip) applies
+  in training. At these sizes the AST needs about 4x the CNN's epochs, at about the
+  CNN's CPU time (benchmarks/ast_vs_cnn.py, docs/fidelity.md).
 - ``cnn``: ``depth`` stages of two 3x3 conv-BN-ReLU layers (``width`` channels, doubled
   each stage) with 2x2 max pooling between stages; global average pooling is the feature.
 
@@ -52,10 +56,17 @@ from autoplat.plugins.layers import BLOCK_RANGES, Block, PatchTokens, heads_prob
 from autoplat.plugins.robustness import ROBUST_PARAMS, check_robust_params, robust_metrics
 
 ENCODERS = ("ast", "cnn")
+POOLINGS = ("cls", "mean")
 
 
 class Spectrogram(nn.Module):
-    """Waveforms -> standardised log-mel (batch, 1, n_mels, frames padded to ``multiple``)."""
+    """Waveforms -> standardised log-mel (batch, 1, n_mels, frames), the frames padded so
+    that ``patch``-wide windows ``stride`` (default ``patch``) apart tile them.
+
+    In training mode, SpecAugment's masking (Park et al. 2019): per example, one band of
+    0..``freq_mask`` mel bins and one of 0..``time_mask`` frames, at uniform positions, are
+    set to 0 (the mean after the batch norm). Evaluation and export never mask.
+    """
 
     def __init__(
         self,
@@ -64,37 +75,64 @@ class Spectrogram(nn.Module):
         n_fft: int,
         hop_length: int,
         n_mels: int,
-        multiple: int,
+        patch: int = 1,
+        stride: int | None = None,
+        freq_mask: int = 0,
+        time_mask: int = 0,
     ) -> None:
         super().__init__()
         self.sample_rate = sample_rate
         self.logmel = LogMel(sample_rate, n_fft, hop_length, n_mels)
         self.norm = nn.BatchNorm1d(n_mels)
         frames = self.logmel.frames(samples)
-        self.pad = -frames % multiple
+        stride = stride or patch  # default: patches side by side
+        self.pad = patch - frames if frames < patch else -(frames - patch) % stride
         self.shape = (n_mels, frames + self.pad)
+        self.masks = (freq_mask, time_mask)
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.logmel(waveforms))
+        if self.training:
+            x = mask_bands(mask_bands(x, self.masks[0], 1), self.masks[1], 2)
         return F.pad(x, (0, self.pad)).unsqueeze(1)
 
 
+def mask_bands(x: torch.Tensor, max_width: int, dim: int) -> torch.Tensor:
+    """``x`` (batch, mel, frames) with one band per example along ``dim`` (1: mel bins,
+    2: frames) set to 0; widths uniform in 0..``max_width``, starts uniform where the band
+    fits (torch's global generator)."""
+    if max_width <= 0:
+        return x
+    batch, size = x.shape[0], x.shape[dim]
+    width = torch.randint(0, min(max_width, size) + 1, (batch, 1), device=x.device)
+    start = (torch.rand(batch, 1, device=x.device) * (size - width + 1)).floor()
+    position = torch.arange(size, device=x.device)
+    band = (position >= start) & (position < start + width)  # (batch, size)
+    return x.masked_fill(band[:, :, None] if dim == 1 else band[:, None, :], 0.0)
+
+
 class AST(nn.Module):
-    """Patch tokens, a cls token and transformer blocks; returns the cls feature (batch, width)."""
+    """Patch tokens (``stride`` apart: overlapping when below ``patch_size``) with learned
+    positions, transformer blocks and a final norm; the feature (batch, width) is a cls
+    token's output (``pooling = "cls"``) or the mean of the patch tokens (``"mean"``)."""
 
     def __init__(
         self,
         shape: tuple[int, int],
         patch_size: int,
+        stride: int,
         depth: int,
         width: int,
         heads: int,
         mlp_ratio: int,
         dropout: float,
+        pooling: str = "cls",
     ) -> None:
         super().__init__()
-        self.patches = PatchTokens(1, *shape, patch_size, width)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.patches = PatchTokens(1, *shape, patch_size, width, stride=stride)
+        self.pooling = pooling
+        if pooling == "cls":
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.Sequential(
             *(Block(width, heads, mlp_ratio, dropout) for _ in range(depth))
@@ -104,8 +142,10 @@ class AST(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.patches(x)
-        tokens = torch.cat([self.cls_token.expand(len(tokens), -1, -1), tokens], dim=1)
-        return self.norm(self.blocks(self.drop(tokens)))[:, 0]
+        if self.pooling == "cls":
+            tokens = torch.cat([self.cls_token.expand(len(tokens), -1, -1), tokens], dim=1)
+        out = self.norm(self.blocks(self.drop(tokens)))
+        return out[:, 0] if self.pooling == "cls" else out.mean(dim=1)
 
 
 class AudioCNN(nn.Module):
@@ -198,6 +238,10 @@ class Audio(Architecture):
         "heads": 2,
         "mlp_ratio": 2,
         "patch_size": 8,
+        "patch_overlap": 0,
+        "pooling": "cls",
+        "freq_mask": 0,
+        "time_mask": 0,
         "dropout": 0.0,
     }
     trainer_params: ClassVar[dict[str, Any]] = {**ROBUST_PARAMS, "eval_every": 1}
@@ -209,6 +253,9 @@ class Audio(Architecture):
         **BLOCK_RANGES,
         "depth": LAYERS,
         "patch_size": PATCH,
+        "patch_overlap": ints(0, 1023),
+        "freq_mask": ints(0, 1024),
+        "time_mask": ints(0, 100_000),
     }
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
@@ -226,8 +273,17 @@ class Audio(Architecture):
         if p["encoder"] == "ast":
             if (reason := heads_problem("audio", p["width"], p["heads"])) is not None:
                 return reason
-            if p["n_mels"] % p["patch_size"]:
-                return f"audio: patch_size {p['patch_size']} does not divide n_mels {p['n_mels']}"
+            if p["pooling"] not in POOLINGS:
+                return f"audio: pooling must be 'cls' or 'mean', got {p['pooling']!r}"
+            patch, overlap = p["patch_size"], p["patch_overlap"]
+            if overlap >= patch:
+                return f"audio: patch_overlap {overlap} must be below patch_size {patch}"
+            if p["n_mels"] < patch or (p["n_mels"] - patch) % (patch - overlap):
+                return (
+                    f"audio: patches of {patch} mel bins, {patch - overlap} apart "
+                    f"(patch_size - patch_overlap), do not tile n_mels {p['n_mels']}; pick "
+                    "n_mels - patch_size divisible by that"
+                )
         if spec is not None and (len(spec.input_shape) != 1 or spec.input_shape[0] < p["n_fft"]):
             return (
                 f"audio: needs waveforms shaped (samples,) with at least n_fft = {p['n_fft']} "
@@ -242,7 +298,9 @@ class Audio(Architecture):
             ValueError: ``check_params`` found a reason these params cannot work.
         """
         p = self.resolve_params(params, spec)
-        patch = int(p["patch_size"]) if p["encoder"] == "ast" else 1
+        ast = p["encoder"] == "ast"
+        patch = int(p["patch_size"]) if ast else 1
+        stride = patch - int(p["patch_overlap"]) if ast else 1
         spectrogram = Spectrogram(
             spec.input_shape[0],
             int(p["sample_rate"]),
@@ -250,17 +308,22 @@ class Audio(Architecture):
             int(p["hop_length"]),
             int(p["n_mels"]),
             patch,
+            stride,
+            int(p["freq_mask"]),
+            int(p["time_mask"]),
         )
         encoder: nn.Module
-        if p["encoder"] == "ast":
+        if ast:
             encoder = AST(
                 spectrogram.shape,
                 patch,
+                stride,
                 int(p["depth"]),
                 int(p["width"]),
                 int(p["heads"]),
                 int(p["mlp_ratio"]),
                 float(p["dropout"]),
+                str(p["pooling"]),
             )
         else:
             encoder = AudioCNN(int(p["depth"]), int(p["width"]), float(p["dropout"]))

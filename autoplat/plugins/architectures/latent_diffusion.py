@@ -8,11 +8,14 @@ Training (``train_latent_diffusion``) has two stages in one trial:
    Latents are scaled by ``1 / std`` of the training latents (``scale_factor``, as Stable
    Diffusion does) so the denoiser sees unit-variance inputs.
 2. A denoiser on those latents -- diffusers' ``UNet2DModel`` (``denoiser = "unet"``,
-   class embeddings via ``num_class_embeds``) or a small DiT with adaLN-Zero blocks
-   (``denoiser = "dit"``) -- trains for ``epochs`` to predict the noise that diffusers'
-   ``DDPMScheduler`` added (``timesteps``, ``beta_schedule``). Labels are replaced by a
-   null class with probability ``cfg_dropout`` so one network serves both the conditional
-   and the unconditional prediction of classifier-free guidance.
+   class embeddings via ``num_class_embeds``) or a small DiT (``denoiser = "dit"``: the
+   paper's recipe, see ``DiT``) -- trains for ``epochs`` to predict the noise that
+   diffusers' ``DDPMScheduler`` added (``timesteps``, ``beta_schedule``), with AdamW, a
+   linear warmup over ``warmup_epochs`` and cosine decay. Labels are replaced by a null
+   class with probability ``cfg_dropout`` so one network serves both the conditional and
+   the unconditional prediction of classifier-free guidance. An exponential moving
+   average of the denoiser's weights (``ema_decay``, ``EMA``) is what samples and is
+   evaluated; after the last epoch the denoiser keeps the average (the checkpoint).
 
 Sampling uses diffusers' ``DDIMScheduler`` (``sample_steps``, eta 0) with guidance
 ``eps = eps_null + guidance_scale * (eps_class - eps_null)`` and decodes the latents.
@@ -53,11 +56,12 @@ the store before Ray's per-run folder is removed, and records that path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -80,6 +84,7 @@ from autoplat.core.interfaces import (
     OnnxPart,
     Range,
     Splits,
+    floats,
     ints,
 )
 from autoplat.core.training import (
@@ -94,7 +99,7 @@ from autoplat.core.training import (
     sync_folder,
     train_epoch,
 )
-from autoplat.plugins.layers import Attention, ConvTower
+from autoplat.plugins.layers import Attention, ConvTower, sincos_positions
 
 DENOISERS = ("unet", "dit")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -205,7 +210,8 @@ class UNetDenoiser(nn.Module):
 
 class DiTBlock(nn.Module):
     """A DiT block with adaLN-Zero: the condition sets each norm's shift and scale and
-    each residual's gate (zero at initialization)."""
+    each residual's gate; the modulation is zero at initialization, so the block starts
+    as the identity."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: int = 4) -> None:
         super().__init__()
@@ -218,8 +224,6 @@ class DiTBlock(nn.Module):
             nn.Linear(width * mlp_ratio, width),
         )
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
-        nn.init.zeros_(self.modulation[1].weight)
-        nn.init.zeros_(self.modulation[1].bias)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(6, -1)
@@ -227,8 +231,20 @@ class DiTBlock(nn.Module):
         return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
 
 
+LABEL_STD = 1.0
+"""The std of DiT's initial class embeddings; the paper's 0.02 learns the class too slowly
+for a CPU budget (docs/fidelity.md, latent diffusion)."""
+
+
 class DiT(nn.Module):
-    """A small Diffusion Transformer (Peebles & Xie 2023) on latent patches."""
+    """A small Diffusion Transformer (Peebles & Xie 2023) on latent patches.
+
+    As the paper's code: the latent is cut into ``patch_size`` squared patches with fixed
+    2-D sin-cos positions, the condition is the timestep's MLP embedding plus the class
+    embedding, the blocks are adaLN-Zero, the final layer is an adaLN-modulated linear
+    initialised to zero, other linear layers are Xavier-uniform and the timestep MLP
+    normal(0.02). The class table starts at ``LABEL_STD`` where the paper uses 0.02.
+    """
 
     def __init__(
         self,
@@ -246,17 +262,31 @@ class DiT(nn.Module):
         self.patch_size, self.channels = patch_size, channels
         self.grid = (rows // patch_size, cols // patch_size)
         self.patch_embed = nn.Conv2d(channels, width, patch_size, stride=patch_size)
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], width))
-        nn.init.normal_(self.pos_embed, std=0.02)
+        # a buffer, not learned; saved, so checkpoints with the old learned positions load
+        self.register_buffer("pos_embed", sincos_positions(width, *self.grid)[None])
         self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(256, width)
         self.label_embed = nn.Embedding(num_labels, width)
-        nn.init.normal_(self.label_embed.weight, std=0.02)
         self.blocks = nn.ModuleList(DiTBlock(width, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.head = nn.Linear(width, patch_size * patch_size * channels)
-        for layer in (self.final_modulation[1], self.head):
+        self.initialize()
+
+    def initialize(self) -> None:
+        """The paper's initialization (``LABEL_STD`` aside); adaLN-Zero's layers to zero."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        weight = self.patch_embed.weight
+        nn.init.xavier_uniform_(weight.view(len(weight), -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        nn.init.normal_(self.label_embed.weight, std=LABEL_STD)
+        for layer in (self.time_embed.linear_1, self.time_embed.linear_2):
+            nn.init.normal_(layer.weight, std=0.02)
+        zero = [block.modulation[1] for block in self.blocks]
+        for layer in (*zero, self.final_modulation[1], self.head):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -272,6 +302,43 @@ class DiT(nn.Module):
         p, (gh, gw) = self.patch_size, self.grid
         x = x.reshape(b, gh, gw, p, p, self.channels).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(b, self.channels, gh * p, gw * p)
+
+
+class EMA:
+    """An exponential moving average of a module's floating-point state (parameters and
+    buffers), for sampling. Step t uses ``min(decay, (1 + t) / (10 + t))`` (the warmup of
+    diffusers' ``EMAModel``), so a short run's average is not dominated by the
+    initialization; ``decay = 0`` keeps a copy of the latest weights."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.steps = 0
+        self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def rate(self) -> float:
+        """The decay the next ``update`` uses."""
+        return min(self.decay, (1 + self.steps) / (10 + self.steps))
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        """Move the average towards ``module``'s current state by ``1 - rate()``."""
+        rate = self.rate()
+        for key, value in module.state_dict().items():
+            if value.is_floating_point():
+                self.state[key].lerp_(value.detach(), 1 - rate)
+            else:
+                self.state[key].copy_(value)
+        self.steps += 1
+
+    @contextlib.contextmanager
+    def applied(self, module: nn.Module) -> Iterator[None]:
+        """``module`` holds the average inside the block, its own weights again after."""
+        own = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        module.load_state_dict(self.state)
+        try:
+            yield
+        finally:
+            module.load_state_dict(own)
 
 
 # -- the model --------------------------------------------------------------------------
@@ -604,10 +671,9 @@ def _check_trainer_params(hp: dict[str, Any]) -> None:
     for key in ("epochs", "batch_size", "ae_epochs", "sample_steps", "eval_samples"):
         if int(hp[key]) < 1:
             raise TrialFailed(f"latent-diffusion: {key} must be at least 1, got {hp[key]}")
-    if not 0 <= float(hp["cfg_dropout"]) < 1:
-        raise TrialFailed(
-            f"latent-diffusion: cfg_dropout must be in [0, 1), got {hp['cfg_dropout']}"
-        )
+    for key in ("cfg_dropout", "ema_decay"):
+        if not 0 <= float(hp[key]) < 1:
+            raise TrialFailed(f"latent-diffusion: {key} must be in [0, 1), got {hp[key]}")
     if float(hp["guidance_scale"]) < 0 or float(hp["kl_weight"]) < 0:
         raise TrialFailed(
             "latent-diffusion: guidance_scale and kl_weight must be >= 0, got "
@@ -707,6 +773,8 @@ def train_latent_diffusion(
     optimizer, scheduler = _optimizer(
         model.denoiser.parameters(), float(hp["lr"]), float(hp["weight_decay"]), steps, warmup
     )
+    ema = EMA(model.denoiser, float(hp["ema_decay"]))
+    optimizer.register_step_post_hook(lambda *_: ema.update(model.denoiser))
     cfg_dropout = float(hp["cfg_dropout"])
     metrics: dict[str, Any] = {}
 
@@ -727,7 +795,10 @@ def train_latent_diffusion(
         )  # fmt: skip
         metrics = {"train_loss": train_loss, "train_recon_loss": train_recon}
         metrics["train_ae_loss"] = ae_loss  # the last autoencoder epoch: recon + KL term
-        val, _, _ = evaluate_generation(model, splits.val, classifier, hp, pixel_range, device)
+        if epoch == epochs:  # the average stays: the test metrics and the checkpoint use it
+            model.denoiser.load_state_dict(ema.state)
+        with ema.applied(model.denoiser):
+            val, _, _ = evaluate_generation(model, splits.val, classifier, hp, pixel_range, device)
         metrics |= {f"val_{k}": v for k, v in val.items()}
         if epoch == epochs:
             test, samples, wanted = evaluate_generation(
@@ -763,7 +834,7 @@ class LatentDiffusion(Architecture):
         "dit_width": 64,
         "dit_depth": 2,
         "dit_heads": 4,
-        "dit_patch": 1,
+        "dit_patch": 2,
         # noise schedule (diffusers' DDPMScheduler)
         "timesteps": 1000,
         "beta_schedule": "squaredcos_cap_v2",
@@ -773,6 +844,7 @@ class LatentDiffusion(Architecture):
         "ae_lr": 2e-3,
         "kl_weight": 1e-4,
         "cfg_dropout": 0.1,
+        "ema_decay": 0.999,
         "sample_steps": 25,
         "guidance_scale": 2.0,
         "eval_samples": 100,
@@ -799,6 +871,7 @@ class LatentDiffusion(Architecture):
         "ae_lr": POSITIVE,
         "kl_weight": NON_NEGATIVE,
         "cfg_dropout": DROPOUT,
+        "ema_decay": floats(0, 1, open_high=True),
         "sample_steps": ints(1, 100_000, ALLOCATION),
         "guidance_scale": NON_NEGATIVE,
         "eval_samples": ints(1, 1_000_000, ALLOCATION),
@@ -818,10 +891,10 @@ class LatentDiffusion(Architecture):
             )
         if (reason := self.range_problem(p)) is not None:
             return reason
-        if p["denoiser"] == "dit" and p["dit_width"] % p["dit_heads"]:
+        if p["denoiser"] == "dit" and (p["dit_width"] % p["dit_heads"] or p["dit_width"] % 4):
             return (
-                f"latent-diffusion: dit_width {p['dit_width']} is not divisible by dit_heads "
-                f"{p['dit_heads']}"
+                f"latent-diffusion: dit_width {p['dit_width']} must be divisible by dit_heads "
+                f"{p['dit_heads']} and by 4 (the 2-D sin-cos positions)"
             )
         if p["denoiser"] == "unet" and p["unet_attention"] and p["unet_width"] % 8:
             return (
