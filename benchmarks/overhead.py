@@ -1,18 +1,24 @@
-"""Per-trial overhead of `platform` on Ray, against plain Ray Tune and a plain Optuna loop.
+"""Per-trial overhead of `platform` on Ray, against Ray Tune run with platform's settings
+and a plain Optuna loop.
 
 Every variant runs trials of a trainable that does nothing (it reports one deterministic
-number and returns), in one Ray session started once and warmed up first, so what is
-measured is the cost of running a trial, not the trial. Rows:
+number and returns), so what is measured is the cost of running a trial, not the trial.
+Rows:
 
 - ``optuna loop``: ``study.optimize`` with a no-op objective over the same space: the floor.
-- ``plain Ray Tune``: ``tune.Tuner`` with Ray's defaults (default loggers, ``reuse_actors``,
-  concurrency and pending trials), the reference every ratio is taken against.
+- ``tune, platform's settings``: ``tune.Tuner`` with what platform sets (actor reuse,
+  concurrency = CPUs, no result loggers): the reference every ratio is taken against.
 - ``platform on Ray``: ``run_study`` of a random search, storing every event in SQLite.
-  Target: at most 1.1x plain Ray Tune per trial.
-- ``tune, platform's settings``: plain Tune with actor reuse, concurrency = CPUs and no
-  result loggers: platform without its searcher adapter, store callback and store.
+  Target: at most 1.1x the reference per trial.
+- ``plain Ray Tune``: ``tune.Tuner`` with Ray's defaults (a new process per trial): a weak
+  reference, kept to show what actor reuse is worth.
+- whole-study rows: ``platform, whole study`` and ``tune, platform's settings, whole
+  study`` each start their own local Ray (``ensure_ray``), run and shut it down, all timed:
+  what a study costs against ``optuna loop``.
 - knob rows: the same runs with one Ray setting changed, to show which settings matter for
   short trials (see benchmarks/README.md for what each one does).
+
+Rows other than whole-study ones share one Ray session, started once and warmed up first.
 
 Each headline row runs ``--repeats`` times (knob rows once unless ``--repeats`` is given),
 interleaved, and the table shows the best (lowest) total: the noise of a busy machine only
@@ -45,7 +51,8 @@ from typing import Any
 
 os.environ.setdefault("AUTOPLAT_BUILTIN_ONLY", "1")  # measure the core, not installed plugins
 
-TARGET = 1.1  # platform on Ray may take at most this many times plain Ray Tune per trial
+TARGET = 1.1  # platform on Ray may take at most this many times Tune with its settings
+REFERENCE = "tune, platform's settings"  # every ratio's denominator (whole rows: its whole row)
 SLOW_TRIAL_S = 1.0  # a variant whose first run took this long per trial runs only once
 METRIC = "val_accuracy"
 FITS = -1  # max_concurrent: as many 1-CPU trials as the cluster has CPUs (platform's default)
@@ -91,6 +98,8 @@ class Variant:
     Attributes:
         name: The row label.
         kind: ``optuna``, ``store``, ``tune`` (plain Ray Tune) or ``platform``.
+        whole: The run starts its own local Ray and shuts it down, all timed (the row runs
+            after the shared Ray session is shut down).
         env: Environment for the run; ``None`` unsets a variable. Plain Ray Tune rows start
             from Ray's defaults (autoplat's ``RAY_ENV_DEFAULTS`` unset), platform rows from
             autoplat's.
@@ -112,25 +121,44 @@ class Variant:
     max_concurrent: int | None = None
     reports: int = 1
     work_s: float = 0.0
+    whole: bool = False
     share: float = 1.0
     knob: bool = False
     note: str = ""
 
 
 def variants() -> list[Variant]:
-    """Every row: the four headline ones first, then one knob changed at a time."""
+    """Every row: the headline ones first, then one knob changed at a time."""
     quiet = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+    same = {"env": quiet, "reuse_actors": True, "max_concurrent": FITS}  # platform's settings
     return [
         Variant("optuna loop", "optuna", note="study.optimize, no-op objective: the floor"),
-        Variant("plain Ray Tune", "tune", note="tune.Tuner with Ray's defaults: the reference"),
+        Variant(
+            REFERENCE,
+            "tune",
+            **same,
+            note="reuse, concurrency = CPUs, no loggers: platform minus searcher and store",
+        ),
         Variant("platform on Ray", "platform", note="run_study + SQLite store, its defaults"),
         Variant(
-            "tune, platform's settings",
+            f"{REFERENCE}, whole study",
             "tune",
-            env=quiet,
-            reuse_actors=True,
-            max_concurrent=FITS,
-            note="reuse, concurrency = CPUs, no loggers: platform minus searcher and store",
+            **same,
+            whole=True,
+            note="ensure_ray + Tuner.fit + shutdown_ray",
+        ),
+        Variant(
+            "platform, whole study",
+            "platform",
+            whole=True,
+            note="ensure_ray + run_study + shutdown_ray",
+        ),
+        Variant(
+            "plain Ray Tune",
+            "tune",
+            share=0.25,
+            knob=True,
+            note="tune.Tuner with Ray's defaults (a process per trial): a weak reference",
         ),
         # -- what the platform row is made of
         Variant(
@@ -334,13 +362,25 @@ class Bench:
         return load_config(path, get_registry())
 
     def run(self, variant: Variant, trials: int) -> tuple[float, int]:
-        """Run one variant; returns (seconds, actor processes used)."""
+        """Run one variant; returns (seconds, actor processes used). A whole-study variant
+        starts a local Ray first and shuts it down after, both timed."""
+        from autoplat.core.runner import ensure_ray, shutdown_ray
+
         name = self._next(variant.name)
         pid_log = self.dir / f"{name}.pids"
         pid_log.touch()
         noop = make_noop(variant.reports, str(pid_log), variant.work_s)
         runner = getattr(self, f"_{variant.kind}")
-        seconds = runner(variant, trials, name, noop)
+        start = time.perf_counter()
+        if variant.whole:
+            ensure_ray("local")
+        try:
+            seconds = runner(variant, trials, name, noop)
+        finally:
+            if variant.whole:
+                shutdown_ray()
+        if variant.whole:
+            seconds = time.perf_counter() - start
         actors = len(set(pid_log.read_text().split()))
         return seconds, actors
 
@@ -471,7 +511,8 @@ def measure(
     start = time.perf_counter()
     for kind in warm_up:
         bench.run(Variant(f"warm-up {kind}", kind, reuse_actors=True), 2)
-    say(f"warm-up: {time.perf_counter() - start:.1f} s (uncounted)")
+    if warm_up:
+        say(f"warm-up: {time.perf_counter() - start:.1f} s (uncounted)")
     rows = {v.name: {"variant": v, "runs": [], "actors": []} for v in chosen}
     for repeat in range(max(repeats, knob_repeats)):
         for variant in chosen:
@@ -481,7 +522,8 @@ def measure(
                 continue
             if repeat and row["runs"] and row["runs"][0] / n > SLOW_TRIAL_S:
                 continue  # a slow row's noise is small next to it; one run is enough
-            settle()
+            if not variant.whole:
+                settle()
             seconds, actors = bench.run(variant, n)
             row["runs"].append(seconds)
             row["actors"].append(actors)
@@ -496,6 +538,8 @@ def measure(
                 "name": name,
                 "kind": variant.kind,
                 "knob": variant.knob,
+                "whole": variant.whole,
+                "work_s": variant.work_s,
                 "note": variant.note,
                 "trials": row["trials"],
                 "runs_s": [round(s, 3) for s in row["runs"]],
@@ -504,13 +548,19 @@ def measure(
                 "actors": min(row["actors"]),
             }
         )
-    reference = next((r for r in out if r["name"] == "plain Ray Tune"), None)
-    for row, variant in zip(out, chosen, strict=True):
-        comparable = reference and not variant.work_s  # trials that sleep are not overhead
-        row["ratio_to_plain_tune"] = (
+    return out
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Each row's seconds per trial over the reference's (``REFERENCE``; a whole-study
+    row: over the reference's whole-study row); None for rows whose trials sleep."""
+    by_name = {row["name"]: row for row in rows}
+    for row in rows:
+        reference = by_name.get(f"{REFERENCE}, whole study" if row["whole"] else REFERENCE)
+        comparable = reference and not row["work_s"]  # trials that sleep are not overhead
+        row["ratio"] = (
             round(row["per_trial_s"] / reference["per_trial_s"], 5) if comparable else None
         )
-    return out
 
 
 def print_table(rows: list[dict[str, Any]], repeats: int, knob_repeats: int) -> None:
@@ -522,7 +572,8 @@ def print_table(rows: list[dict[str, Any]], repeats: int, knob_repeats: int) -> 
             f"Per-trial overhead, no-op trials (best of {repeats} runs, knob rows {knob_repeats})"
         ),
         caption=(
-            "ratio: seconds per trial / plain Ray Tune's; actors: worker processes that ran "
+            f"ratio: seconds per trial / {REFERENCE}'s (whole-study rows: its whole-study "
+            "row's); actors: worker processes that ran "
             f"trials; a row whose first run took over {SLOW_TRIAL_S:.0f} s a trial runs once"
         ),
     )
@@ -531,7 +582,7 @@ def print_table(rows: list[dict[str, Any]], repeats: int, knob_repeats: int) -> 
     for i, row in enumerate(rows):
         if i and row["knob"] and not rows[i - 1]["knob"]:
             table.add_section()
-        ratio = row["ratio_to_plain_tune"]
+        ratio = row["ratio"]
         table.add_row(
             row["name"],
             str(row["trials"]),
@@ -548,20 +599,53 @@ def print_table(rows: list[dict[str, Any]], repeats: int, knob_repeats: int) -> 
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The headline numbers: the target check, platform's fixed and marginal costs, and
-    platform against plain Tune run with platform's settings; ``lines`` says them."""
+    """The headline numbers: platform against Tune with its settings (the target), the
+    Optuna loop and plain Tune; whole studies (Ray's start and stop included) against
+    each other and the Optuna loop; platform's fixed and marginal costs. ``lines`` says
+    them."""
     by_name = {row["name"]: row for row in rows}
-    platform, plain = by_name.get("platform on Ray"), by_name.get("plain Ray Tune")
+    platform, same = by_name.get("platform on Ray"), by_name.get(REFERENCE)
+    optuna, plain = by_name.get("optuna loop"), by_name.get("plain Ray Tune")
+    whole, whole_tune = (
+        by_name.get("platform, whole study"),
+        by_name.get(f"{REFERENCE}, whole study"),
+    )
     quarter = by_name.get("platform on Ray, 1/4 the trials")
-    same = by_name.get("tune, platform's settings")
     out: dict[str, Any] = {"lines": []}
-    if platform and plain:
-        ratio = platform["ratio_to_plain_tune"]
-        out["platform_vs_plain_tune"] = ratio
+
+    def per_trial(a: dict[str, Any], b: dict[str, Any]) -> float:
+        return round(a["per_trial_s"] / b["per_trial_s"], 3)
+
+    if platform and same:
+        ratio = out["platform_vs_tune_same_settings"] = per_trial(platform, same)
         out["target_met"] = ratio <= TARGET
-        verdict = "PASS" if ratio <= TARGET else "FAIL"
         out["lines"].append(
-            f"platform on Ray / plain Ray Tune = {ratio:.3f}x (target <= {TARGET}x): {verdict}"
+            f"platform on Ray / {REFERENCE} = {ratio:.3f}x per trial (target <= {TARGET}x): "
+            + ("PASS" if ratio <= TARGET else "FAIL")
+            + " (what the searcher adapter, store callback and SQLite writes add)"
+        )
+    if platform and optuna:
+        ratio = out["platform_vs_optuna_loop"] = per_trial(platform, optuna)
+        out["lines"].append(f"platform on Ray / optuna loop = {ratio:.0f}x per no-op trial")
+    if platform and plain:
+        ratio = out["platform_vs_plain_tune"] = per_trial(platform, plain)
+        out["lines"].append(
+            f"platform on Ray / plain Ray Tune (Ray's defaults, weak reference) = {ratio:.3f}x"
+        )
+    if whole and whole_tune:
+        ratio = out["whole_platform_vs_whole_tune"] = round(
+            whole["best_s"] / whole_tune["best_s"], 3
+        )
+        out["lines"].append(
+            f"whole study (ray.init to shutdown, {whole['trials']} trials): platform "
+            f"{whole['best_s']:.1f} s / {REFERENCE} {whole_tune['best_s']:.1f} s = {ratio:.2f}x"
+        )
+    if whole and optuna:
+        scaled = optuna["per_trial_s"] * whole["trials"]
+        ratio = out["whole_platform_vs_optuna_loop"] = round(whole["best_s"] / scaled, 1)
+        out["lines"].append(
+            f"whole study: platform {whole['best_s']:.1f} s / optuna loop {scaled:.3f} s = "
+            f"{ratio:.0f}x (Ray's start and stop dominate a study of no-op trials)"
         )
     if platform and quarter and platform["trials"] > quarter["trials"]:
         marginal = (platform["best_s"] - quarter["best_s"]) / (
@@ -571,15 +655,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out["platform_fixed_s"] = round(fixed, 3)
         out["platform_marginal_s_per_trial"] = round(marginal, 5)
         out["lines"].append(
-            f"platform on Ray: about {fixed:.1f} s per study (Tuner and first actors start) "
-            f"+ {marginal:.4f} s per trial"
-        )
-    if platform and same:
-        ratio = platform["per_trial_s"] / same["per_trial_s"]
-        out["platform_vs_tune_same_settings"] = round(ratio, 3)
-        out["lines"].append(
-            f"platform on Ray / plain Ray Tune with platform's settings = {ratio:.3f}x "
-            "(what the searcher adapter, store callback and SQLite writes add)"
+            f"platform on Ray: about {fixed:.1f} s per study (Tuner and first actors start; "
+            f"Ray already running) + {marginal:.4f} s per trial"
         )
     return out
 
@@ -607,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
     import ray
 
-    from autoplat.core.runner import ensure_ray
+    from autoplat.core.runner import ensure_ray, shutdown_ray
 
     warnings.filterwarnings("ignore")
     for name in ("ray", "ray.tune", "ray.train", "ray.air"):
@@ -623,6 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     ) as scratch:
         here = Path.cwd()
         os.chdir(scratch)  # run_study writes Ray's experiment state under ./runs/ray
+        shared = [v for v in chosen if not v.whole]
         try:
             ray_start = time.perf_counter()
             # "local": a fresh local Ray, never a cluster a `ray start` left recorded in
@@ -630,10 +708,19 @@ def main(argv: list[str] | None = None) -> int:
             ensure_ray("local")
             say(f"ray.init: {time.perf_counter() - ray_start:.1f} s (uncounted)")
             warm_up = ("platform",) if args.quick else ("tune", "platform")
-            rows = measure(chosen, trials, repeats, knob_repeats, Path(scratch), say, warm_up)
+            if shared:
+                rows = measure(shared, trials, repeats, knob_repeats, Path(scratch), say, warm_up)
+            else:
+                rows = []
+            shutdown_ray()  # whole-study rows start and stop their own
+            whole = [v for v in chosen if v.whole]
+            if whole:
+                rows += measure(whole, trials, repeats, knob_repeats, Path(scratch), say, ())
         finally:
             os.chdir(here)
-            ray.shutdown()
+            shutdown_ray()
+    rows.sort(key=lambda row: [v.name for v in chosen].index(row["name"]))
+    add_ratios(rows)
     load = (load_before, os.getloadavg()[0])
     print_table(rows, repeats, knob_repeats)
     print(

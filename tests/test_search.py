@@ -195,45 +195,98 @@ def test_resume_continues_without_repeating(write_config, tmp_path, ray_address)
     assert main(["search", str(path), "--storage", url, "--resume"]) == 2
 
 
-@pytest.mark.parametrize("scheduler", ["asha", "hyperband", "median"])
+PRUNABLE = {
+    "asha": "grace_period = 1\nreduction_factor = 2",
+    "hyperband": "grace_period = 1\nreduction_factor = 2",
+    "median": "min_samples_required = 1",
+}
+
+
+HYPERBAND_PRUNES_NOTHING = pytest.mark.xfail(
+    strict=True,
+    reason="issue 24: with [scheduler] hyperband no trial stops early (Ray's bracket 1 at "
+    "max_t 2 halves trials 2-3 at epoch 1, yet both run to the end)",
+)
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    ["asha", "median", pytest.param("hyperband", marks=HYPERBAND_PRUNES_NOTHING)],
+)
 def test_schedulers_run_and_can_prune(write_config, tmp_path, ray_address, scheduler):
-    path = write_config(
-        name=scheduler,
-        trials=4,
-        epochs=3,
-        extra=f'\n[scheduler]\nname = "{scheduler}"\ngrace_period = 1\nreduction_factor = 2\n'
-        if scheduler != "median"
-        else '\n[scheduler]\nname = "median"\nmin_samples_required = 1\n',
+    """Good and hopeless learning rates in turn (a grid, one trial at a time where the
+    scheduler allows): each scheduler stops a trial early, and a good one is the best.
+    HyperBand at 2 epochs: Ray fills a bracket without halving (trials 0-1), then one
+    that halves at epoch 1 (trials 2-3)."""
+    path = write_config(name=scheduler, trials=4, epochs=2, strategy="grid")
+    limit = "" if scheduler == "hyperband" else "max_concurrent = 1\n"  # hyperband pauses
+    text = path.read_text().replace(
+        "lr = { low = 1e-3, high = 5e-3, log = true }", "lr = [5e-3, 1e-7]"
     )
+    path.write_text(f'{text}{limit}\n[scheduler]\nname = "{scheduler}"\n{PRUNABLE[scheduler]}\n')
     store = Store(f"sqlite:///{tmp_path}/s.db")
     run_study(load_config(path, get_registry()), store)
     trials = store.trials(store.get_study(scheduler).id)
     assert len(trials) == 4
-    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
-    assert any(t.state == TrialState.COMPLETE for t in trials)
+    states = [t.state for t in trials]
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states, states
+    assert set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
+    best = max((t for t in trials if t.value is not None), key=lambda t: t.value)
+    assert best.params_dict["lr"] == 5e-3
+
+
+GATED = """
+from pathlib import Path
+import time
+
+from autoplat import hookimpl
+from autoplat.plugins.architectures.vit import ViT
+
+HOLD, FIRST = Path({hold!r}), Path({first!r})
+
+
+class GatedViT(ViT):
+    \"\"\"The first trial trains at once; the others wait while HOLD exists.\"\"\"
+
+    name = "gated-vit"
+
+    def train(self, model, splits, params, report, seed):
+        try:
+            FIRST.touch(exist_ok=False)
+        except FileExistsError:
+            while HOLD.exists():
+                time.sleep(0.1)
+        return super().train(model, splits, params, report, seed)
+
+
+@hookimpl
+def register_architectures(register):
+    register(GatedViT)
+"""
 
 
 def test_ctrl_c_then_resume_keeps_finished_trials(write_config, tmp_path, ray_address):
+    """Ctrl-C while a trial runs, deterministically: the second trial waits on a file
+    until the resume, so the study cannot end before the signal."""
     url = f"sqlite:///{tmp_path}/int.db"
-    # one trial at a time, long enough that Ctrl-C lands while the next one runs
-    path = write_config(name="int", trials=4, epochs=20, extra="max_concurrent = 1\n")
-    args = [
-        *PLATFORM,
-        "search",
-        str(path),
-        "--storage",
-        url,
-        "--address",
-        ray_address,
-    ]
+    hold = tmp_path / "hold"
+    hold.touch()
+    plugin = tmp_path / "gated.py"
+    plugin.write_text(GATED.format(hold=str(hold), first=str(tmp_path / "first")))
+    path = write_config(name="int", trials=4, epochs=2, extra="max_concurrent = 1\n")
+    path.write_text(path.read_text().replace('name = "vit"', 'name = "gated-vit"'))
+    args = [*PLATFORM, "search", str(path), "--storage", url, "--address", ray_address,
+            "--plugin", str(plugin)]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store = Store(url)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         study = store.find_study("int")
         trials = store.trials(study.id) if study else []
-        if any(t.state == TrialState.COMPLETE for t in trials):
+        states = {t.state for t in trials}
+        if {TrialState.COMPLETE, TrialState.RUNNING} <= states:  # the second one waits
             break
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
@@ -242,8 +295,9 @@ def test_ctrl_c_then_resume_keeps_finished_trials(write_config, tmp_path, ray_ad
     study = store.get_study("int")
     assert study.state == StudyState.INTERRUPTED
     before = {t.number: t.params for t in store.trials(study.id) if t.state == TrialState.COMPLETE}
-    assert before
+    assert len(before) == 1
 
+    hold.unlink()
     resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     trials = store.trials(study.id)
@@ -251,3 +305,66 @@ def test_ctrl_c_then_resume_keeps_finished_trials(write_config, tmp_path, ray_ad
     finished = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(finished) == 4
     assert store.get_study("int").state == StudyState.FINISHED
+
+
+COUNTED = """
+import os
+from pathlib import Path
+
+from autoplat import hookimpl
+from autoplat.plugins.datasets.digits import Digits
+
+LOG = Path({log!r})
+
+
+class CountedDigits(Digits):
+    \"\"\"digits, writing the pid of every process that loads it.\"\"\"
+
+    name = "counted-digits"
+
+    def load(self, options, seed):
+        with LOG.open("a") as f:
+            f.write(f"{{os.getpid()}}\\n")
+        return super().load(options, seed)
+
+
+@hookimpl
+def register_datasets(register):
+    register(CountedDigits)
+"""
+
+
+def test_trials_train_on_the_data_the_driver_loaded(write_config, tmp_path, ray_address):
+    """The driver loads a study's data once (its checks) and ships the splits to the
+    trials: no worker loads the dataset again (its code, its files: seconds per worker)."""
+    log = tmp_path / "loads"
+    plugin = tmp_path / "counted.py"
+    plugin.write_text(COUNTED.format(log=str(log)))
+    path = write_config(name="shipped", trials=3)
+    path.write_text(path.read_text().replace('name = "digits"', 'name = "counted-digits"'))
+    url = f"sqlite:///{tmp_path}/shipped.db"
+    args = [*PLATFORM, "search", str(path), "--storage", url, "--address", ray_address,
+            "--plugin", str(plugin)]  # fmt: skip
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = driver.communicate(timeout=600)
+    assert driver.returncode == 0, stderr[-2000:]
+    store = Store(url)
+    trials = store.trials(store.get_study("shipped").id)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert log.read_text().split() == [str(driver.pid)]
+
+
+def test_shipped_splits_serve_only_trials_with_the_study_s_data_options(write_config, monkeypatch):
+    """A trial whose space sets dataset options loads its own splits; data over the size
+    limit is not shipped (each worker loads it, once per process)."""
+    import autoplat.core.study as study
+
+    resolved = load_config(write_config(), get_registry())
+    splits = study.check_data(resolved)
+    assert splits is not None and len(splits.train[0]) > 1000
+    _, job = study._trainable(resolved, "sqlite:///unused.db", None, splits)
+    assert job.load({}) is splits
+    other = job.load({"val_fraction": 0.3})
+    assert other is not splits and len(other.val[0]) > len(splits.val[0])
+    monkeypatch.setattr(study, "SHIP_SPLITS_BYTES", 1000)
+    assert study.check_data(resolved) is None

@@ -35,6 +35,11 @@ RAY_ENV_DEFAULTS = {
     # a trial that raised reports TRIAL_ERROR (without the metric) as its last result
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
 }
+# How a local Ray starts (benchmarks/short_study.py). Ray starts a worker process per CPU
+# for the first driver, but a trial is a Tune actor with its own runtime env (env vars),
+# which such a worker never serves: each started, imported Ray and sat idle (0.3-0.4
+# CPU-s each, at the start, on the study's critical path).
+LOCAL_RAY_CONFIG = {"prestart_worker_first_driver": False}
 TRIAL_ERROR = "trial_error"  # a result key: the trial raised this error (it is not retried)
 # a result key and a failed trial's attr: its error is the user's to fix (exit 2, not 1)
 USER_ERROR = "user_error"
@@ -310,6 +315,7 @@ def fit(tuner: Any, store: Store, study_id: int, ends_study: bool = True) -> Non
     runs; without, only an interruption is recorded. A store that failed under Tune
     surfaces as its StoreFault (``driving`` then marks what it can).
     """
+    before = signal.getsignal(signal.SIGINT)
     try:
         tuner.fit()
     except Exception as exc:
@@ -317,12 +323,21 @@ def fit(tuner: Any, store: Store, study_id: int, ends_study: bool = True) -> Non
         if fault is not None and fault is not exc:
             raise fault from None
         raise
-    interrupted = store.interrupt_running(study_id) > 0
+    # Tune installs its own SIGINT handler for the run and, when a Ctrl-C (or our SIGTERM)
+    # stops it, puts the previous one back: a stop between two trials leaves none running
+    stopped = _tune_catches_sigint() and signal.getsignal(signal.SIGINT) is before
+    interrupted = store.interrupt_running(study_id) > 0 or stopped
     if ends_study or interrupted:
         store.set_study_state(
             study_id, StudyState.INTERRUPTED if interrupted else StudyState.FINISHED
         )
         study_end_hook(store, study_id)
+
+
+def _tune_catches_sigint() -> bool:
+    """Whether Tune installs its SIGINT handler for a run here (see ``fit``)."""
+    main = threading.current_thread() is threading.main_thread()
+    return main and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
 
 
 def run_trials(
@@ -379,7 +394,8 @@ def _store_fault(exc: BaseException | None) -> StoreFault | None:
 
 
 def ensure_ray(address: str | None) -> None:
-    """Start local Ray, or join the cluster at ``address`` (or RAY_ADDRESS)."""
+    """Start local Ray (``LOCAL_RAY_CONFIG``), or join the cluster at ``address`` (or
+    RAY_ADDRESS)."""
     import ray
 
     for key, value in RAY_ENV_DEFAULTS.items():
@@ -401,6 +417,9 @@ def ensure_ray(address: str | None) -> None:
     # `ray start` last left behind on this machine.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     _check_reachable(address)
+    options = {}  # a running cluster has its own; ray.init adds to the dict it gets
+    if address == "local":
+        options["_system_config"] = dict(LOCAL_RAY_CONFIG)
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
         with _sigterm_blocked(address == "local"):
@@ -410,6 +429,7 @@ def ensure_ray(address: str | None) -> None:
                 logging_level=logging.WARNING,
                 log_to_driver=False,
                 configure_logging=True,
+                **options,
             )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise AutoplatError(

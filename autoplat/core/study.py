@@ -10,13 +10,13 @@ import os
 import shutil
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autoplat.core.config import Resolved, unbuildable
 from autoplat.core.errors import ConfigError, StoreError
-from autoplat.core.interfaces import OneShotStrategy, Strategy
+from autoplat.core.interfaces import OneShotStrategy, Splits, Strategy
 from autoplat.core.runner import (
     TRIAL_ERROR,
     Progress,
@@ -37,6 +37,7 @@ from autoplat.core.store import OBJECTIVES_KEY, Store, Study, StudyState, Trial,
 log = logging.getLogger(__name__)
 
 NUMERIC = (int, float)
+SHIP_SPLITS_BYTES = 64 * 2**20  # the driver's splits go to the workers up to this size
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,17 @@ class Job:
     seed: int
     threads: int
     checkpoint_dir: str | None = None  # absolute; None: save no weights
+    # the splits the driver loaded (``check_data``), for trials that load the data with
+    # the study's own options: a worker then needs no dataset code and no files
+    splits: Splits | None = field(default=None, compare=False, repr=False)
+
+    def load(self, data_options: dict[str, Any]) -> Splits:
+        """The splits of a trial whose space sets ``data_options`` (dataset params):
+        the driver's, or loaded once per worker process (``load_splits``)."""
+        if self.splits is not None and not data_options:
+            return self.splits
+        options = json.loads(self.dataset_options) | data_options
+        return load_splits(self.dataset, json.dumps(options, sort_keys=True), self.seed)
 
 
 @dataclass(frozen=True)
@@ -67,16 +79,18 @@ def trial_seed(study_seed: int, params: dict[str, Any]) -> int:
     )
 
 
-def check_data(resolved: Resolved) -> None:
+def check_data(resolved: Resolved) -> Splits | None:
     """Load a model study's data once in the driver, so a DataError (a missing file, a
     bad row) or a space none of whose params fit the data (a patch size that does not
-    divide the images) stops the search before Ray starts or anything is stored."""
+    divide the images) stops the search before Ray starts or anything is stored.
+    Returns the splits when they are small enough to ship to the workers
+    (``SHIP_SPLITS_BYTES``) and every trial uses them (no dataset params in the space)."""
     if resolved.dataset is None or resolved.dataset_options is None:
-        return
+        return None
     assert resolved.architecture is not None
     splits = resolved.dataset.load(resolved.dataset_options, resolved.config.study.seed)
     if any(name.startswith(DATASET_PREFIX) for name in resolved.space.dims):
-        return  # trials load the data with other options: their spec may differ
+        return None  # trials load the data with other options: their spec may differ
     reason = unbuildable(resolved.space, resolved.architecture, splits.spec)
     if reason is not None:
         raise ConfigError(
@@ -84,6 +98,9 @@ def check_data(resolved: Resolved) -> None:
             f"'{resolved.architecture.name}' fit the data of dataset '{resolved.dataset.name}' "
             f"(e.g. {reason}); change the [space] values or the [dataset] options"
         )
+    tensors = [t for part in (splits.train, splits.val, splits.test) for t in part]
+    size = sum(t.numel() * t.element_size() for t in tensors if hasattr(t, "element_size"))
+    return splits if size <= SHIP_SPLITS_BYTES else None
 
 
 def run_trial(config: dict[str, Any], job: Job) -> None:
@@ -103,8 +120,7 @@ def run_trial(config: dict[str, Any], job: Job) -> None:
     torch.set_num_threads(job.threads)
     params = dict(config)
     data_options, model_params = split_dataset_params(params)
-    options = json.dumps({**json.loads(job.dataset_options), **data_options}, sort_keys=True)
-    splits = load_splits(job.dataset, options, job.seed)
+    splits = job.load(data_options)
     arch = get_registry().get("architectures", job.architecture)
     arch_params, hyper = arch.split_params(model_params)
     seed = trial_seed(job.seed, params)
@@ -168,7 +184,7 @@ def run_one_shot_trial(config: dict[str, Any], job: OneShotJob) -> None:
     from autoplat.core.registry import get_registry
 
     torch.set_num_threads(job.data.threads)
-    splits = load_splits(job.data.dataset, job.data.dataset_options, job.data.seed)
+    splits = job.data.load({})
     registry = get_registry()
     cls = registry.get("strategies", job.strategy)
     options = cls.Options.model_validate_json(job.options)
@@ -555,10 +571,14 @@ def _without_trials(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _trainable(
-    resolved: Resolved, store_url: str, trainable: Callable[..., None] | None
+    resolved: Resolved,
+    store_url: str,
+    trainable: Callable[..., None] | None,
+    splits: Splits | None = None,
 ) -> tuple[Callable[..., None], Job | BenchmarkJob | None]:
     """The trainable of a study (``trainable`` replaces it) and its ``job`` argument (None
-    for a study of the user's own function, which has no architecture or benchmark)."""
+    for a study of the user's own function, which has no architecture or benchmark);
+    ``splits``: the driver's, shipped in the job (``check_data``)."""
     cfg = resolved.config
     if trainable is not None and resolved.architecture is None and resolved.benchmark is None:
         return trainable, None
@@ -579,6 +599,7 @@ def _trainable(
         seed=cfg.study.seed,
         threads=max(1, int(cfg.resources.cpus_per_trial)),
         checkpoint_dir=str(ckpt_dir) if ckpt_dir else None,
+        splits=splits,
     )
     return trainable or run_trial, job
 
@@ -596,14 +617,15 @@ def run_study(
 
     cfg = resolved.config
     existing = check_study(store, resolved, resume)
-    check_data(resolved)
+    splits = check_data(resolved)
 
     def start() -> None:  # before any write: a cluster that cannot run it leaves no trace
         start_ray(address, resolved.path, cfg.resources)
 
     with driving(store, existing, start, lambda: create_study(store, resolved)) as study_id:
         done = reopen_study(store, study_id, cfg.study.trials) if existing is not None else []
-        _search(resolved, store, study_id, done, on_event or (lambda kind, data: None), trainable)
+        on_event = on_event or (lambda kind, data: None)
+        _search(resolved, store, study_id, done, on_event, trainable, splits)
     return study_id
 
 
@@ -614,15 +636,17 @@ def _search(
     done: list[Trial],
     on_event: Progress,
     trainable: Callable[..., None] | None,
+    splits: Splits | None = None,
 ) -> None:
-    """Run the trials a study still needs (``done``: its finished ones)."""
+    """Run the trials a study still needs (``done``: its finished ones; ``splits``: the
+    driver's, for the workers)."""
     cfg = resolved.config
     remaining = cfg.study.trials - len(done)
     strategy = resolved.make_strategy()
     if isinstance(strategy, OneShotStrategy):
         supernet = next((t for t in done if "derived" in t.attrs_dict), None)
         if supernet is None:
-            fn, job = _trainable(resolved, store.url, None)
+            fn, job = _trainable(resolved, store.url, None, splits)
             one_shot = OneShotJob(
                 job,
                 strategy.name,
@@ -652,7 +676,7 @@ def _search(
         if t.state == TrialState.COMPLETE
     }
     searcher = strategy_searcher(strategy, [name for name, _ in resolved.objectives], known)
-    fn, job = _trainable(resolved, store.url, trainable)
+    fn, job = _trainable(resolved, store.url, trainable, splits)
     _fit(resolved, store, study_id, on_event, fn, job, remaining, searcher)
 
 

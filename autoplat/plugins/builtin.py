@@ -85,6 +85,7 @@ search_strategies = builtin(
         "bohb": f"{S}.search.bohb:BOHB",
         "nsga2": f"{S}.search.nsga2:NSGA2Search",
         "tpe-random": f"{S}.search.bohb:TPERandom",
+        "nni": f"{S}.search.nni_tuners:NNITuner",
     }
 )
 one_shot = builtin(
