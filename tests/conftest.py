@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -22,6 +23,9 @@ EXPECTED_SKIP_REASONS = (
     "disk full needs root",
     "a small disk needs a tmpfs mount",
     "restarting the server needs root",
+    # nni 3.0 pins filelock<3.12 (torch and Ray need newer): it cannot share the CI venv;
+    # benchmarks/strategies_tables.py runs its tuners from a separate venv
+    "NNI 3.0 is optional",
 )
 
 
@@ -54,6 +58,113 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for line in skipped:
             reporter.write_line(f"  {line}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# The marker guard: a test that starts Ray or a process must say so with
+# @pytest.mark.slow, so that `pytest -m "not slow"` really is the quick run. While an
+# unmarked test sets up or runs, an audit hook refuses every new process and Ray's entry
+# points refuse to run; the test then fails with the fix, even if it caught the error.
+SLOW_HINT = "mark this test @pytest.mark.slow: it {what} (the marker guard in tests/conftest.py)"
+# Processes libraries start on their own to probe the machine: ctypes.util.find_library
+# (ldconfig, gcc, ...) and joblib's count of physical cores (lscpu, then cat).
+PROBES = frozenset(
+    {"ldconfig", "ld", "gcc", "cc", "objdump", "uname", "lscpu --parse=core", "cat /proc/cpuinfo"}
+)
+PROCESS_EVENTS = frozenset(
+    {"subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.system", "os.spawn"}
+)
+RAY_ENTRY_POINTS = ("init", "get", "wait", "put")
+_GUARDED = pytest.StashKey[pytest.MonkeyPatch]()
+
+
+class MarkerViolation(RuntimeError):
+    """What an unmarked test was refused (a RuntimeError, as a failed spawn may be)."""
+
+
+# One state per process, shared by every copy of this conftest (tests/test_markers.py runs
+# it again inside pytester): the unmarked test running now and what it was refused.
+GUARD = sys.__dict__.setdefault("_autoplat_marker_guard", {"test": None, "refused": []})
+
+
+def _spawned(event: str, args: tuple) -> str | None:
+    """What the audit ``event`` starts, in words, or None when it starts no process."""
+    if event not in PROCESS_EVENTS:
+        return None
+    if event != "subprocess.Popen":
+        return f"starts a process ({event})"
+    executable, argv = args[0], args[1]
+    words = [os.fsdecode(argv)] if isinstance(argv, (str, bytes)) else list(map(os.fsdecode, argv))
+    name = Path(os.fsdecode(executable) if executable else words[0].split()[0]).name
+    if name in PROBES or " ".join([name, *words[1:]]) in PROBES:
+        return None
+    return f"spawns a subprocess ({name})"
+
+
+def _refuse(what: str) -> None:
+    GUARD["refused"].append(what)
+    raise MarkerViolation(SLOW_HINT.format(what=what))
+
+
+def _audit(event: str, args: tuple) -> None:
+    if GUARD["test"] is None:
+        return
+    what = _spawned(event, args)
+    if what is not None:
+        _refuse(what)
+
+
+if not GUARD.get("hooked"):
+    sys.addaudithook(_audit)
+    GUARD["hooked"] = True
+
+
+def _refusing_ray(name: str):
+    def refused(*args, **kwargs):
+        _refuse(f"uses Ray (ray.{name})")
+
+    return refused
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    """Guard an unmarked test from its fixtures' setup to the end of its call."""
+    slow = item.get_closest_marker("slow") is not None
+    if not slow and "ray_address" in item.fixturenames:
+        pytest.fail(SLOW_HINT.format(what="uses the ray_address fixture"), pytrace=False)
+    patch = pytest.MonkeyPatch()  # undone, and the state before restored, by _unguard
+    patch.setitem(GUARD, "test", None if slow else item.nodeid)
+    patch.setitem(GUARD, "refused", [])
+    if not slow and "ray" in sys.modules:  # nor may it use a Ray started earlier on
+        for name in RAY_ENTRY_POINTS:
+            patch.setattr(sys.modules["ray"], name, _refusing_ray(name))
+    item.stash[_GUARDED] = patch
+    try:
+        return (yield)
+    except BaseException:
+        _unguard(item)
+        raise
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """Fail an unmarked test that started a process or used Ray, even if it went on."""
+    try:
+        result = yield
+    finally:
+        refused = _unguard(item)
+    if refused:
+        pytest.fail(SLOW_HINT.format(what=refused[0]), pytrace=False)
+    return result
+
+
+def _unguard(item: pytest.Item) -> list[str]:
+    """Restore the guard as it was before ``item``; returns what ``item`` was refused."""
+    refused = list(GUARD["refused"])
+    patch = item.stash.get(_GUARDED, None)
+    if patch is not None:
+        patch.undo()
+        del item.stash[_GUARDED]
+    return refused
 
 
 TINY = """

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -115,8 +116,12 @@ def test_show_prints_curves_and_json(finished) -> None:
     assert min(curves["margin"]["mean"]) <= area <= max(curves["margin"]["mean"])
 
 
-def test_rerun_needs_resume_and_resume_continues_lost_rounds_exactly(finished, ray_address):
-    tmp, config, url, _ = finished
+def test_rerun_needs_resume_and_resume_continues_lost_rounds_exactly(
+    finished, ray_address, tmp_path
+):
+    shared, config, _, _ = finished
+    tmp = shutil.copytree(shared, tmp_path / "al")  # its own store: the others read the original
+    config, url = tmp / config.name, f"sqlite:///{tmp / 'al.db'}"
     again = run_platform("al", str(config), "--storage", url)
     assert again.returncode == 2 and "pass --resume" in again.stderr
     before = {(r.acquisition, r.seed, r.round): r.metrics_dict for r in Store(url).al_rounds(1)}

@@ -287,4 +287,5 @@ def test_search_stores_robust_metrics(write_config, tmp_path, ray_address) -> No
         assert metrics["test_robust_eps_1"] == 0.05
         assert metrics["test_robust_acc_eps_1"] == metrics["test_robust_accuracy"]
         assert 0 <= metrics["test_robust_acc_eps_1"] <= metrics["test_robust_acc_eps_0"] <= 1
+        assert metrics["test_robust_acc_eps_0"] > 1 / 6  # clean accuracy above chance (6 classes)
         assert {"test_fused_probe_accuracy", "val_audio_probe_accuracy"} <= set(metrics)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 
 import numpy as np
@@ -300,7 +299,9 @@ def test_search_trains_clip_through_ray(write_config, tmp_path, ray_address) -> 
     shown = json.loads(run_platform("show", "clip-search", "--storage", url, "--json").stdout)
     assert [t["state"] for t in shown["trials"]] == ["complete"] * 2
     values = [t["value"] for t in shown["trials"]]
-    assert all(0 <= v <= 1 and not math.isnan(v) for v in values)
+    # recall@1 over the 32 validation pairs (one epoch learns little: test_clip_learns_shapes
+    # checks learning against chance)
+    assert all(0 <= v <= 1 and (v * 32).is_integer() for v in values)
     assert shown["best"]["value"] == max(values)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,10 +34,17 @@ def _kill_cluster(temp_dir: str) -> None:
     psutil.wait_procs(list(doomed), timeout=10)
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now, from the OS (never one Ray gives its workers)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture
 def two_node_cluster():
     temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray puts sockets inside
-    port = 20000 + os.getpid() % 20000
+    port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     common = ["--num-cpus=1", "--disable-usage-stats"]
     try:

@@ -6,6 +6,7 @@ import pytest
 
 from autoplat.cli import main
 from autoplat.core.config import line_of, load_config
+from autoplat.core.errors import ConfigError
 from autoplat.core.registry import get_registry
 from autoplat.core.store import Store
 from autoplat.testing import run_platform
@@ -87,7 +88,7 @@ def test_error_names_the_line(write_config):
     path = write_config()
     text = path.read_text().replace("dropout = 0.0", "dropout = 0.0\nbogus = 1")
     path.write_text(text)
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ConfigError) as info:
         load_config(path, get_registry())
     line = text.splitlines().index("bogus = 1") + 1
     assert f"{path}:{line}: space.bogus" in str(info.value)
@@ -118,6 +119,7 @@ def test_architecture_dataset_mismatch_names_both(write_config, capsys):
         del registry.items["datasets"][Sentences.name]
 
 
+@pytest.mark.slow
 def test_missing_file_and_cli_subprocess_exit_2(tmp_path):
     result = run_platform("search", str(tmp_path / "nope.toml"), timeout=120)
     assert result.returncode == 2
@@ -141,6 +143,7 @@ def test_good_config_resolves(write_config):
     assert "heads" in resolved.space.dims
 
 
+@pytest.mark.slow
 def test_unreachable_cluster_and_bad_storage_exit_2(write_config, tmp_path, capsys):
     db = tmp_path / "kept.db"
     Store(f"sqlite:///{db}").create_study("kept")

@@ -464,6 +464,7 @@ def test_config_pairs_mlp_with_csv_and_refuses_vit(tmp_path: Path, table: Path) 
         load_config(config, get_registry())
 
 
+@pytest.mark.slow
 def test_csv_model_exports_and_predicts_raw_rows_by_class_name(
     tmp_path: Path, table: Path, ray_address
 ) -> None:

@@ -270,6 +270,7 @@ def test_knn_accuracy_on_separable_features() -> None:
 # ------------------------------------------------------------------ the trainer
 
 
+@pytest.mark.slow  # ~5 s of training
 def test_dino_learns_features_on_digits(digits: Splits) -> None:
     torch.manual_seed(0)
     model = DINO().build(SMALL, digits.spec)

@@ -4,7 +4,6 @@ sentences are nearer than unrelated ones."""
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -63,16 +62,13 @@ def test_minilm_near_sentences_are_nearer() -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        start = time.perf_counter()
         embedder = MiniLM(MiniLM.Options(device="cpu", batch_size=8))
         x = embedder.embed([*NEAR, FAR])
-        elapsed = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
     assert embedder.dim == 384 and x.shape == (3, 384) and x.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
     assert x[0] @ x[1] > 0.5 > 0.2 > max(x[0] @ x[2], x[1] @ x[2]), x @ x.T
-    assert elapsed < 60
 
 
 def test_study_embedder_uses_penultimate_features(tmp_path, monkeypatch) -> None:

@@ -28,6 +28,7 @@ OTHERS_RUN = {"random", "grid", "tpe", "evolution", "bohb"}  # test_search, test
 
 
 @pytest.mark.parametrize("name", [n for n in ASK_TELL if n not in OTHERS_RUN])
+@pytest.mark.slow
 def test_strategy_searches_the_table(name, write_config, tmp_path, ray_address) -> None:
     config = write_config(
         f'[study]\nname = "t-{name}"\ntrials = 4\n'

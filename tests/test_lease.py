@@ -54,6 +54,7 @@ def test_second_driver_is_refused_until_the_first_releases(store_url):
     assert second.acquire_lease(study.id) != token
 
 
+@pytest.mark.slow
 def test_dead_or_silent_driver_is_taken_over(store_url):
     first, second = Store(store_url), Store(store_url)
     study = first.create_study("s")

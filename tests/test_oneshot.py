@@ -91,6 +91,7 @@ def test_inherited_net_computes_the_supernet_path(splits: Splits, cells_per_stag
 
 
 # -- the strategies --------------------------------------------------------------------
+@pytest.mark.slow  # two searches of each strategy: ~5-10 s
 @pytest.mark.parametrize(("cls", "options"), [(SPOS, TINY_SPOS), (DARTS, TINY_DARTS)])
 def test_same_seed_same_search(cls: type[OneShot], options, splits: Splits) -> None:
     space = nb201_space()
@@ -148,7 +149,7 @@ def test_darts_moves_alpha_and_derives_its_argmax(splits: Splits) -> None:
     assert params["edge_1_0"] == "nor_conv_3x3" and space.contains(params)
     last = reports[-1][1]
     assert last["skip_edges"] == sum(params[edge] == "skip_connect" for edge in EDGES)
-    assert 0.0 <= last["derived_val_accuracy"] <= 1.0 and last["val_accuracy"] > 0.5
+    assert last["derived_val_accuracy"] > 0.3 and last["val_accuracy"] > 0.5  # chance: 0.1
 
 
 # -- options, spaces and registration --------------------------------------------------

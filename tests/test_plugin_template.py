@@ -60,6 +60,7 @@ def tree(root: Path) -> dict[str, str]:
 
 
 @needs_template
+@pytest.mark.slow
 def test_plugins_lists_the_template():
     result = platform("plugins", "--json")
     assert result.returncode == 0, result.stderr
@@ -84,6 +85,7 @@ def test_search_with_the_template_plugins(tmp_path):
     assert all(set(t["params"]) >= {"depth", "width", "activation"} for t in summary["trials"])
 
 
+@pytest.mark.slow
 def test_plugins_new_scaffolds_a_renamed_package(tmp_path):
     result = platform("plugins", "new", "mypkg", "--dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
@@ -118,6 +120,7 @@ def test_plugins_new_refuses_bad_names(tmp_path, name):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_plugins_new_kind_keeps_one_kind(tmp_path):
     result = platform(
         "plugins", "new", "autoplat-mymargin", "--kind", "acquisition", "--dir", str(tmp_path)

@@ -100,6 +100,7 @@ def test_builtins_load_through_entry_points():
     assert all(p.package == "autoplat" and p.status == "ok" for p in registry.plugins.values())
 
 
+@pytest.mark.slow
 def test_broken_plugins_are_reported_and_skipped(broken_site):
     result = run_cli(["plugins", "--json"], broken_site)
     assert result.returncode == 0, result.stderr
@@ -116,6 +117,7 @@ def test_broken_plugins_are_reported_and_skipped(broken_site):
     assert plugins["broken_hook"]["hooks"] == ["register_datasets"]
 
 
+@pytest.mark.slow
 def test_commands_still_work_beside_broken_plugins(broken_site, tmp_path):
     result = run_cli(["runs", "--storage", f"sqlite:///{tmp_path}/none.db"], broken_site)
     assert result.returncode == 2  # no store there: a clear error, not a plugin crash
@@ -130,6 +132,7 @@ def test_commands_still_work_beside_broken_plugins(broken_site, tmp_path):
     assert "broken_import" in table.stdout and "error" in table.stdout
 
 
+@pytest.mark.slow
 def test_disable_plugins_env(broken_site):
     result = run_cli(
         ["plugins", "--json"], broken_site, AUTOPLAT_DISABLE_PLUGINS="broken_import,dup_name"
@@ -164,6 +167,7 @@ def test_add_plugin_in_process_and_duplicate():
     assert "strategy 'random' is already registered by plugin 'search-strategies'" in info.errors[0]
 
 
+@pytest.mark.slow
 def test_trace_switch_logs_each_hook_call(broken_site):
     result = run_cli(["plugins", "--json"], broken_site, AUTOPLAT_TRACE="1")
     assert "[autoplat trace] vit.register_architectures() -> ['vit']" in result.stderr
@@ -171,6 +175,7 @@ def test_trace_switch_logs_each_hook_call(broken_site):
     assert "register_commands" in result.stderr  # pluggy's own trace of called hooks
 
 
+@pytest.mark.slow
 def test_plugin_commands_arrive_like_builtin_ones_and_fail_alone(broken_site):
     """A plugin's command works; one whose options raise is reported by its plugin's name
     and dropped; a plugin cannot take over a built-in command; the others keep working."""
@@ -263,6 +268,7 @@ def test_event_hooks_run_per_plugin_one_raising_does_not_stop_the_others():
     assert error.startswith("on_study_end raised RuntimeError: webhook down")
 
 
+@pytest.mark.slow
 def test_help_runs_and_plugins_import_no_heavy_library(tmp_path):
     """Fast start: registering plugins imports no torch, Ray, numpy, pydantic or Textual;
     `runs` adds only the store (SQLAlchemy, SQLModel and its pydantic)."""

@@ -242,3 +242,18 @@ def test_export_optuna_cli(tmp_path, capsys):
     assert code == 2 and "--to 'optuna.db' is not a valid SQLAlchemy URL" in err
     code, _, err = run(capsys, "copy", "s", "--storage", url, "--to", "other.db")
     assert code == 2 and "--to 'other.db' is not a valid SQLAlchemy URL" in err
+
+
+def test_show_top_limits_json_as_it_limits_the_leaderboard(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/top.db"
+    store = Store(url)
+    study = store.create_study("ranked", metric="val_accuracy", direction="maximize")
+    for value in (0.5, 0.9, 0.7, None):
+        trial = store.start_trial(study.id, {"lr": value})
+        state = TrialState.FAIL if value is None else TrialState.COMPLETE
+        store.finish_trial(trial.id, state, value)
+    assert main(["show", "ranked", "--storage", url, "--top", "2", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [t["value"] for t in shown["trials"]] == [0.9, 0.7]
+    assert main(["show", "ranked", "--storage", url, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["trials"]) == 4

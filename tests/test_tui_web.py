@@ -142,6 +142,7 @@ async def open_in_chromium(address: str, screenshot: Path) -> tuple[bytes, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.browser
 @needs_chromium
 def test_web_serves_the_studies_table_to_chromium(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'runs.db'}")

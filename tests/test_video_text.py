@@ -190,7 +190,7 @@ def test_training_learns_retrieval(trained, shapes: Splits) -> None:
     chance = 1 / len(shapes.val[0])
     assert last["val_recall_at_1"] > 3 * chance
     assert last["test_recall_at_1"] > 3 * chance
-    assert last["val_recall_at_10"] > 0.4
+    assert last["val_recall_at_10"] > 1.4 * min(1.0, 10 * chance)  # chance ~0.28 here
     assert last["val_median_rank"] < len(shapes.val[0]) / 3
     metrics = set(VideoText.metrics) | {"train_loss", "train_contrastive_loss"}
     assert set(first) == metrics

@@ -135,10 +135,20 @@ def cmd_show(args: argparse.Namespace) -> int:
             print_curate_study(store, study)
         return 0
     if args.json:
-        print(json.dumps(store.summary(study), indent=2))
+        print(json.dumps(top_trials(store.summary(study), args.top), indent=2))
     else:
         print_study(store, study, args.top)
     return 0
+
+
+def top_trials(summary: dict[str, Any], top: int | None) -> dict[str, Any]:
+    """``summary`` with only its best ``top`` completed trials, ranked (all when None), as
+    the leaderboard of `show --top N` lists them."""
+    if top is None:
+        return summary
+    done = [t for t in summary["trials"] if t["state"] == "complete" and t["value"] is not None]
+    done.sort(key=lambda t: t["value"], reverse=summary["study"]["direction"] == "maximize")
+    return summary | {"trials": done[:top]}
 
 
 def show_rows(store: Store, study: Study, args: argparse.Namespace) -> int:
