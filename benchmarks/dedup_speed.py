@@ -7,22 +7,27 @@ copies each (cosine ~0.98) that replace random rows; threshold 0.9. Each row run
 whole thing (``n`` embeddings in, one keep flag per record out) and checks the
 duplicate groups it found against the planted ones. Rows:
 
-- ``dedup flat``: the scorer's lifecycle (``run_scorer``: the first pass writes the
-  embeddings to disk in chunks of 10,000, then an exact faiss ``IndexFlatIP`` kNN with
-  ``k`` = 16 and connected components), in float32.
-- ``dedup ivf``: the same with an IVF index (``nlist`` ~4 sqrt(n) cells, 16 probed):
-  approximate recall, exact similarities.
-- ``numpy blockwise``: the reference: ``X[block] @ X.T`` for blocks of 1,024 rows, every
-  pair above the threshold an edge, scipy connected components (exact, all pairs).
+- ``dedup auto``: the scorer as a user runs it (``index = "auto"``: the exact tiled
+  all-pairs search up to 250,000 records), its whole lifecycle (``run_scorer``: the
+  first pass writes the embeddings to disk in chunks of 10,000, then ``k`` = 16 most
+  similar others per record and connected components), in float32.
+- ``GEMM floor``: the reference (ratio = 1): only the matrix products of the same
+  tiles (``x[rows] @ x[cols].T``, 2,048 x 8,192), nothing kept, ``x`` already in RAM:
+  what any exact all-pairs method must at least spend. Target: ``dedup auto`` <= 1.2x.
+- ``dedup ivf``: a faiss IVF index (``nlist`` ~4 sqrt(n) cells, 16 probed): approximate
+  recall, exact similarities.
+- ``dedup flat``: faiss's exact ``IndexFlatIP`` kNN (the scorer's old default).
+- ``numpy blockwise``: ``X[block] @ X.T`` for blocks of 1,024 rows, every pair above the
+  threshold an edge, scipy connected components (exact, all pairs): what a user writes.
 - ``sklearn NearestNeighbors``: brute-force cosine kNN (``k`` + 1), the same edges and
   components; ``--quick`` only (at 100,000 rows it runs for ~25 minutes).
 
-Peak memory is the largest resident-set size above the one before the row, sampled
-every 2 ms by a thread (psutil), so it counts faiss's and BLAS's C allocations as well
-as numpy's; the input array itself (n x dim float32) is allocated before and not
-counted. Usage::
+``--methods`` runs a subset (the floor always runs). Peak memory is the largest
+resident-set size above the one before the row, sampled every 2 ms by a thread
+(psutil), so it counts faiss's and BLAS's C allocations as well as numpy's; the input
+array itself (n x dim float32) is allocated before and not counted. Usage::
 
-    python benchmarks/dedup_speed.py            # 100,000 x 384: 5-10 minutes on 2 CPUs
+    python benchmarks/dedup_speed.py            # 100,000 x 384: 10-15 minutes on 2 CPUs
     python benchmarks/dedup_speed.py --quick    # 20,000 x 384: about a minute
     python benchmarks/dedup_speed.py --json dedup_speed.json
 """
@@ -45,6 +50,7 @@ import numpy as np
 
 THRESHOLD = 0.9
 K = 16
+TARGET = 1.2  # dedup auto's time over the GEMM floor's (issue 21)
 
 
 @dataclass(frozen=True)
@@ -186,28 +192,57 @@ def measure(name: str, fn: Callable[[], np.ndarray], planted: np.ndarray) -> dic
     }
 
 
-def run(quick: bool = False, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Every row of the table (see the module docstring); ratios against numpy blockwise."""
+def gemm_floor(x: np.ndarray) -> np.ndarray:
+    """The matrix products of the exact path's tiles and nothing else (no groups)."""
+    from autoplat.plugins.scorers.embedding.dedup import TILE_COLS, TILE_ROWS
+
+    for r0 in range(0, len(x), TILE_ROWS):
+        block = x[r0 : r0 + TILE_ROWS]
+        for c0 in range(0, len(x), TILE_COLS):
+            block @ x[c0 : c0 + TILE_COLS].T
+    return np.arange(len(x))
+
+
+METHODS = ("auto", "ivf", "flat", "numpy", "sklearn")
+
+
+def run(
+    quick: bool = False,
+    log: Callable[[str], None] | None = None,
+    methods: tuple[str, ...] = METHODS,
+) -> list[dict[str, Any]]:
+    """Every row of the table (see the module docstring); ratios against the GEMM floor."""
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     s = QUICK if quick else FULL
     x, planted = make_data(s)
     setting = f"{s.n:,} x {s.dim}, k={K}, threshold {THRESHOLD}"
     ours(x[:2_000], Setting(2_000, s.dim, 0, 1_000), "flat")  # warm-up: imports, threads
     rows = []
-    methods = [
-        ("dedup flat", lambda: ours(x, s, "flat")),
-        ("dedup ivf", lambda: ours(x, s, "ivf")),
-        ("numpy blockwise", lambda: numpy_blockwise(x)),
+    every = [
+        ("auto", "dedup auto (exact tiles)", lambda: ours(x, s, "auto")),
+        ("floor", "GEMM floor (reference)", lambda: gemm_floor(x)),
+        ("ivf", "dedup ivf", lambda: ours(x, s, "ivf")),
+        ("flat", "dedup flat (faiss IndexFlatIP)", lambda: ours(x, s, "flat")),
+        ("numpy", "numpy blockwise all-pairs", lambda: numpy_blockwise(x)),
     ]
     if quick:  # at 100,000 rows it takes ~25 minutes and ~8 GB on 2 CPUs
-        methods.append(("sklearn NearestNeighbors", lambda: sklearn_knn(x)))
-    for name, fn in methods:
+        every.append(("sklearn", "sklearn NearestNeighbors", lambda: sklearn_knn(x)))
+    for key, name, fn in every:
+        if key != "floor" and key not in methods:
+            continue
         log(f"{name} ...")
-        rows.append({"setting": setting, **measure(name, fn, planted)})
-    ref = next(r for r in rows if r["method"] == "numpy blockwise")
+        row = {"setting": setting, **measure(name, fn, planted)}
+        if key == "floor":
+            row["groups"] = "(none: products only)"
+        rows.append(row)
+    ref = next(r for r in rows if r["method"].startswith("GEMM floor"))
     for r in rows:
-        r["speedup_vs_numpy"] = round(ref["seconds"] / r["seconds"], 2)
-        r["memory_vs_numpy"] = round(r["peak_mb"] / max(ref["peak_mb"], 0.1), 2)
+        r["vs_floor"] = f"{r['seconds'] / ref['seconds']:.2f}x"
+        if r["method"].startswith("dedup auto"):
+            ok = r["seconds"] <= TARGET * ref["seconds"] and r["groups"].startswith("exact")
+            r["target"] = "PASS" if ok else "FAIL"
+        else:
+            r["target"] = ""
     return rows
 
 
@@ -224,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="20,000 rows, about a minute")
     parser.add_argument("--threads", type=int, help="threads for faiss and BLAS (default: own)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="rows to run"
+    )
     args = parser.parse_args(argv)
     import faiss
 
@@ -233,13 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         faiss.omp_set_num_threads(args.threads)
         threadpool_limits(args.threads)
     load_before = os.getloadavg()[0]
-    rows = run(args.quick)
+    rows = run(args.quick, methods=tuple(args.methods))
     load = (load_before, os.getloadavg()[0])
     print_table(rows)
     print(
         f"\nfaiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, numpy "
-        f"{np.__version__}; load average {load[0]:.1f} -> {load[1]:.1f}; speedup = numpy "
-        "blockwise s / row s; peak = RSS above the start of the row"
+        f"{np.__version__}; load average {load[0]:.1f} -> {load[1]:.1f}; vs_floor = row s / "
+        f"GEMM floor s (target for dedup auto: <= {TARGET:g}x, groups exact); peak = RSS "
+        "above the start of the row"
     )
     if args.json:
         payload = {

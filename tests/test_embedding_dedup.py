@@ -114,7 +114,7 @@ def test_edits_stay_above_threshold(planted) -> None:
     assert sims.min() > THRESHOLD + 0.02, "an edit moved a copy too far: the test is not exact"
 
 
-@pytest.mark.parametrize("index", ["flat", "ivf"])
+@pytest.mark.parametrize("index", ["auto", "exact", "flat", "ivf"])
 def test_finds_exactly_the_planted_groups(planted, tmp_path, index: str) -> None:
     texts, group = planted
     x = Hashing().embed(texts)
@@ -129,6 +129,34 @@ def test_finds_exactly_the_planted_groups(planted, tmp_path, index: str) -> None
     summary = scorer.summary()
     assert summary["removed"] == len(texts) - 1000
     assert summary["duplicate_groups"] == 200
+    assert summary["index"] == {"auto": "exact", "exact": "exact"}.get(index, summary["index"])
+
+
+@pytest.mark.parametrize("tile", [(7, 5), (64, 1000), (2048, 8192)])
+def test_exact_edges_are_each_rows_k_most_similar(monkeypatch, tile) -> None:
+    """Tiles of any shape give every row its k most similar others above the threshold
+    (ties to the lowest column) and its largest similarity: brute force agrees."""
+    from autoplat.plugins.scorers.embedding import dedup
+
+    monkeypatch.setattr(dedup, "TILE_ROWS", tile[0])
+    monkeypatch.setattr(dedup, "TILE_COLS", tile[1])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    x[150:] = x[:150]  # exact copies: ties
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rows, cols, best = dedup.exact_edges(x, 4, 0.5)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    want = set()
+    for r in range(len(x)):
+        above = np.flatnonzero(sims[r] > 0.5)
+        above = above[np.lexsort((above, -sims[r, above]))][:4]
+        want |= {(r, int(c)) for c in above}
+    assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == want
+    assert len(rows) == len(want) and max(np.bincount(rows)) == 4  # the limit did bite
+    np.testing.assert_allclose(best, sims.max(axis=1), atol=1e-6)
+    assert dedup.exact_edges(x[:1], 4, 0.5)[2].tolist() == [-1.0]
+    assert [len(a) for a in dedup.exact_edges(x[:0], 4, 0.5)] == [0, 0, 0]
 
 
 def test_chunking_and_threshold(planted, tmp_path) -> None:

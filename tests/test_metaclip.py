@@ -1,4 +1,4 @@
-"""The MetaCLIP scorer: matching rule, automaton vs reference, balancing, metadata, CLI.
+"""The MetaCLIP scorer: matching rule, matcher vs reference, balancing, metadata, CLI.
 
 On the 10,000 real alt-texts of examples/data where an answer can be checked against
 MetaCLIP's plain-Python matching (``reference_match``).
@@ -100,6 +100,27 @@ def test_matching_rule(text, entries, want):
     assert sorted(matched(entries, text)) == sorted(want)
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["a  b", " a b ", "", "dog", "dog.", "hot dog  stand", "x\ty  z", "b a b a"],
+)
+def test_odd_entries_match_as_the_reference(text):
+    """Empty entries, entries with outer or double spaces, and duplicates (each index)."""
+    entries = ["", " b", "a ", "a  b", "a b", "dog", "dog", " ", "  ", "dog  stand", "b a b"]
+    matched(entries, text)  # checks every index against reference_match
+
+
+def test_hash_table_finds_every_key_through_collisions():
+    from autoplat.plugins.scorers.metaclip import _Table
+
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(1, 2**63, 5000, dtype=np.uint64))
+    table = _Table(keys, np.arange(len(keys)))
+    assert (table.get(keys) == np.arange(len(keys))).all()
+    absent = np.setdiff1d(rng.integers(1, 2**63, 5000, dtype=np.uint64), keys)
+    assert (table.get(absent) == -1).all()
+
+
 def test_nul_characters_fall_back_to_one_caption_at_a_time():
     entries = ["a", "b", "a\x00b", "c"]
     texts = ["a\x00b", "c a", "", "b"]
@@ -110,7 +131,7 @@ def test_nul_characters_fall_back_to_one_caption_at_a_time():
     assert list(zip(captions.tolist(), found.tolist(), strict=True)) == [(0, 2), (1, 1)]
 
 
-def test_automaton_equals_reference_on_real_alt_texts(texts):
+def test_matcher_equals_reference_on_real_alt_texts(texts):
     """2,500 entries: common words, their capitalized forms, frequent pairs of the corpus."""
     import wordfreq
 

@@ -10,8 +10,9 @@ The scorer ``metaclip`` follows Xu et al., "Demystifying CLIP Data" (MetaCLIP, 2
    case-sensitive, and an entry counts once per caption however often it occurs.
    Overlapping entries all match: in "a b c" both "a b" and "b c" match (they share
    the space between them). Instead of MetaCLIP's loop over every entry
-   (``reference_match``, ~0.3 s per caption for 500,000 entries) one Aho-Corasick
-   automaton over the spaced entries scans a whole chunk at once (see ``Matcher``).
+   (``reference_match``, ~0.3 s per caption for 500,000 entries) a hash table of the
+   entries' token sequences looks up every run of tokens of a whole chunk at once (see
+   ``Matcher``).
 2. **Counting (first pass).** ``fit`` counts, per entry, the captions of the whole
    corpus it matches.
 3. **Balancing (second pass).** With the threshold ``t``, an entry matched by
@@ -48,6 +49,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import operator
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -76,10 +78,9 @@ PUNCTUATION = (",", ".", ";", ":", "?", "!", "`")  # wrapped in spaces (MetaCLIP
 TO_SPACE = ("\t", "\n", "\r")  # turned into spaces
 SEPARATOR = "\x00"  # between the captions of a chunk in one scanned string
 DEFAULT_T = 100
-
-
-_RANKED = " etaoinshrdlcumwfgypbvkjxqzETAOINSHRDLCUMWFGYPBVKJXQZ0123456789-'&/"
-_CHAR_RANK = {ord(c): chr(1 + k) for k, c in enumerate(_RANKED)}  # the rest: code point
+_BASE = np.uint64(0x100000001B3)  # a run's hash: h(t1) * B^(k-1) + ... + h(tk), mod 2^64
+_MASK64 = (1 << 64) - 1
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # spreads keys over the table's slots
 
 
 # -- matching ---------------------------------------------------------------------------
@@ -113,38 +114,112 @@ def reference_match(text: str, entries: list[str]) -> list[int]:
     return reference_matcher(entries)(text)
 
 
+class _Table:
+    """An open-addressing (linear probing) hash table of uint64 keys -> int64 values, built
+    and queried with numpy, many keys at a time. Key 0 marks an empty slot; a slot holds
+    its key and value side by side (one cache line read per probe)."""
+
+    def __init__(self, keys: np.ndarray, values: np.ndarray) -> None:
+        bits = max(4, int(np.ceil(np.log2(max(len(keys), 1) * 2))))  # load factor <= 1/2
+        self.shift, self.mask = np.uint64(64 - bits), np.uint64((1 << bits) - 1)
+        self.slots = np.zeros((1 << bits, 2), np.uint64)  # (key, value)
+        at, todo = self._home(keys), np.arange(len(keys))
+        while len(todo):  # each round, the first key aiming at a free slot takes it
+            free = self.slots[at[todo], 0] == 0
+            taken, first = np.unique(at[todo[free]], return_index=True)
+            winners = todo[free][first]
+            self.slots[taken, 0] = keys[winners]
+            self.slots[taken, 1] = values[winners].astype(np.uint64)
+            todo = np.setdiff1d(todo, winners, assume_unique=True)
+            at[todo] = (at[todo] + np.uint64(1)) & self.mask
+
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        return (keys * _MIX) >> self.shift
+
+    def get(self, keys: np.ndarray) -> np.ndarray:
+        """The value of each key (values must be >= 0), -1 where it is absent."""
+        at = self._home(keys)
+        probe = self.slots[at]
+        out = np.where(probe[:, 0] == keys, probe[:, 1].astype(np.int64), -1)
+        todo = np.flatnonzero((probe[:, 0] != keys) & (probe[:, 0] != 0))
+        while len(todo):  # collisions: the next slots
+            at[todo] = (at[todo] + np.uint64(1)) & self.mask
+            probe = self.slots[at[todo]]
+            hit = probe[:, 0] == keys[todo]
+            out[todo[hit]] = probe[hit, 1].astype(np.int64)
+            todo = todo[~hit & (probe[:, 0] != 0)]
+        return out
+
+
+def _window_hashes(token_hashes: np.ndarray) -> np.ndarray:
+    """The hash of a token sequence from its tokens' hashes (rows), never 0 (empty slot)."""
+    h = token_hashes[:, 0].copy()
+    for j in range(1, token_hashes.shape[1]):
+        h = h * _BASE + token_hashes[:, j]
+    h[h == 0] = 1
+    return h
+
+
 class Matcher:
-    """Every (caption, entry) match of a list of captions, with one Aho-Corasick automaton.
+    """Every (caption, entry) match of a list of captions, by hashing token sequences.
 
-    The automaton holds ``" entry "`` for every entry. ``match`` joins a chunk's
-    captions as ``" c0 \\0 c1 \\0 ... cn "``, spaces the whole string at once (the
-    spacing is character-local, so each segment between NULs is exactly
-    ``spacing(ci)``), and scans it once with ``Automaton.iter``, which reports every
-    entry ending at each position, overlapping ones included (not just the longest).
-    A match cannot cross a NUL because no entry holds one; when an entry or a caption
-    does hold one, captions are scanned one by one instead (same result, slower). The
-    match ends are mapped to captions by the NUL positions, and (caption, entry) pairs
-    deduplicated with ``np.unique``.
+    A spaced caption split at its spaces (``spaced.split(" ")``) is a list of tokens, and
+    ``" entry "`` occurs in it exactly when ``entry.split(" ")`` equals a run of
+    consecutive tokens with a space on both sides (not the first or the last token):
+    the entry's spaces must fall on the caption's. So matching is a lookup of token
+    runs: every token is hashed (Python's string hash), a run's hash is a polynomial of
+    its tokens' hashes, and one numpy hash table holds the hash of every entry and of
+    every proper prefix of a multi-word entry. All runs of one token are looked up at
+    once; a run is extended by one token only while it is a prefix of some entry, so
+    the few longer runs cost little. Every hit is then checked by comparing strings, so
+    a hash collision can never add a match, and entries sharing a hash (duplicates in
+    the list included) are each checked: the result is exactly MetaCLIP's.
 
-    pyahocorasick finds a node's child by a linear search over its children, kept in
-    insertion order, so entries are inserted sorted by their characters ranked by
-    frequency in English text (space, e, t, a, o, ..., then upper case, digits, the
-    rest by code point): frequent letters come first in every node's list whatever
-    the order of the user's list. Scanning costs ~0.1 us per character with 500,000
-    entries, most of it cache misses in the 2M-node trie.
+    ``match`` joins a chunk's captions as ``" c0 \\0 c1 \\0 ... cn "`` and spaces the
+    whole string at once (the spacing is character-local, so each segment between NULs
+    is exactly ``spacing(ci)``); the NUL tokens map runs to captions. A run cannot span
+    a NUL token because no entry holds a NUL; when an entry or a caption does hold
+    one, captions are matched one by one instead (same result, slower). Everything
+    but the hashing, the string checks and the split runs in numpy, a chunk at a time.
     """
 
     def __init__(self, entries: list[str]) -> None:
-        import ahocorasick
-
         self.entries = entries
-        self.automaton = ahocorasick.Automaton()
-        ranked = [(entry.translate(_CHAR_RANK), index) for index, entry in enumerate(entries)]
-        ranked.sort()
-        for _, index in ranked:
-            self.automaton.add_word(f" {entries[index]} ", index)
-        self.automaton.make_automaton()
+        split = [entry.split(" ") for entry in entries]
+        lengths = np.fromiter(map(len, split), np.int64, len(split))
+        self.longest = int(lengths.max()) if len(split) else 0
+        flat = chain.from_iterable(split)
+        hashes = np.fromiter(map(hash, flat), np.int64, int(lengths.sum())).view(np.uint64)
+        starts = np.cumsum(lengths) - lengths
+        keys, codes = [], []  # code 2 * (entry + 1) + (1 if a proper prefix)
+        h = np.zeros(len(entries), np.uint64)
+        for j in range(self.longest):
+            rows = np.flatnonzero(lengths > j)
+            h[rows] = h[rows] * _BASE + hashes[starts[rows] + j]
+            done = lengths[rows] == j + 1
+            keys += [h[rows[done]], h[rows[~done]]]
+            codes += [2 * (rows[done] + 1), np.ones((~done).sum(), np.int64)]
+        keys = np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+        keys[keys == 0] = 1
+        codes = np.concatenate(codes) if codes else np.zeros(0, np.int64)
+        self._build(keys, codes)
         self._joinable = not any(SEPARATOR in entry for entry in entries)
+
+    def _build(self, keys: np.ndarray, codes: np.ndarray) -> None:
+        """The table: per distinct hash, its entry (or a bucket of several) and a flag."""
+        order = np.argsort(keys, kind="stable")
+        keys, codes = keys[order], codes[order]
+        distinct, first, counts = np.unique(keys, return_index=True, return_counts=True)
+        prefix = np.bitwise_or.reduceat(codes & 1, first) if len(keys) else codes
+        entry = codes >> 1  # entry + 1, 0 for a prefix
+        per_key = np.add.reduceat((entry > 0).astype(np.int64), first) if len(keys) else codes
+        value = np.maximum.reduceat(entry, first) if len(keys) else codes
+        self.buckets: list[list[int]] = []
+        for at in np.flatnonzero(per_key > 1):  # several entries, one hash: check each
+            group = entry[first[at] : first[at] + counts[at]]
+            value[at] = len(self.entries) + 1 + len(self.buckets)
+            self.buckets.append(sorted(int(e) - 1 for e in group if e > 0))
+        self.table = _Table(distinct, 2 * value + prefix)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -155,24 +230,88 @@ class Matcher:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         if self._joinable:
             spaced = spacing(f" {SEPARATOR} ".join(texts))
-            codes = np.frombuffer(spaced.encode("utf-32-le"), dtype=np.uint32)
-            separators = np.flatnonzero(codes == 0)
-            if len(separators) == len(texts) - 1:  # no caption holds a NUL
-                found = self._scan(spaced)
-                captions = np.searchsorted(separators, found[:, 0])
-                return self._unique(captions, found[:, 1])
-        parts = [self._scan(spacing(text)) for text in texts]
+            if spaced.count(SEPARATOR) == len(texts) - 1:  # no caption holds a NUL
+                return self._unique(*self._find(spaced, joined=True))
+        parts = [self._find(spacing(text), joined=False)[1] for text in texts]
         captions = np.repeat(np.arange(len(texts)), [len(p) for p in parts])
-        return self._unique(captions, np.concatenate(parts)[:, 1])
+        return self._unique(captions, np.concatenate(parts))
 
-    def _scan(self, spaced: str) -> np.ndarray:
-        """``(end position, entry)`` of every match in one spaced string, as an (n, 2) array."""
-        flat = np.fromiter(chain.from_iterable(self.automaton.iter(spaced)), dtype=np.int64)
-        return flat.reshape(-1, 2)
+    def _find(self, spaced: str, joined: bool) -> tuple[np.ndarray, np.ndarray]:
+        """``(caption, entry)`` of every match in a spaced string, duplicates included.
+
+        ``joined``: the string holds captions separated by NUL tokens (caption = NUL
+        tokens before the match); otherwise it is one caption (caption 0). Runs of one
+        token are looked up and checked once per distinct token.
+        """
+        tokens = spaced.split(" ")
+        index = dict(zip(dict.fromkeys(tokens), range(len(tokens)), strict=False))  # distinct
+        ids = np.fromiter(map(index.__getitem__, tokens), np.int64, len(tokens))
+        words = list(index)
+        hashes = np.fromiter(map(hash, words), np.int64, len(words)).view(np.uint64)
+        value = self.table.get(np.where(hashes == 0, np.uint64(1), hashes))
+        last = len(tokens) - 2  # runs lie within tokens 1 .. last
+        inner = ids[1 : last + 1]
+        entry_of, extra = self._check_words(words, value)
+        at = [1 + np.flatnonzero(entry_of[inner] >= 0)]
+        entries = [entry_of[ids[at[0]]]]
+        for word, entry in extra:  # a token that is several entries (duplicates)
+            at.append(1 + np.flatnonzero(inner == word))
+            entries.append(np.full(len(at[-1]), entry))
+        starts = 1 + np.flatnonzero((value[inner] & 1 == 1) & (value[inner] >= 0))
+        starts = starts[starts + 1 <= last]
+        h = hashes[ids[starts]]
+        for length in range(2, self.longest + 1):
+            if not len(starts):
+                break
+            h = h * _BASE + hashes[ids[starts + length - 1]]
+            found = self.table.get(np.where(h == 0, np.uint64(1), h))
+            hit = np.flatnonzero(found >= 2)
+            for i, code in zip(starts[hit].tolist(), (found[hit] >> 1).tolist(), strict=True):
+                run = " ".join(tokens[i : i + length])
+                for entry in self._candidates(code):
+                    if self.entries[entry] == run:  # not a hash collision
+                        at.append(np.array([i]))
+                        entries.append(np.array([entry]))
+            grow = (found >= 0) & (found & 1 == 1) & (starts + length <= last)
+            starts, h = starts[grow], h[grow]
+        at, entries = np.concatenate(at), np.concatenate(entries)
+        if not joined or SEPARATOR not in index:
+            return np.zeros(len(at), np.int64), entries
+        return np.searchsorted(np.flatnonzero(ids == index[SEPARATOR]), at), entries
+
+    def _candidates(self, code: int) -> list[int]:
+        """The entries of a table code (one, or a bucket of several sharing a hash)."""
+        n = len(self.entries)
+        return self.buckets[code - n - 1] if code > n else [code - 1]
+
+    def _check_words(
+        self, words: list[str], value: np.ndarray
+    ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Per distinct token, the entry it is (-1: none), checked by comparing strings;
+        and ``(token, entry)`` for tokens that are several entries."""
+        code = np.where(value >= 2, value >> 1, 0)
+        one = np.flatnonzero((code >= 1) & (code <= len(self.entries)))
+        same = map(
+            operator.eq,
+            map(words.__getitem__, one.tolist()),
+            map(self.entries.__getitem__, (code[one] - 1).tolist()),
+        )
+        ok = one[np.fromiter(same, bool, len(one))]
+        entry_of = np.full(len(words), -1, np.int64)
+        entry_of[ok] = code[ok] - 1
+        extra = []
+        for word in np.flatnonzero(code > len(self.entries)).tolist():
+            matches = [
+                e for e in self._candidates(int(code[word])) if self.entries[e] == words[word]
+            ]
+            entry_of[word] = matches[0] if matches else -1
+            extra += [(word, e) for e in matches[1:]]
+        return entry_of, extra
 
     def _unique(self, captions: np.ndarray, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         size = max(len(self.entries), 1)
-        keys = np.unique(captions.astype(np.int64) * size + entries)
+        keys = np.sort(captions.astype(np.int64) * size + entries)
+        keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
         return keys // size, keys % size
 
 

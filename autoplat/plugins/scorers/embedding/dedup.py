@@ -1,11 +1,16 @@
 """``dedup``: embedding-based near-duplicate removal, as in DINOv2's data pipeline (Oquab
 et al., 2023, section 3: copy detection on embeddings, then connected components).
 
-First pass: every embedding goes to a file in the scorer's work folder. Then a faiss
-inner-product index (exact, or IVF for large corpora) gives each record its ``k`` nearest
-neighbours; pairs with cosine similarity above ``threshold`` are edges, and each
-connected component of the graph keeps one record, its lowest id. Columns: ``component``
-(the lowest id of the record's component; a record without duplicates is its own),
+First pass: every embedding goes to a file in the scorer's work folder. Then each record's
+``k`` most similar other records are found; pairs with cosine similarity above
+``threshold`` are edges, and each connected component of the graph keeps one record, its
+lowest id. ``index`` picks how: ``exact`` (the default up to 250,000 records) computes
+every similarity, by tiles of the all-pairs matrix product, half of it by symmetry
+(``exact_edges``: BLAS at full speed, peak memory bounded by the tile, not by n^2);
+``ivf`` searches a faiss IVF index (approximate recall, exact similarities: the default
+above 250,000, where all pairs cost too much); ``flat`` is faiss's exact
+``IndexFlatIP`` (the same edges as ``exact``, slower). Columns: ``component`` (the
+lowest id of the record's component; a record without duplicates is its own),
 ``max_sim`` (cosine similarity to its nearest other record, -1 when there is none) and
 ``keep``.
 
@@ -71,6 +76,65 @@ def knn_edges(
     return cat(rows).astype(np.int64), cat(cols).astype(np.int64), best
 
 
+EXACT_LIMIT = 250_000  # index = "auto": exact tiles up to this many records, IVF above
+TILE_ROWS = 2048  # rows x columns of one tile of the similarity matrix (64 MB of float32)
+TILE_COLS = 8192
+
+
+def exact_edges(x: np.ndarray, k: int, threshold: float) -> tuple[np.ndarray, ...]:
+    """``knn_edges`` computed exactly: every similarity, by tiles of ``x @ x.T``.
+
+    Similarity is symmetric, so only the tiles on and above the diagonal are computed
+    (half the products): a tile gives its rows' and its columns' largest similarity to
+    another row, and each pair above ``threshold`` in both directions. A tile is one
+    BLAS matrix product (``TILE_ROWS`` x ``TILE_COLS``); the pairs are pruned to each
+    row's ``k`` most similar whenever they outgrow ``2 k n``. Peak memory: ``x`` in RAM,
+    one tile, the pairs.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = len(x)
+    best = np.full(n, -np.inf, dtype=np.float32)
+    empty = np.zeros(0, np.int64)
+    pairs = [(empty, empty, np.zeros(0, np.float32))]
+    size = 0
+    for r0 in range(0, n, TILE_ROWS):
+        block = x[r0 : r0 + TILE_ROWS]
+        r1 = r0 + len(block)
+        for c0 in range(r0, n, TILE_COLS):
+            sims = block @ x[c0 : c0 + TILE_COLS].T
+            c1 = c0 + sims.shape[1]
+            if c0 < r1:  # on the diagonal: each pair once, column after row
+                sims[np.arange(c0, c1)[None, :] <= np.arange(r0, r1)[:, None]] = -np.inf
+            top = sims.max(axis=1)
+            np.maximum(best[r0:r1], top, out=best[r0:r1])
+            np.maximum(best[c0:c1], sims.max(axis=0), out=best[c0:c1])
+            hit = np.flatnonzero(top > threshold)
+            if len(hit):
+                r, c = np.nonzero(sims[hit] > threshold)
+                i, j, v = hit[r] + r0, c + c0, sims[hit[r], c]
+                pairs.append((np.r_[i, j], np.r_[j, i], np.r_[v, v]))
+                size += 2 * len(i)
+            if size > 2 * k * n:
+                pairs = [top_k(*(np.concatenate(p) for p in zip(*pairs, strict=True)), k)]
+                size = len(pairs[0][0])
+    rows, cols, _ = top_k(*(np.concatenate(p) for p in zip(*pairs, strict=True)), k)
+    best[~np.isfinite(best)] = -1.0
+    return rows, cols, best
+
+
+def top_k(
+    rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs of each row with its ``k`` largest similarities (ties: lowest column)."""
+    if not len(rows) or np.bincount(rows).max() <= k:
+        return rows, cols, sims
+    order = np.lexsort((cols, -sims, rows))
+    rows, cols, sims = rows[order], cols[order], sims[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
+    keep = rank < k
+    return rows[keep], cols[keep], sims[keep]
+
+
 class Dedup(EmbeddingScorer):
     """Near-duplicates by cosine similarity of embeddings: one record kept per group."""
 
@@ -79,7 +143,9 @@ class Dedup(EmbeddingScorer):
     class Options(Options):
         k: int = Field(16, ge=1, le=1024, description="neighbours searched per record")
         threshold: float = Field(0.95, gt=-1, le=1, description="cosine above which: duplicate")
-        index: Literal["auto", "flat", "ivf"] = Field("auto", description="auto: flat <= 50k")
+        index: Literal["auto", "exact", "flat", "ivf"] = Field(
+            "auto", description="auto: exact <= 250k records, ivf above"
+        )
         nlist: int | None = Field(
             None, ge=1, le=1_000_000, description="IVF cells (default ~4 sqrt(n))"
         )
@@ -119,12 +185,20 @@ class Dedup(EmbeddingScorer):
             return
         ids, x = self.store.open()
         o = self.options
-        index = ip_index(x, o.index, self.seed, o.nlist, o.nprobe) if len(x) else None
-        rows, cols, best = (
-            knn_edges(x, o.k, o.threshold, index)
-            if index is not None
-            else (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
-        )
+        method = o.index
+        if method == "auto":
+            method = "exact" if len(x) <= EXACT_LIMIT else "ivf"
+        if method == "exact":
+            rows, cols, best = exact_edges(x, o.k, o.threshold)
+        else:
+            index = ip_index(x, method, self.seed, o.nlist, o.nprobe) if len(x) else None
+            rows, cols, best = (
+                knn_edges(x, o.k, o.threshold, index)
+                if index is not None
+                else (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+            )
+            method = type(index).__name__ if index is not None else None
+            del index
         self.component = components(len(ids), rows, cols, ids)
         self.max_sim = best
         self.lookup = IdLookup(ids)
@@ -137,9 +211,9 @@ class Dedup(EmbeddingScorer):
             "duplicate_groups": int((groups > 1).sum()),
             "largest_group": int(groups.max()) if len(groups) else 0,
             "edges": len(rows),
-            "index": type(index).__name__ if index is not None else None,
+            "index": method,
         }
-        del index, x
+        del x
 
     def score(self, chunk: Chunk) -> dict[str, np.ndarray]:
         columns: dict[str, np.ndarray] = {}
