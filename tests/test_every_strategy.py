@@ -3,6 +3,8 @@ other test runs through Ray here; random, grid, tpe, evolution and bohb run else
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from autoplat.core.config import load_config
@@ -27,7 +29,22 @@ def test_the_families_of_the_survey_are_all_registered() -> None:
 OTHERS_RUN = {"random", "grid", "tpe", "evolution", "bohb"}  # test_search, test_bohb, ...
 
 
-@pytest.mark.parametrize("name", [n for n in ASK_TELL if n not in OTHERS_RUN])
+NNI = importlib.util.find_spec("nni") is not None  # optional: pip install 'autoplat[nni]'
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            n,
+            marks=pytest.mark.skipif(
+                n == "nni" and not NNI, reason="NNI 3.0 is optional: pip install 'autoplat[nni]'"
+            ),
+        )
+        for n in ASK_TELL
+        if n not in OTHERS_RUN
+    ],
+)
 @pytest.mark.slow
 def test_strategy_searches_the_table(name, write_config, tmp_path, ray_address) -> None:
     config = write_config(

@@ -110,6 +110,7 @@ def test_plugin_registers_all_strategies() -> None:
         "bohb",
         "nsga2",
         "tpe-random",
+        "nni",
     ]
 
 
