@@ -283,6 +283,7 @@ def test_server_gone_is_one_line_and_resumable(proxied):
     assert "cannot reach the database server at" in str(opening.value)
 
 
+@pytest.mark.slow  # restarts the server with pg_ctl through runuser
 def test_a_real_server_restart_mid_run(pg_url):
     """The server behind AUTOPLAT_TEST_PG (.ci/run sets AUTOPLAT_TEST_PG_DATA) restarts
     while a driver writes: every write lands, none raises."""
