@@ -271,23 +271,30 @@ def test_event_hooks_run_per_plugin_one_raising_does_not_stop_the_others():
 @pytest.mark.slow
 def test_help_runs_and_plugins_import_no_heavy_library(tmp_path):
     """Fast start: registering plugins imports no torch, Ray, numpy, pydantic or Textual;
-    `runs` adds only the store (SQLAlchemy, SQLModel and its pydantic)."""
+    `runs` and `show` of a search study add only SQLAlchemy Core (no SQLModel, no pydantic)."""
     import subprocess
     import sys
 
+    from autoplat.core.store import Store, TrialState
+
+    url = f"sqlite:///{tmp_path}/x.db"
+    store = Store(url)
+    trial = store.start_trial(store.create_study("s").id, {"depth": 2})
+    store.finish_trial(trial.id, TrialState.COMPLETE, value=0.5)
     check = (
         "import sys\n"
         "from autoplat.cli import main\n"
         "try:\n    main(sys.argv[2:])\nexcept SystemExit:\n    pass\n"
         "print(sorted(set(sys.argv[1].split(',')) & set(sys.modules)))\n"
     )
-    heavy = "torch,ray,numpy,textual,pandas,sklearn,onnx,optuna"
-    for args, allowed_pydantic in (
+    heavy = "torch,ray,numpy,textual,pandas,sklearn,onnx,optuna,sqlmodel,pydantic"
+    for args, store_allowed in (
         (["--help"], False),
         (["plugins"], False),
-        (["runs", "--storage", f"sqlite:///{tmp_path}/x.db"], True),
+        (["runs", "--storage", url], True),
+        (["show", "s", "--storage", url], True),
     ):
-        watched = heavy if allowed_pydantic else heavy + ",pydantic,sqlalchemy"
+        watched = heavy if store_allowed else heavy + ",sqlalchemy"
         result = subprocess.run(
             [sys.executable, "-c", check, watched, *args],
             capture_output=True,
@@ -295,6 +302,7 @@ def test_help_runs_and_plugins_import_no_heavy_library(tmp_path):
             timeout=60,
         )
         assert result.stdout.strip().splitlines()[-1] == "[]", (args, result.stdout, result.stderr)
+        assert "depth" in result.stdout or args[0] != "show", result.stdout
 
 
 # -- names: dashes are canonical, the underscore names of older releases still work -------

@@ -9,8 +9,10 @@ import sqlite3
 import pytest
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
+from sqlmodel import SQLModel
 
 from autoplat.cli import main
+from autoplat.core.database import ARTIFACTS, METRICS, STUDIES, TRIALS, Database
 from autoplat.core.errors import StoreError
 from autoplat.core.store import SCHEMA_VERSION, ALRound, Store, StudyState, TrialState
 from autoplat.testing import run_platform
@@ -62,6 +64,20 @@ def test_trial_lifecycle_and_summary(store_url):
         1: {"val_accuracy": 0.5},
         2: {"val_accuracy": 0.81, "test_accuracy": 0.79},
     }
+    reader = Database(store_url)  # Core only, as `platform runs` and `show` read
+    assert reader.summary(reader.read_study("s")) == summary
+    assert [row.name for row in reader.study_rows()] == ["s"]
+    with pytest.raises(StoreError, match="no study named 'x' .* Studies: s"):
+        reader.read_study("x")
+
+
+def test_the_readers_columns_are_the_stores():
+    """database.py's light tables name columns of the SQLModel tables, of the same types."""
+    for light in (STUDIES, TRIALS, METRICS, ARTIFACTS):
+        full = SQLModel.metadata.tables[light.name]
+        for col in light.columns:
+            assert col.name in full.columns, f"{light.name}.{col.name}"
+            assert col.type._type_affinity is full.columns[col.name].type._type_affinity
 
 
 @pytest.mark.parametrize(

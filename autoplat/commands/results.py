@@ -22,12 +22,13 @@ from autoplat.views import (
 )
 
 if TYPE_CHECKING:
+    from autoplat.core.database import Database
     from autoplat.core.store import Store, Study
 
 DB = "--storage sqlite:///runs/quickstart.db"
 
 
-def print_study(store: Store, study: Study, top: int | None) -> None:
+def print_study(store: Database, study: Any, top: int | None) -> None:
     summary = store.summary(study)
     out.print(leaderboard(summary, top))
     if "pareto_front" in summary:
@@ -90,12 +91,14 @@ def stored_line(store: Store, study: Study) -> str:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from autoplat.core.store import Store
+    from autoplat.core.database import Database
 
-    store = Store(storage(args), create=False)
-    summaries = [
-        store.summary(s)["study"] | {"best": best_value(store, s)} for s in store.studies()
-    ]
+    store = Database(storage(args))
+    summaries = []
+    for study in store.study_rows():
+        summary = store.summary(study)
+        best = summary["best"]
+        summaries.append(summary["study"] | {"best": best["value"] if best else None})
     if args.json:
         print(json.dumps(summaries, indent=2))
         return 0
@@ -104,13 +107,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def best_value(store: Store, study: Study) -> float | None:
-    """The value of a study's best trial, or None."""
-    best = store.best_trial(study)
-    return best.value if best else None
-
-
 def cmd_show(args: argparse.Namespace) -> int:
+    from autoplat.core.database import Database
+
+    reader = Database(storage(args))  # SQLAlchemy Core only: leaderboards start fast
+    study = reader.read_study(args.study)
+    if study.kind in ("al", "curate") or args.csv or args.history:
+        return show_from_store(args)
+    if args.json:
+        print(json.dumps(top_trials(reader.summary(study), args.top), indent=2))
+    else:
+        print_study(reader, study, args.top)
+    return 0
+
+
+def show_from_store(args: argparse.Namespace) -> int:
+    """``show`` of an AL or curate study, ``--csv`` and ``--history``: through the Store."""
     from autoplat.core.store import Store
 
     store = Store(storage(args), create=False)
@@ -126,18 +138,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         else:
             print_al_study(store, study, curves)
         return 0
-    if study.kind == "curate":
-        if args.json:
-            summary = store.summary(study)
-            summary["artifacts"] = {a.kind: a.path for a in store.artifacts(study.id)}
-            print(json.dumps(summary, indent=2))
-        else:
-            print_curate_study(store, study)
-        return 0
     if args.json:
-        print(json.dumps(top_trials(store.summary(study), args.top), indent=2))
+        summary = store.summary(study)
+        summary["artifacts"] = {a.kind: a.path for a in store.artifacts(study.id)}
+        print(json.dumps(summary, indent=2))
     else:
-        print_study(store, study, args.top)
+        print_curate_study(store, study)
     return 0
 
 

@@ -8,32 +8,32 @@ retries transient errors and then raises one-line ``StoreFault`` (see ``_guarded
 
 from __future__ import annotations
 
-import enum
-import functools
 import json
 import os
-import shlex
 import socket
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from sqlalchemy import Column, Text, UniqueConstraint, delete, event, update
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
-from sqlmodel import Field, Session, SQLModel, create_engine, func, select
+from sqlalchemy import Column, Text, UniqueConstraint, delete, update
+from sqlmodel import Field, Session, SQLModel, func, select
 
+from autoplat.core.database import (  # noqa: F401 - re-exported: the store's names
+    OBJECTIVES_KEY,
+    SCHEMA_VERSION,
+    SUPERSEDED,
+    Database,
+    StudyState,
+    TrialState,
+    _guarded,
+    engine_for,
+    pareto_front,
+)
 from autoplat.core.defaults import DEFAULT_URL
 from autoplat.core.errors import StoreError, StoreFault
-
-SCHEMA_VERSION = 2  # 2: al_rounds gained seed and trial_id; trials gained attrs
-OBJECTIVES_KEY = "_objectives"  # in a stored search config: [[metric, direction], ...]
 
 
 def objectives(study: Study) -> list[tuple[str, str]]:
@@ -44,26 +44,6 @@ def objectives(study: Study) -> list[tuple[str, str]]:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class TrialState(enum.StrEnum):
-    RUNNING = "running"
-    COMPLETE = "complete"
-    PRUNED = "pruned"
-    FAIL = "fail"
-    INTERRUPTED = "interrupted"
-
-
-SUPERSEDED = "superseded_by"
-"""A trial attr: the number of a later trial that ran the same work again (an AL experiment
-re-run by --resume); the summary counts only the later one (the store keeps both)."""
-
-
-class StudyState(enum.StrEnum):
-    RUNNING = "running"
-    FINISHED = "finished"
-    INTERRUPTED = "interrupted"
-    FAILED = "failed"
 
 
 class SchemaVersion(SQLModel, table=True):
@@ -188,269 +168,23 @@ def _lease_live(lease: DriverLease, stale_after_s: float) -> bool:
     return lease.host != socket.gethostname() or _pid_alive(lease.pid)
 
 
-def _seconds_from_env(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise StoreError(f"{name}={raw!r} must be a positive number of seconds; unset it or fix it")
-    return value
+class Store(Database):
+    """Read and write studies, trials and metrics at one SQLAlchemy URL (created with its
+    tables when missing; ``create=False``: read only, as ``Database``)."""
 
+    def __init__(self, url: str = DEFAULT_URL, create: bool = True, **options: Any) -> None:
+        super().__init__(url, create, **options)
 
-def _wal_readable(path: Path) -> bool:
-    """A WAL reader needs the -shm file, or a folder where SQLite can create it."""
-    return any(Path(f"{path}{end}").exists() for end in ("-shm", "-wal")) or os.access(
-        path.parent, os.W_OK
-    )
-
-
-def _sqlite_engine(url: str, readonly: bool, busy_timeout_s: float) -> Engine:
-    parsed = make_url(url)
-    busy_ms = int(busy_timeout_s * 1000)
-    connect_args = {"timeout": busy_timeout_s, "check_same_thread": False}
-    if readonly:  # readers never write, never take the write lock, never create the file
-        path = Path(parsed.database).expanduser().resolve()
-        # a finished store on a read-only mount: no -shm can be made, nobody can write it
-        mode = "mode=ro" if _wal_readable(path) else "immutable=1"
-        engine = create_engine(
-            f"sqlite:///file:{quote(str(path))}?{mode}&uri=true", connect_args=connect_args
-        )
-
-        @event.listens_for(engine, "connect")
-        def _read_only(dbapi_conn, _record):  # pragma: no cover - exercised by every reader
-            dbapi_conn.execute(f"PRAGMA busy_timeout={busy_ms}")
-            dbapi_conn.execute("PRAGMA query_only=ON")
-
-        return engine
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args=connect_args)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # pragma: no cover - exercised by every test
-        dbapi_conn.isolation_level = None  # let SQLAlchemy's begin event issue BEGIN
-        cursor = dbapi_conn.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
-        cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; ~30% faster commits
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):  # pragma: no cover
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
-def _server_engine(url: str) -> Engine:
-    """A database server: check pooled connections before use (they die when it restarts)."""
-    parsed = make_url(url)
-    connect_args: dict[str, Any] = {}
-    if parsed.get_backend_name() == "postgresql":
-        if parsed.drivername == "postgresql":  # psycopg 3 is what autoplat[postgres] installs
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        connect_args = {"connect_timeout": 10}
-    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
-
-
-def engine_for(url: str, *, readonly: bool = False, busy_timeout_s: float = 30.0) -> Engine:
-    """The engine the Store uses for ``url`` (for other readers, e.g. the TUI): SQLite with
-    WAL and BEGIN IMMEDIATE, or read-only (immutable on a read-only mount); a server with
-    pre-ping, PostgreSQL through psycopg 3."""
-    if make_url(url).get_backend_name() == "sqlite":
-        return _sqlite_engine(url, readonly, busy_timeout_s)
-    return _server_engine(url)
-
-
-def _guarded(method: Callable) -> Callable:
-    """The one place database errors pass: retry transient ones with backoff (a lock past
-    the busy timeout: a few times; a server gone: for ``retry_s``), then raise StoreFault."""
-
-    @functools.wraps(method)
-    def run(self: Store, *args: Any, **kwargs: Any) -> Any:
-        start, attempt = time.monotonic(), 0
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except IntegrityError:
-                raise  # a broken invariant (a bug), not a fault of the store
-            except DBAPIError as exc:
-                attempt += 1
-                if not self._retryable(exc, attempt, start):
-                    waited = time.monotonic() - start
-                    raise StoreFault(self._fault_message(exc, waited)) from None
-                time.sleep(min(0.1 * 2**attempt, 2.0))
-
-    return run
-
-
-_SQLITE_FAULTS = (  # (words in SQLite's message, kind)
-    (("locked", "busy"), "locked"),
-    (("full",), "full"),
-    (("malformed", "corrupt"), "corrupt"),
-)
-
-
-def _sqlite_fault(exc: DBAPIError) -> str:
-    text = str(exc.orig).lower()
-    return next((kind for words, kind in _SQLITE_FAULTS if any(w in text for w in words)), "")
-
-
-def _pg_unreachable(exc: DBAPIError) -> bool:
-    """The connection was lost or refused, or the server is shutting down or starting."""
-    state = getattr(exc.orig, "sqlstate", None)
-    return exc.connection_invalidated or state is None or state[:2] in ("08", "57")
-
-
-def _pg_transient(exc: DBAPIError) -> bool:
-    """Unreachable for now, too many clients, a deadlock or serialization failure."""
-    state = getattr(exc.orig, "sqlstate", None) or ""
-    return _pg_unreachable(exc) or state[:2] == "40" or state == "53300"
-
-
-class Store:
-    """Read and write studies, trials and metrics at one SQLAlchemy URL.
-
-    ``create=False`` opens an existing store for reading only (SQLite: read-only mode;
-    on a read-only mount it reads the file as immutable). ``busy_timeout_s`` (SQLite; env
-    AUTOPLAT_STORE_BUSY_TIMEOUT_S, default 30) is how long a write waits for another
-    writer's lock; ``retry_s`` (servers; env AUTOPLAT_STORE_RETRY_S, default 30) how long
-    an unreachable server is retried before StoreFault.
-    """
-
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        create: bool = True,
-        *,
-        busy_timeout_s: float | None = None,
-        retry_s: float | None = None,
-    ) -> None:
-        self.url = url
-        self.busy_timeout_s = busy_timeout_s or _seconds_from_env(
-            "AUTOPLAT_STORE_BUSY_TIMEOUT_S", 30.0
-        )
-        self.retry_s = retry_s or _seconds_from_env("AUTOPLAT_STORE_RETRY_S", 30.0)
-        try:
-            parsed = make_url(url)
-            self.is_sqlite = parsed.get_backend_name() == "sqlite"
-            if self.is_sqlite and not create:
-                path = parsed.database
-                if path and path != ":memory:" and not Path(path).exists():
-                    raise StoreError(
-                        f"no results store at {path}: run `platform search CONFIG` first, "
-                        "or pass --storage URL"
-                    )
-            self.readonly = self.is_sqlite and not create
-            self.engine = engine_for(
-                url, readonly=self.readonly, busy_timeout_s=self.busy_timeout_s
-            )
-            self._init_schema(create)
-        except ArgumentError as exc:
-            raise StoreError(
-                f"--storage '{url}' is not a valid SQLAlchemy URL ({exc}); use e.g. "
-                "sqlite:///runs/platform.db or postgresql+psycopg://user@host/db"
-            ) from None
-        except DBAPIError as exc:
-            raise self._open_error(exc) from None
-        except ModuleNotFoundError as exc:
-            postgres = "psycopg" in str(exc.name)
-            hint = "pip install 'autoplat[postgres]'" if postgres else "pip install it"
-            raise StoreError(
-                f"the database driver for '{self._where()}' is not installed ({exc.name}); "
-                f"{hint}, or use a sqlite:/// URL"
-            ) from None
-
-    def _open_error(self, exc: DBAPIError) -> StoreError:
-        """Opening failed: a damaged file is a fault (exit 1); anything else, a bad URL."""
-        if self.is_sqlite and _sqlite_fault(exc) == "corrupt":
-            return StoreFault(self._fault_message(exc))
-        if not self.is_sqlite and _pg_unreachable(exc):
-            return StoreError(
-                f"cannot reach the database server at {self._where()} "
-                f"({_first_line(exc.orig)}); check --storage and that the server runs"
-            )
-        return StoreError(
-            f"cannot open the results store at '{self._where()}': {_first_line(exc.orig)}. "
-            "Check the path or URL and that it is a platform database"
-        )
-
-    @property
-    def display_url(self) -> str:
-        """The URL to print: a server's password hidden."""
-        return make_url(self.url).render_as_string(hide_password=True)
-
-    def _where(self) -> str:
-        """The store for messages: a file path, or a server URL without its password."""
-        return (make_url(self.url).database or ":memory:") if self.is_sqlite else self.display_url
-
-    def _retryable(self, exc: DBAPIError, attempt: int, start: float) -> bool:
-        if self.is_sqlite:
-            return _sqlite_fault(exc) == "locked" and attempt < 3
-        return _pg_transient(exc) and time.monotonic() - start < self.retry_s
-
-    def _fault_message(self, exc: DBAPIError, waited_s: float = 0.0) -> str:
-        """One line: what failed, which store, what to do (after ``waited_s`` of retries)."""
-        then = "run the command again" if self.readonly else "continue with --resume"
-        detail = _first_line(exc.orig)
-        where = self._where()
-        if self.is_sqlite:
-            kind = _sqlite_fault(exc)
-            if kind == "locked":
-                return (
-                    f"another program holds a write lock on {where} for more than "
-                    f"{max(waited_s, self.busy_timeout_s):.0f} s; close it and {then}"
-                )
-            if kind == "full":
-                return f"the disk holding {where} is full; free space and {then}"
-            if kind == "corrupt":
-                path = shlex.quote(where)
-                return (
-                    f"{where} is damaged ({detail}); restore a backup or recover it with "
-                    f"`sqlite3 {path} .recover | sqlite3 {path}.recovered`"
-                )
-            return f"the results store {where} failed ({detail}); check the file and {then}"
-        parsed = make_url(self.url)
-        server = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
-        if getattr(exc.orig, "sqlstate", None) == "53100":
-            return f"the disk of PostgreSQL at {server} is full ({detail}); free space and {then}"
-        if _pg_unreachable(exc):
-            return f"cannot reach PostgreSQL at {server} ({detail}); check the server and {then}"
-        return f"the results store {where} failed ({detail}); check the server and {then}"
-
-    def _init_schema(self, create: bool) -> None:
+    def _create_schema(self) -> int:
+        SQLModel.metadata.create_all(self.engine)
         with Session(self.engine) as session:
-            tables = set(self.engine.dialect.get_table_names(session.connection()))
-        if "schema_version" not in tables:
-            if tables - {"sqlite_sequence"}:
-                raise StoreError(
-                    f"'{self._where()}' holds tables but is not a platform database; "
-                    "pass another --storage URL"
-                )
-            if not create:
-                raise StoreError(f"'{self._where()}' holds no platform results yet")
-            SQLModel.metadata.create_all(self.engine)
-            with Session(self.engine) as session:
-                session.add(SchemaVersion(version=SCHEMA_VERSION))
-                session.commit()
-            self._use_wal()
-            return
-        with Session(self.engine) as session:
-            version = session.exec(select(SchemaVersion.version)).first()
-        if version == 1 and create:
-            version = self._migrate_from_1()
-        if version != SCHEMA_VERSION:
-            raise StoreError(
-                f"'{self._where()}' has schema version {version}; this autoplat reads version "
-                f"{SCHEMA_VERSION}. Use a matching autoplat or a new --storage"
-            )
-        if create and "driver_leases" not in tables:  # added to schema 2 later
+            session.add(SchemaVersion(version=SCHEMA_VERSION))
+            session.commit()
+        return SCHEMA_VERSION
+
+    def _add_new_tables(self, tables: set[str]) -> None:
+        if "driver_leases" not in tables:  # added to schema 2 later
             DriverLease.__table__.create(self.engine, checkfirst=True)
-        self._use_wal()
 
     def _migrate_from_1(self) -> int:
         """Add trials.attrs; version 1 never wrote al_rounds, so recreate it with its columns."""
@@ -466,15 +200,6 @@ class Store:
             session.execute(text("UPDATE schema_version SET version = :v"), {"v": SCHEMA_VERSION})
             session.commit()
         return SCHEMA_VERSION
-
-    def _use_wal(self) -> None:
-        """Readers never block the writer (the setting persists in the SQLite file)."""
-        if self.is_sqlite and not self.readonly:
-            raw = self.engine.raw_connection()
-            try:
-                raw.cursor().execute("PRAGMA journal_mode=WAL")
-            finally:
-                raw.close()
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -575,12 +300,7 @@ class Store:
             return s.exec(select(Study).where(Study.name == name)).first()
 
     def get_study(self, name: str) -> Study:
-        study = self.find_study(name)
-        if study is None:
-            names = [st.name for st in self.studies()]
-            listed = ", ".join(names) or "none yet"
-            raise StoreError(f"no study named '{name}' in {self.display_url}. Studies: {listed}")
-        return study
+        return self.find_study(name) or self.no_study(name)
 
     @_guarded
     def studies(self) -> list[Study]:
@@ -859,78 +579,3 @@ class Store:
                 s.add(type(row)(**fields(row, study_id=copy.id, trial_id=ids[row.trial_id])))
             s.commit()
             return copy
-
-    # -- reports -----------------------------------------------------------------
-    def summary(self, study: Study) -> dict[str, Any]:
-        """The study, its trials (params, state, final metrics) and the best trial, as JSON."""
-        trials = self.trials(study.id)
-        files: dict[int | None, dict[str, str]] = {}
-        for artifact in self.artifacts(study.id):
-            files.setdefault(artifact.trial_id, {})[artifact.kind] = artifact.path
-        rows = [_trial_dict(t, self.final_metrics(t.id), files.get(t.id, {})) for t in trials]
-        best = self.best_trial(study)
-        counts = {state.value: 0 for state in TrialState}
-        for t in trials:
-            if SUPERSEDED not in t.attrs_dict:  # history: a later trial re-ran its work
-                counts[t.state.value] += 1
-        summary = {
-            "study": {
-                "name": study.name,
-                "kind": study.kind,
-                "state": study.state.value,
-                "direction": study.direction,
-                "metric": study.metric,
-                "target_trials": study.target_trials,
-                "started_at": study.started_at.isoformat(),
-                "ended_at": study.ended_at.isoformat() if study.ended_at else None,
-                "trial_counts": counts,
-                "storage": self.display_url,
-            },
-            "trials": rows,
-            "best": next((r for r in rows if r["number"] == best.number), None) if best else None,
-        }
-        objectives = json.loads(study.config).get(OBJECTIVES_KEY)
-        if objectives:
-            summary["study"]["objectives"] = dict(objectives)
-            summary["pareto_front"] = pareto_front(rows, objectives)
-        return summary
-
-
-def pareto_front(rows: list[dict[str, Any]], objectives: list[list[str]]) -> list[int]:
-    """Numbers of the completed trials no other completed trial dominates, by the first
-    objective. ``objectives``: (metric, "maximize"/"minimize") pairs."""
-    signs = [1.0 if direction == "maximize" else -1.0 for _, direction in objectives]
-    points = []
-    for row in rows:
-        values = [row["metrics"].get(name) for name, _ in objectives]
-        if row["state"] == "complete" and all(v is not None for v in values):
-            points.append((row["number"], [s * v for s, v in zip(signs, values, strict=True)]))
-
-    def dominates(a: list[float], b: list[float]) -> bool:
-        return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
-
-    front = [(n, p) for n, p in points if not any(dominates(q, p) for _, q in points)]
-    return [n for n, p in sorted(front, key=lambda item: -item[1][0])]
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def _trial_dict(
-    trial: Trial, metrics: dict[str, float], artifacts: dict[str, str] | None = None
-) -> dict[str, Any]:
-    return {
-        "number": trial.number,
-        "state": trial.state.value,
-        "params": trial.params_dict,
-        "value": trial.value,
-        "metrics": metrics,
-        "started_at": trial.started_at.isoformat(),
-        "duration_s": trial.duration_s,
-        "error": trial.error,
-        "node": trial.node,
-        "attrs": trial.attrs_dict,
-        "artifacts": artifacts or {},  # kind -> path: checkpoint, a trainer's files
-    }
