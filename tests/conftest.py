@@ -26,6 +26,7 @@ EXPECTED_SKIP_REASONS = (
     # nni 3.0 pins filelock<3.12 (torch and Ray need newer): it cannot share the CI venv;
     # benchmarks/strategies_tables.py runs its tuners from a separate venv
     "NNI 3.0 is optional",
+    "needs a CUDA GPU",  # @pytest.mark.gpu: one step on CUDA, run where a GPU is lent
 )
 
 

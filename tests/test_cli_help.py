@@ -14,7 +14,7 @@ from autoplat.core.registry import get_registry
 # subcommands every install has: autoplat's own, and those its first-party plugins add
 EXPECTED = {
     "search", "al", "curate", "runs", "show", "experts", "export", "predict", "delete", "copy",
-    "export-optuna", "plugins", "tui", "metaclip-metadata",
+    "export-optuna", "plugins", "tui", "metaclip-metadata", "av-superb",
 }  # fmt: skip
 METAVARS = {
     "--storage": "URL",

@@ -161,10 +161,10 @@ def test_part_of_speech_filters():
 
 
 @needs_wordnet
-def test_every_filter_on_real_alt_texts():
+def test_every_filter_on_real_alt_texts(tmp_path):
     """Two real alt-texts (rows 1 and 9901 of the file), their 14 filters checked by hand."""
     scorer = TextQuality(TextQualityOptions(weights={"stop_words": 1}, pos="wordnet"))
-    scorer.setup(bare_context())
+    scorer.setup(bare_context(tmp_path))
     line = "Looking downstream, the river channel curves into a dark band of bare trees."
     assert set(scorer.analyse([line])["bits"].tolist()) == {(1 << len(FILTERS)) - 1}
     bits = int(scorer.analyse(["Tavern Brawl by velinov"])["bits"][0])
@@ -410,10 +410,10 @@ def test_keep_does_not_depend_on_chunking(fitted, alt_texts):
     np.testing.assert_array_equal(parts["score"], whole["score"])
 
 
-def test_resume_from_state(fitted, alt_texts):
+def test_resume_from_state(fitted, alt_texts, tmp_path):
     scorer, columns = fitted
     resumed = TextQuality(TextQualityOptions(prune_percentile=20), seed=3)
-    resumed.setup(bare_context())
+    resumed.setup(bare_context(tmp_path))
     resumed.load_state(scorer.state())
     out = resumed.score(Chunk(ids=np.arange(1000, 2000), text=alt_texts[1000:]))
     np.testing.assert_array_equal(out["keep"], columns["keep"][1000:])
@@ -504,10 +504,10 @@ def test_bad_options_in_a_config(tmp_path, options, message):
         ({"pos": "wordnet", "wordnet_dir": "/no/wordnet"}, "no WordNet index files"),
     ],
 )
-def test_bad_options_at_setup(options, message):
+def test_bad_options_at_setup(options, message, tmp_path):
     scorer = TextQuality(TextQualityOptions(**options))
     with pytest.raises(ConfigError, match=message):
-        scorer.setup(bare_context())
+        scorer.setup(bare_context(tmp_path))
 
 
 # -- the Hugging Face model, with a tiny random GPT-2 built here ---------------------------

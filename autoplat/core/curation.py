@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -51,7 +52,9 @@ def run_scorer(
     For tests and notebooks; ``platform curate`` does the same over files, resumably.
     Chunks without embeddings get them from ``context.embed`` when the scorer needs them.
     """
-    context = context or bare_context()
+    if context is None:
+        with tempfile.TemporaryDirectory(prefix="autoplat-curate-") as work:
+            return run_scorer(scorer, chunks, bare_context(Path(work)))
     if "embedding" in scorer.needs:
         for chunk in chunks:
             if chunk.embeddings is None and len(chunk):
@@ -67,11 +70,9 @@ def run_scorer(
     return {name: np.concatenate([part[name] for part in parts]) for name in names}
 
 
-def bare_context(work_dir: Path | None = None, seed: int = 0) -> CurationContext:
-    """A context with no embedder and no other files (scorers that need neither)."""
-    import tempfile
-
-    from autoplat.core.errors import ConfigError
+def bare_context(work_dir: Path, seed: int = 0) -> CurationContext:
+    """A context with no embedder and no other files (scorers that need neither), whose
+    scorers keep their files under ``work_dir``."""
 
     def no_embedder(items: list[str]) -> np.ndarray:
         raise ConfigError("this scorer needs embeddings: add an [embedder] section")
@@ -82,7 +83,7 @@ def bare_context(work_dir: Path | None = None, seed: int = 0) -> CurationContext
     return CurationContext(
         embed=no_embedder,
         read_texts=no_files,
-        work_dir=work_dir or Path(tempfile.mkdtemp(prefix="autoplat-curate-")),
+        work_dir=work_dir,
         seed=seed,
     )
 

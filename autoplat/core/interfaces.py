@@ -149,6 +149,26 @@ def floats(
     return Range(float, low, high, open_low, open_high)
 
 
+@dataclass(frozen=True)
+class Choices(Range):
+    """A categorical param: one of ``values`` (checked at config time against every
+    choice a [space] list gives, as a Range is against its ends)."""
+
+    kind: type = str
+    values: tuple[Any, ...] = ()
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+    def contains(self, value: Any) -> bool:
+        return any(value == v and type(value) is type(v) for v in self.values)
+
+
+def one_of(*values: Any) -> Choices:
+    """A categorical param taking one of ``values``."""
+    return Choices(values=values)
+
+
 ALLOCATION = "the cap prevents absurd allocations"
 SIZE = ints(1, 65_536, ALLOCATION)  # widths, channels, embedding sizes
 LAYERS = ints(1, 1024, ALLOCATION)  # depths, layers, heads

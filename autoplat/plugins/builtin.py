@@ -12,6 +12,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 
 from autoplat.core.hookspecs import Command, Register, hookimpl, lazy
+from autoplat.plugins.av_superb_command import AV_SUPERB
 from autoplat.plugins.scorers.embedding.experts_command import EXPERTS
 from autoplat.plugins.scorers.metaclip_command import METADATA
 
@@ -51,7 +52,13 @@ latent_diffusion = builtin(
     architectures={"latent-diffusion": f"{A}.latent_diffusion:LatentDiffusion"}
 )
 audio = builtin(architectures={"audio": f"{A}.audio:Audio"})
-audio_visual = builtin(architectures={"audio-visual": f"{A}.audio_visual:AudioVisual"})
+audio_visual = builtin(
+    commands=(AV_SUPERB,),
+    architectures={
+        "audio-visual": f"{A}.audio_visual:AudioVisual",
+        "av-superb": f"{A}.av_superb:AVSuperb",
+    },
+)
 
 digits = builtin(datasets={"digits": f"{D}.digits:Digits"})
 mnist5k = builtin(datasets={"mnist5k": f"{D}.mnist5k:Mnist5k"})
@@ -70,6 +77,7 @@ audio_datasets = builtin(
         "sound-events": f"{D}.audio:SoundEvents",
         "audio-visual-events": f"{D}.audio:AudioVisualEvents",
         "audio-folder": f"{D}.audio:AudioFolder",
+        "av-suite": f"{D}.av_suite:AVSuite",
     }
 )
 
