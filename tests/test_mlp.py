@@ -92,7 +92,7 @@ def test_defaults_fill_missing_params() -> None:
         ({"depth": -1}, "depth must be an integer in [1, 1024]"),
         ({"dropout": 1.0}, "dropout must be a number in [0, 1), got 1.0"),
         ({"dropout": "0.1"}, "dropout must be a number in [0, 1), got '0.1'"),
-        ({"activation": "tanh"}, "activation must be one of gelu, relu, got 'tanh'"),
+        ({"activation": "tanh"}, "activation must be one of 'gelu', 'relu', got 'tanh'"),
     ],
 )
 def test_check_params_refuses_bad_values(params: dict, fragment: str) -> None:

@@ -58,6 +58,7 @@ from autoplat.core.interfaces import (
     OnnxPart,
     Range,
     Splits,
+    one_of,
 )
 from autoplat.core.training import (
     EVAL_BATCH_SIZE,
@@ -328,6 +329,7 @@ class AudioVisual(Architecture):
         "depth": LAYERS,
         "audio_patch": PATCH,
         "image_patch": PATCH,
+        "fusion": one_of(*FUSIONS),
     }
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
@@ -337,8 +339,6 @@ class AudioVisual(Architecture):
         p = {**self.defaults, **params}
         if (reason := self.range_problem(p)) is not None:
             return reason
-        if p["fusion"] not in FUSIONS:
-            return f"audio-visual: fusion must be one of {', '.join(FUSIONS)}, got {p['fusion']!r}"
         problem = frontend_problem(p, "audio-visual", spec)
         if problem:
             return problem

@@ -51,6 +51,7 @@ from autoplat.core.interfaces import (
     Range,
     Splits,
     floats,
+    one_of,
 )
 from autoplat.core.training import (
     EVAL_BATCH_SIZE,
@@ -355,6 +356,8 @@ class CLIP(Architecture):
         "dropout": DROPOUT,
         "embed_dim": SIZE,
         "temperature_init": floats(0, 1, open_low=True),
+        "image_tower": one_of("vit", "cnn"),
+        "text_pooling": one_of("eos", "mean"),
     }
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
@@ -364,10 +367,6 @@ class CLIP(Architecture):
         p = {**self.defaults, **params}
         if (reason := self.range_problem(p)) is not None:
             return reason
-        if p["image_tower"] not in ("vit", "cnn"):
-            return f"clip: image_tower must be 'vit' or 'cnn', got {p['image_tower']!r}"
-        if p["text_pooling"] not in ("eos", "mean"):
-            return f"clip: text_pooling must be 'eos' or 'mean', got {p['text_pooling']!r}"
         if p["image_tower"] == "vit" and p["image_width"] % p["image_heads"]:
             return (
                 f"clip: image_width {p['image_width']} is not divisible by image_heads "

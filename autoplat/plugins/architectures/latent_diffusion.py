@@ -86,6 +86,7 @@ from autoplat.core.interfaces import (
     Splits,
     floats,
     ints,
+    one_of,
 )
 from autoplat.core.training import (
     EVAL_BATCH_SIZE,
@@ -866,6 +867,8 @@ class LatentDiffusion(Architecture):
         "dit_depth": LAYERS,
         "dit_heads": LAYERS,
         "dit_patch": PATCH,
+        "denoiser": one_of(*DENOISERS),
+        "beta_schedule": one_of(*BETA_SCHEDULES),
         "timesteps": ints(2, 100_000, ALLOCATION),
         "ae_epochs": EPOCHS,
         "ae_lr": POSITIVE,
@@ -882,13 +885,6 @@ class LatentDiffusion(Architecture):
         if (reason := self.unknown_params(params)) is not None:
             return reason
         p = {**self.defaults, **params}
-        if p["denoiser"] not in DENOISERS:
-            return f"latent-diffusion: denoiser must be 'unet' or 'dit', got {p['denoiser']!r}"
-        if p["beta_schedule"] not in BETA_SCHEDULES:
-            return (
-                f"latent-diffusion: beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, "
-                f"got {p['beta_schedule']!r}"
-            )
         if (reason := self.range_problem(p)) is not None:
             return reason
         if p["denoiser"] == "dit" and (p["dit_width"] % p["dit_heads"] or p["dit_width"] % 4):

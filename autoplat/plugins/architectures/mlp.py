@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from autoplat.core.interfaces import DROPOUT, LAYERS, SIZE, Architecture, DataSpec, Range
+from autoplat.core.interfaces import DROPOUT, LAYERS, SIZE, Architecture, DataSpec, Range, one_of
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU}
 
@@ -59,19 +59,12 @@ class MLP(Architecture):
         "hidden": SIZE,
         "depth": LAYERS,
         "dropout": DROPOUT,
+        "activation": one_of(*sorted(ACTIVATIONS)),
     }
 
     def check_params(self, params: dict[str, Any], spec: DataSpec | None = None) -> str | None:
         """Why these params cannot build an MLP, or None (any input shape is flattened)."""
-        p = {**self.defaults, **params}
-        if (reason := self.range_problem(p)) is not None:
-            return reason
-        if p["activation"] not in ACTIVATIONS:
-            return (
-                f"mlp: activation must be one of {', '.join(sorted(ACTIVATIONS))}, "
-                f"got {p['activation']!r}"
-            )
-        return None
+        return self.range_problem({**self.defaults, **params})
 
     def build(self, params: dict[str, Any], spec: DataSpec) -> nn.Module:
         """Build the model; params missing from ``params`` take ``defaults``.
