@@ -49,7 +49,10 @@ clip = builtin(architectures={"clip": f"{A}.clip:CLIP"})
 video_text = builtin(architectures={"video-text": f"{A}.video_text:VideoText"})
 dino = builtin(architectures={"dino": f"{A}.dino:DINO"})
 latent_diffusion = builtin(
-    architectures={"latent-diffusion": f"{A}.latent_diffusion:LatentDiffusion"}
+    architectures={
+        "latent-diffusion": f"{A}.latent_diffusion:LatentDiffusion",
+        "scene-transfer": f"{A}.scene_transfer:SceneTransfer",
+    }
 )
 audio = builtin(architectures={"audio": f"{A}.audio:Audio"})
 audio_visual = builtin(
@@ -77,6 +80,8 @@ audio_datasets = builtin(
         "sound-events": f"{D}.audio:SoundEvents",
         "audio-visual-events": f"{D}.audio:AudioVisualEvents",
         "audio-folder": f"{D}.audio:AudioFolder",
+        "av-scenes": f"{D}.av_scenes:AVScenes",
+        "av-folder": f"{D}.av_scenes:AVFolder",
         "av-suite": f"{D}.av_suite:AVSuite",
     }
 )

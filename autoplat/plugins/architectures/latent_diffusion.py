@@ -26,8 +26,8 @@ audio-visual speech paper (condition on a clip's features, generate its spectrog
 an option through ``image-folder``: save each clip's log-mel spectrogram as a grey PNG in
 a folder named after its condition (e.g. the scene or speaker), and the same model
 learns to generate spectrograms per condition; examples/latent_diffusion_spectrograms.toml
-shows the config. Conditioning on continuous clip features (rather than a class) is not
-built.
+shows the config. Conditioning on continuous clip features (rather than a class) is
+scene_transfer.py's (audio-visual scene transfer, built on these pieces).
 
 Metrics (``val_*`` every epoch, ``test_*`` on the last):
 
