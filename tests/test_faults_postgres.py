@@ -48,7 +48,7 @@ def _wait_for(condition, timeout: float = 300.0) -> None:
 @pytest.mark.slow
 @pytest.mark.faults
 def test_kill_9_second_driver_and_resume_on_postgres(write_config, tmp_path, pg_url, ray_address):
-    path = write_config(name="pgkill", trials=3, epochs=60, extra="max_concurrent = 1\n")
+    path = write_config(name="pgkill", trials=2, epochs=20, extra="max_concurrent = 1\n")
     search = [*PLATFORM, "search", str(path), "--storage", pg_url]
     first = subprocess.Popen(
         search,
@@ -77,7 +77,7 @@ def test_kill_9_second_driver_and_resume_on_postgres(write_config, tmp_path, pg_
     study = store.get_study("pgkill")
     assert study.state == StudyState.RUNNING  # what kill -9 leaves behind
     before = {t.number: t.params for t in _completed(pg_url, "pgkill")}
-    assert 1 <= len(before) < 3
+    assert len(before) == 1  # trial 1 was training when the driver died
 
     resumed = subprocess.run(
         [*search, "--resume", "--address", ray_address],
@@ -92,8 +92,8 @@ def test_kill_9_second_driver_and_resume_on_postgres(write_config, tmp_path, pg_
     assert f":{password}@" not in resumed.stdout + resumed.stderr  # the password stays hidden
     trials = store.trials(study.id)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(done) == 3
+    assert len(done) == 2
     assert {t.number: t.params for t in trials if t.number in before} == before
-    assert len({params_key(t.params_dict) for t in done}) == 3
+    assert len({params_key(t.params_dict) for t in done}) == 2
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.INTERRUPTED}
     assert store.get_study("pgkill").state == StudyState.FINISHED

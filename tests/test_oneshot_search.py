@@ -59,7 +59,9 @@ def test_darts_supernet_then_derived_cell_trained_and_resume_is_a_no_op(
     shown = json.loads(run_platform("show", "darts-digits", "--storage", url, "--json").stdout)
     assert shown["best"]["number"] == trained[0].number
 
-    again = run_platform("search", str(config), "--storage", url, "--resume")
+    again = run_platform(
+        "search", str(config), "--storage", url, "--resume", "--address", ray_address
+    )
     assert again.returncode == 0, again.stderr
     assert len(Store(url).trials(study.id)) == 2  # nothing retrained
 
