@@ -153,6 +153,7 @@ def test_exports_to_onnx_with_two_inputs(pairs) -> None:
 
 
 # -- training and probes ------------------------------------------------------------------------
+@pytest.mark.slow  # trains for seconds
 def test_mid_fusion_learns_and_fused_beats_each_modality(trained_mid) -> None:
     _, reports = trained_mid
     final = reports[-1]
@@ -186,6 +187,7 @@ def test_early_and_late_fusion_train(pairs, fusion: str) -> None:
 
 
 # -- robustness ----------------------------------------------------------------------------------
+@pytest.mark.slow  # trains for seconds
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("attack", ["audio", "image", "both"])
 def test_pgd_budget_per_modality(trained_mid, pairs, norm: str, attack: str) -> None:
@@ -208,6 +210,7 @@ def test_pgd_budget_per_modality(trained_mid, pairs, norm: str, attack: str) -> 
         assert float(adv.min()) >= lo and float(adv.max()) <= hi
 
 
+@pytest.mark.slow  # trains for seconds
 def test_attacking_both_modalities_sweeps_down(trained_mid, pairs) -> None:
     model, _ = trained_mid
     audio, images, labels = (t[:64] for t in pairs.test)

@@ -195,6 +195,7 @@ def trained(suite: Splits) -> dict[str, dict[str, float]]:
     return out
 
 
+@pytest.mark.slow  # trains for seconds
 def test_a_real_trial_probes_every_task_and_modality(trained) -> None:
     metrics = trained["contrastive"]
     assert metrics["reports"] == HP["epochs"]
@@ -214,6 +215,7 @@ def test_a_real_trial_probes_every_task_and_modality(trained) -> None:
         assert abs(score["corr", "audio"] - CHANCE["corr"]) < 1e-6  # each audio in both classes
 
 
+@pytest.mark.slow  # trains for seconds
 def test_the_random_baseline_reports_once(trained) -> None:
     assert trained["none"]["reports"] == 1 and "train_loss" not in trained["none"]
 

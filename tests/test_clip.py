@@ -209,6 +209,7 @@ def test_check_params_refuses_bad_params_and_classification_data() -> None:
 
 
 # -- training ---------------------------------------------------------------------------------
+@pytest.mark.slow  # trains for seconds
 def test_clip_learns_shapes() -> None:
     splits = Shapes().load(
         ShapesOptions(n_train=1500, n_val=200, n_test=200, image_size=16, noise=0.0), seed=0

@@ -109,6 +109,7 @@ def trained(digits: Splits, cache_dir, tmp_path_factory: pytest.TempPathFactory)
     }
 
 
+@pytest.mark.slow  # trains for seconds
 def test_autoencoder_reconstruction_loss_falls(trained) -> None:
     final = trained["final"]
     assert final["val_recon_loss"] < 0.3 * trained["untrained_recon"], (
@@ -119,6 +120,7 @@ def test_autoencoder_reconstruction_loss_falls(trained) -> None:
     assert not any(p.requires_grad for p in trained["model"].autoencoder.parameters())
 
 
+@pytest.mark.slow  # trains for seconds
 def test_denoising_loss_falls(trained) -> None:
     reports = trained["reports"]
     assert len(reports) == TRAIN["epochs"]
@@ -128,6 +130,7 @@ def test_denoising_loss_falls(trained) -> None:
     assert not any(k.startswith("test_") for k in reports[0])
 
 
+@pytest.mark.slow  # trains for seconds
 def test_guided_samples_are_recognized_as_their_class(trained) -> None:
     final, base = trained["final"], trained["baseline"]
     print(
@@ -163,6 +166,7 @@ def test_dit_samples_are_recognized_as_their_class(trained, digits: Splits, cach
     assert final["val_sample_accuracy"] >= unet["val_sample_accuracy"] - 0.1
 
 
+@pytest.mark.slow  # trains for seconds
 def test_sample_grid_is_a_png_with_a_row_per_class(trained) -> None:
     path = trained["final"]["artifact_samples"]
     with Image.open(path) as image:
@@ -171,10 +175,11 @@ def test_sample_grid_is_a_png_with_a_row_per_class(trained) -> None:
     assert height == 10 * 9 * 4 and width == 5 * 9 * 4  # 10 classes x 5 samples, 8+1 px x4
 
 
+@pytest.mark.slow  # trains for seconds (unless an earlier test of the module did)
 def test_fixed_classifier_is_cached_and_accurate(digits: Splits, cache_dir) -> None:
+    first = fixed_classifier(digits, CPU, cache_dir)
     files = list(cache_dir.glob("classifier-*.pt"))
     assert len(files) == 1  # trained once for the module, loaded by every later call
-    first = fixed_classifier(digits, CPU, cache_dir)
     logits, features = first(digits.val[0])
     assert features.shape == (len(digits.val[0]), 128)
     assert (logits.argmax(1) == digits.val[1]).float().mean() > 0.9
@@ -276,6 +281,7 @@ def test_denoiser_lr_warms_up_then_decays() -> None:
     assert lrs[-1] < 0.1e-3  # cosine to zero at the end
 
 
+@pytest.mark.slow  # trains for seconds
 def test_training_samples_with_the_ema_weights(digits: Splits, cache_dir) -> None:
     """The trainer averages every optimizer step and leaves the average in the model, so
     the test metrics and the checkpoint use the weights sampling used."""

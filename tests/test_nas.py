@@ -130,6 +130,7 @@ def search(strategy: Strategy, table: NB201Table, queries: int, seed: int) -> fl
     return table.mean_accuracy(best[1])
 
 
+@pytest.mark.slow  # trains for seconds
 @needs_table
 @pytest.mark.parametrize(
     ("cls", "options"),
@@ -173,6 +174,7 @@ def batched(strategy: Strategy, table: NB201Table, seed: int) -> tuple[float, li
     return table.mean_accuracy(best[1]), asked
 
 
+@pytest.mark.slow  # trains for seconds
 @needs_table
 @pytest.mark.parametrize("cls", [LocalSearch, Bananas])
 def test_concurrent_asks_are_distinct_and_still_climb(cls: type[Strategy]):

@@ -120,6 +120,7 @@ def test_net_channels_and_stages() -> None:
     assert net.head.in_features == 32 and net(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
 
+@pytest.mark.slow  # trains for seconds
 def test_good_cell_beats_disconnected_on_digits() -> None:
     dataset = Digits()
     splits = dataset.load(dataset.Options(), 0)

@@ -102,6 +102,7 @@ def test_same_seed_same_search(cls: type[OneShot], options, splits: Splits) -> N
     assert [epoch for epoch, _ in first[1]] == list(range(1, options.epochs + 1))
 
 
+@pytest.mark.slow  # trains for seconds
 def test_spos_derived_params_train_as_nb201(splits: Splits) -> None:
     space = nb201_space()
     spos = SPOS(space, options=TINY_SPOS.model_copy(update={"top_k": 3}), **NB)
@@ -118,6 +119,7 @@ def test_spos_derived_params_train_as_nb201(splits: Splits) -> None:
     assert metrics["test_accuracy"] > 0.3  # a real net on digits, 10 classes, 2 epochs
 
 
+@pytest.mark.slow  # trains for seconds
 def test_spos_evolution_beats_random_cells(splits: Splits) -> None:
     spos = SPOS(nb201_space(), options=TINY_SPOS.model_copy(update={"top_k": 3}), **NB)
     derived, _ = run(spos, splits)
@@ -134,6 +136,7 @@ def test_spos_evolution_beats_random_cells(splits: Splits) -> None:
     assert best_accuracy > random_accuracy
 
 
+@pytest.mark.slow  # trains for seconds
 def test_darts_moves_alpha_and_derives_its_argmax(splits: Splits) -> None:
     ops = ["skip_connect", "nor_conv_1x1", "nor_conv_3x3"]
     space = nb201_space(**dict.fromkeys(EDGES[1:], ops), edge_1_0="nor_conv_3x3")
@@ -320,6 +323,7 @@ def test_darts_second_order_is_the_unrolled_gradient() -> None:
     torch.testing.assert_close(approx, exact, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.slow  # trains for seconds
 def test_darts_second_order_search_runs(splits: Splits) -> None:
     small = dataclasses.replace(splits, train=tuple(t[:384] for t in splits.train))
     alphas = {}

@@ -345,6 +345,7 @@ def trained(scenes: Splits, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"model": model, "final": final, "reports": reports, "folder": folder}
 
 
+@pytest.mark.slow  # trains for seconds
 def test_training_reports_finite_metrics_and_beats_the_input(trained: dict) -> None:
     final, reports = trained["final"], trained["reports"]
     assert len(reports) == TRAIN["epochs"]
@@ -361,6 +362,7 @@ def test_training_reports_finite_metrics_and_beats_the_input(trained: dict) -> N
     assert final["val_recon_distance"] < final["val_input_distance"]
 
 
+@pytest.mark.slow  # trains for seconds
 def test_artifacts_are_wavs_and_a_spectrogram_png(trained: dict) -> None:
     final = trained["final"]
     paths = {k: Path(v) for k, v in final.items() if k.startswith("artifact_")}
