@@ -75,6 +75,10 @@ def _strategies() -> dict[str, Callable[[SearchSpace, int], Strategy]]:
         "reinforce": lambda space, seed: Reinforce(space, "maximize", seed),
         "local": lambda space, seed: LocalSearch(space, "maximize", seed),
         "bananas": lambda space, seed: Bananas(space, "maximize", seed),
+        # 5 random trials before the predictor instead of the paper's 10
+        "bananas-i5": lambda space, seed: Bananas(
+            space, "maximize", seed, Bananas.Options(n_init=5)
+        ),
     }
 
 

@@ -12,8 +12,8 @@ median training time on the others (``--budget evals``: queries only). The run r
 its best observed config, scored by its seed-mean value; regret = |optimum - score|
 (accuracy points for the accuracy tables, MSE for HPOlib).
 
-Rows: our strategies (random, evolution, local, reinforce, tpe, tpe-random, bananas, and
-``bananas-i5``: BANANAS with 5 random trials before the predictor instead of 10; ``bohb``
+Rows: our strategies (random, evolution, local, reinforce, tpe, tpe-random, bananas with
+its defaults, and ``bananas-i5``: 5 random trials before the predictor instead of 10; ``bohb``
 is ``tpe-random`` on a one-fidelity table; ``grid`` is not sensible at 100 queries of a
 15,625-62,208-point grid: in product order it only varies the last dimensions) and
 references in the same run: Optuna's TPE, GP and CMA-ES samplers and SMAC3's HPO facade
@@ -22,13 +22,15 @@ references in the same run: Optuna's TPE, GP and CMA-ES samplers and SMAC3's HPO
 ``--nni-python`` (a venv with nni 3.0: nni pins filelock<3.12, so it stays out of ours).
 References see numeric grids as ordinal (an integer index), which is what a user would
 write (CMA-ES samples string choices, so all of NAS-Bench-201, at random); our strategies
-see every grid as categorical. Output: mean regret per table and each strategy's rank per
-table (by mean regret) averaged over the tables. Usage::
+see every grid as categorical (BANANAS' predictor encodes a numeric grid by rank).
+Output: mean regret per table and each strategy's rank per table (by mean regret)
+averaged over the tables. Usage::
 
     python benchmarks/strategies_tables.py --seeds 10 --fewer-seeds optuna-gp=2 smac=4 \
         --nni-python /tmp/nni-venv/bin/python --rows runs.jsonl --json tables.json
     python benchmarks/strategies_tables.py --quick          # 2 seeds, 3 tables, cheap rows
     python benchmarks/strategies_tables.py --summarize runs.jsonl   # the tables again
+    python benchmarks/strategies_tables.py --summarize old.jsonl new.jsonl  # new rows win
 """
 
 from __future__ import annotations
@@ -290,6 +292,16 @@ def read_rows(rows_file: Path) -> list[tuple]:
     return [tuple(json.loads(line)) for line in rows_file.read_text().splitlines()]
 
 
+def merge_rows(files: list[Path]) -> list[tuple]:
+    """The runs of several --rows files; a later file's run of the same (strategy, table,
+    seed) replaces an earlier one (rerun rows after a strategy changed)."""
+    rows: dict[tuple, tuple] = {}
+    for rows_file in files:
+        for row in read_rows(rows_file):
+            rows[tuple(row[:3])] = row
+    return list(rows.values())
+
+
 def run_all(names, tables, seeds, evals, time_factor, jobs, rows_file: Path) -> None:
     """Every run not yet in ``rows_file`` (a resumed benchmark skips those), seed 0 of every
     (strategy, table) first; ``seeds`` maps a strategy to its number of seeds. Each finished
@@ -434,11 +446,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rows", type=Path, help="append each run here (JSON lines); runs already there are kept"
     )
-    parser.add_argument("--summarize", type=Path, help="only print the table of a --rows file")
+    parser.add_argument(
+        "--summarize",
+        type=Path,
+        nargs="+",
+        help="only print the table of --rows files (a run in a later file replaces the same "
+        "strategy, table and seed in an earlier one)",
+    )
     parser.add_argument("--rows-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.summarize:
-        report(read_rows(args.summarize))
+        report(merge_rows(args.summarize))
         return 0
 
     tables = args.tables or (

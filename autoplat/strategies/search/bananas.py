@@ -19,12 +19,25 @@ from autoplat.core.interfaces import Strategy
 from autoplat.core.space import Categorical, FloatRange, IntRange, ParamsKey, params_key
 
 
-def encode(space_dims: dict[str, Any], params: dict[str, Any]) -> list[float]:
-    """One-hot for categoricals, position in [0, 1] (log-scaled if log) for ranges."""
+def numeric_grid(dim: Any) -> bool:
+    """A categorical whose choices are all numbers (not bools): an ordered grid."""
+    return isinstance(dim, Categorical) and all(
+        isinstance(c, int | float) and not isinstance(c, bool) for c in dim.choices
+    )
+
+
+def encode(
+    space_dims: dict[str, Any], params: dict[str, Any], ordinal: bool = False
+) -> list[float]:
+    """One-hot for categoricals, position in [0, 1] (log-scaled if log) for ranges; with
+    ``ordinal``, a numeric grid is its value's rank among the sorted choices, in [0, 1]."""
     features: list[float] = []
     for key, dim in space_dims.items():
         value = params[key]
-        if isinstance(dim, Categorical):
+        if ordinal and numeric_grid(dim):
+            ranked = sorted(dim.choices)
+            features.append(ranked.index(value) / max(1, len(ranked) - 1))
+        elif isinstance(dim, Categorical):
             features += [float(c == value) for c in dim.choices]
         elif isinstance(dim, IntRange | FloatRange):
             low, high, x = dim.low, dim.high, value
@@ -96,10 +109,14 @@ class Bananas(Strategy):
     ``ensemble`` MLPs (on the standardized values of all completed trials; full-batch Adam
     for ``steps`` steps, in numpy) and proposes, among ``candidates`` one-dimension mutations
     of the ``parents`` best trials that were never asked, the one maximizing the
-    acquisition: expected improvement over the best value (``ei``, the default) under a
-    normal with the ensemble's mean and spread per candidate, or independent Thompson
-    sampling (``its``: one draw from that normal per candidate). Failed trials are left
-    out of the fit. Weight init and sampling follow the seed: the search is reproducible.
+    acquisition: expected improvement over the best value under a normal with the
+    ensemble's mean and spread per candidate (``ei``, the default: better than the paper's
+    choice on NAS-Bench-201, docs/fidelity.md), or independent Thompson sampling (``its``,
+    the paper's: one draw per candidate from that normal). Params are one-hot per
+    categorical and a position in [0, 1] per range; a categorical of numbers (a grid) is
+    its value's rank among the choices (``numeric_grids = "ordinal"``, the default) or
+    one-hot. Failed trials are left out of the fit. Weight init and sampling follow the
+    seed: the search is reproducible.
     """
 
     name = "bananas"
@@ -113,6 +130,10 @@ class Bananas(Strategy):
         lr: float = Field(0.01, gt=0, description="Adam learning rate")
         parents: int = Field(10, ge=1, description="how many of the best trials are mutated")
         candidates: int = Field(100, ge=1, description="mutations scored per ask")
+        numeric_grids: Literal["ordinal", "onehot"] = Field(
+            "ordinal",
+            description="encode a categorical of numbers by its value's rank, or one-hot",
+        )
         acquisition: Literal["ei", "its"] = Field(
             "ei", description="expected improvement or independent Thompson sampling"
         )
@@ -164,14 +185,15 @@ class Bananas(Strategy):
 
     def _pick(self, candidates: list[dict[str, Any]]) -> dict[str, Any]:
         """The candidate with the highest acquisition value under a freshly fitted ensemble."""
-        x = np.array([encode(self._searchable, p) for p, _ in self.history])
+        o = self.options
+        ordinal = o.numeric_grids == "ordinal"
+        x = np.array([encode(self._searchable, p, ordinal) for p, _ in self.history])
         y = np.array([v for _, v in self.history])
         y = (y - y.mean()) / max(float(y.std()), 1e-8)
         rng = np.random.default_rng(self.rng.getrandbits(63))
-        o = self.options
         model = Ensemble(o.ensemble, x.shape[1], o.hidden, o.layers, rng)
         model.fit(x, y, o.steps, o.lr)
-        pred = model.predict(np.array([encode(self._searchable, c) for c in candidates]))
+        pred = model.predict(np.array([encode(self._searchable, c, ordinal) for c in candidates]))
         mean, std = pred.mean(0), np.maximum(pred.std(0), 1e-6)
         if o.acquisition == "its":
             score = mean + std * rng.standard_normal(len(candidates))
