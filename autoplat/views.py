@@ -8,6 +8,7 @@ from typing import Any
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 
 def fmt(value: Any) -> str:
@@ -30,7 +31,9 @@ def varying_keys(params: list[dict[str, Any]]) -> list[str]:
 
 
 def leaderboard(summary: dict[str, Any], top: int | None = None) -> Table:
-    """Completed trials ranked by value; the best also shows the metric on the test split."""
+    """Completed trials ranked by value; the best also shows the metric on the test split.
+    A study with a ``[baseline]`` (``summary["study"]["baseline"]``) gets its row last and
+    the best trial's margin over it as the caption."""
     study = summary["study"]
     metric = study["metric"]
     done = [t for t in summary["trials"] if t["state"] == "complete" and t["value"] is not None]
@@ -52,7 +55,48 @@ def leaderboard(summary: dict[str, Any], top: int | None = None) -> Table:
             f"{test:.4f}" if test is not None else "",
             duration,
         )
+    baseline = study.get("baseline")
+    if baseline:
+        add_baseline(table, baseline, done, metric, test_metric, study["direction"])
     return table
+
+
+def add_baseline(
+    table: Table,
+    baseline: dict[str, Any],
+    ranked: list[dict[str, Any]],
+    metric: str,
+    test_metric: str,
+    direction: str,
+) -> None:
+    """The ``[baseline]`` row (model, options, its scores, fit time) and, as the caption,
+    the best trial's margin over it and how many trials beat it."""
+    scores = [baseline.get(name) for name in (metric, test_metric)]
+    if table.rows:
+        table.rows[-1].end_section = True  # a line between the trials and the baseline
+    table.add_row(
+        "",
+        Text("[baseline]"),  # not markup
+        params_text({"model": baseline["model"], **baseline.get("options", {})}),
+        *(f"{v:.4f}" if v is not None else "" for v in scores),
+        f"{baseline['fit_s']:.1f}s",
+        style="italic",
+    )
+    if not ranked:
+        return
+    best = ranked[0]
+    values = (best["value"], best["metrics"].get(test_metric))
+    sign = 1 if direction == "maximize" else -1
+    margins = [
+        f"{sign * (ours - theirs):+.4f} {name}"
+        for name, ours, theirs in zip((metric, test_metric), values, scores, strict=True)
+        if ours is not None and theirs is not None
+    ]
+    if scores[0] is not None:
+        beat = sum(sign * (t["value"] - scores[0]) > 0 for t in ranked)
+        margins.append(f"{beat} of {len(ranked)} trials beat it on {metric}")
+    if margins:
+        table.caption = f"best trial {best['number']} vs baseline: " + ", ".join(margins)
 
 
 def pareto_table(summary: dict[str, Any]) -> Table:

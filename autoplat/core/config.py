@@ -109,6 +109,16 @@ class ResourcesSection(Section):
     max_failures: int = Field(0, ge=0, le=100)
 
 
+class BaselineSection(Section):
+    """``[baseline]``: a scikit-learn model fitted on the study's own split, shown as a row
+    of its leaderboard (autoplat/core/baseline.py)."""
+
+    model: Literal["logistic-regression", "svc", "random-forest", "most-frequent"]
+    C: float = Field(1.0, gt=0)  # logistic-regression, svc: inverse regularization strength
+    max_iter: int = Field(1000, ge=1, le=1_000_000)  # logistic-regression
+    n_estimators: int = Field(100, ge=1, le=10_000)  # random-forest: trees
+
+
 class PluginsSection(Section):
     """``[plugins] modules``: local plugin modules to load (files relative to the config
     file, or importable module names), as ``--plugin`` does."""
@@ -129,6 +139,7 @@ class Config(Section):
     strategy: StrategySection = Field(default_factory=StrategySection)
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
     resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    baseline: BaselineSection | None = None
 
 
 @dataclass
@@ -312,6 +323,7 @@ def load_config(path: str | Path, registry: Registry) -> Resolved:
     except ValidationError as exc:
         raise _validation_message(exc, Config, source) from None
     _check_form(config, source)
+    _check_baseline(config, raw, source)
     _first_objective(config, raw, source)
 
     def lookup(kind: str, name: str, loc: Loc) -> Any:
@@ -454,6 +466,29 @@ def _some_values(dim: Dimension, rng: random.Random, samples: int = 20) -> list[
         return [dim.sample(rng) for _ in range(samples)]
 
 
+def _check_baseline(config: Config, raw: dict[str, Any], source: _Source) -> None:
+    """A ``[baseline]`` needs data (not a ``[benchmark]``) and takes its model's options only."""
+    from autoplat.core.baseline import OPTIONS
+
+    if config.baseline is None:
+        return
+    if config.benchmark is not None:
+        raise source.error(
+            ("baseline",),
+            "a benchmark study looks its results up and has no data to fit a baseline on; "
+            "remove [baseline]",
+        )
+    model = config.baseline.model
+    for key in raw["baseline"]:
+        if key != "model" and key not in OPTIONS[model]:
+            takes = ", ".join(OPTIONS[model]) or "none"
+            raise source.error(
+                ("baseline", key),
+                f"baseline model '{model}' takes no option '{key}' (its options: {takes}); "
+                "remove it",
+            )
+
+
 def _check_form(config: Config, source: _Source) -> None:
     """Exactly one of the two forms: ``[architecture]`` + ``[dataset]``, or ``[benchmark]``."""
     model = config.architecture is not None or config.dataset is not None
@@ -515,6 +550,12 @@ def _resolve_model(config: Config, source: _Source, lookup: Lookup) -> dict[str,
         space = space.merged(_dataset_dims(config.space["dataset"], dataset, options, source))
     _check_ranges(space, arch, source)
     _check_buildable(space, arch, source)
+    if config.baseline is not None and arch.task != "classification":
+        raise source.error(
+            ("baseline",),
+            f"a baseline is a scikit-learn classifier, and architecture '{arch.name}' does "
+            f"{arch.task}; remove [baseline], or search a classification architecture",
+        )
     return {"architecture": arch, "dataset": dataset, "dataset_options": options, "space": space}
 
 

@@ -43,6 +43,7 @@ from autoplat.core.errors import StoreError, StoreFault
 
 SCHEMA_VERSION = 2  # 2: al_rounds gained seed and trial_id; trials gained attrs
 OBJECTIVES_KEY = "_objectives"  # in a stored search config: [[metric, direction], ...]
+BASELINE_KEY = "_baseline"  # in a stored search config: the [baseline] model and its scores
 
 
 class TrialState(enum.StrEnum):
@@ -462,7 +463,10 @@ class Database:
             "trials": rows,
             "best": best_row(rows, study.direction),
         }
-        objectives = json.loads(study.config or "{}").get(OBJECTIVES_KEY)
+        config = json.loads(study.config or "{}")
+        if BASELINE_KEY in config:
+            summary["study"]["baseline"] = config[BASELINE_KEY]
+        objectives = config.get(OBJECTIVES_KEY)
         if objectives:
             summary["study"]["objectives"] = dict(objectives)
             summary["pareto_front"] = pareto_front(rows, objectives)

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import select
 
+from autoplat.core.database import BASELINE_KEY, OBJECTIVES_KEY
 from autoplat.core.store import (
-    OBJECTIVES_KEY,
     Store,
     Study,
     Trial,
@@ -245,7 +245,8 @@ class StudyView:
     @property
     def config(self) -> dict[str, Any]:
         """The config the study ran with (a dict with the TOML's structure)."""
-        return {k: v for k, v in json.loads(self._study.config).items() if k != OBJECTIVES_KEY}
+        stored = json.loads(self._study.config).items()
+        return {k: v for k, v in stored if k not in (OBJECTIVES_KEY, BASELINE_KEY)}
 
     @property
     def objectives(self) -> list[tuple[str, str]]:

@@ -4,6 +4,7 @@ writer). Ray itself is run by autoplat.core.runner, which active learning shares
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoplat.core.baseline import fit_baseline
 from autoplat.core.config import Resolved, unbuildable
+from autoplat.core.database import BASELINE_KEY, OBJECTIVES_KEY
 from autoplat.core.errors import ConfigError, StoreError
 from autoplat.core.interfaces import OneShotStrategy, Splits, Strategy
 from autoplat.core.runner import (
@@ -32,7 +35,7 @@ from autoplat.core.runner import (
     trial_callback,
 )
 from autoplat.core.space import DATASET_PREFIX, SearchSpace, params_key, split_dataset_params
-from autoplat.core.store import OBJECTIVES_KEY, Store, Study, StudyState, Trial, TrialState
+from autoplat.core.store import Store, Study, StudyState, Trial, TrialState
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +82,25 @@ def trial_seed(study_seed: int, params: dict[str, Any]) -> int:
     )
 
 
-def check_data(resolved: Resolved) -> Splits | None:
-    """Load a model study's data once in the driver, so a DataError (a missing file, a
-    bad row) or a space none of whose params fit the data (a patch size that does not
-    divide the images) stops the search before Ray starts or anything is stored.
-    Returns the splits when they are small enough to ship to the workers
-    (``SHIP_SPLITS_BYTES``) and every trial uses them (no dataset params in the space)."""
+def load_data(resolved: Resolved) -> Splits | None:
+    """A model study's splits with its own dataset options (None: a benchmark study)."""
+    if resolved.dataset is None or resolved.dataset_options is None:
+        return None
+    return resolved.dataset.load(resolved.dataset_options, resolved.config.study.seed)
+
+
+def check_data(resolved: Resolved, splits: Splits | None = None) -> Splits | None:
+    """Load a model study's data once in the driver (or take its ``splits``, loaded by
+    ``load_data``), so a DataError (a missing file, a bad row) or a space none of whose
+    params fit the data (a patch size that does not divide the images) stops the search
+    before Ray starts or anything is stored. Returns the splits when they are small
+    enough to ship to the workers (``SHIP_SPLITS_BYTES``) and every trial uses them (no
+    dataset params in the space)."""
     if resolved.dataset is None or resolved.dataset_options is None:
         return None
     assert resolved.architecture is not None
-    splits = resolved.dataset.load(resolved.dataset_options, resolved.config.study.seed)
+    splits = splits or load_data(resolved)
+    assert splits is not None
     if any(name.startswith(DATASET_PREFIX) for name in resolved.space.dims):
         return None  # trials load the data with other options: their spec may differ
     reason = unbuildable(resolved.space, resolved.architecture, splits.spec)
@@ -538,12 +550,25 @@ def check_study(store: Store, resolved: Resolved, resume: bool) -> Study | None:
     return existing
 
 
-def create_study(store: Store, resolved: Resolved) -> int:
-    """Store a new search study; returns its id."""
+def prepare(resolved: Resolved, new: bool) -> tuple[Splits | None, dict | None]:
+    """A study's checked data (``check_data``: the splits to ship, or None) and, for a
+    ``new`` study with a ``[baseline]``, the baseline fitted on the study's split."""
+    loaded = load_data(resolved)
+    splits = check_data(resolved, loaded)
+    section = resolved.config.baseline
+    if not new or section is None:
+        return splits, None
+    return splits, fit_baseline(section, loaded, resolved.config.study.seed, resolved.path)
+
+
+def create_study(store: Store, resolved: Resolved, baseline: dict[str, Any] | None = None) -> int:
+    """Store a new search study (with its fitted ``[baseline]``); returns its id."""
     cfg = resolved.config.study
     stored = dict(resolved.raw)
     if cfg.objectives:  # with their directions, for show's Pareto front
         stored[OBJECTIVES_KEY] = resolved.objectives
+    if baseline is not None:
+        stored[BASELINE_KEY] = baseline
     return store.create_study(
         cfg.name,
         kind="search",
@@ -567,7 +592,8 @@ def reopen_study(store: Store, study_id: int, trials: int) -> list[Trial]:
 
 def _without_trials(raw: dict[str, Any]) -> dict[str, Any]:
     study = {k: v for k, v in raw.get("study", {}).items() if k != "trials"}
-    return {**{k: v for k, v in raw.items() if k != OBJECTIVES_KEY}, "study": study}
+    kept = {k: v for k, v in raw.items() if k not in (OBJECTIVES_KEY, BASELINE_KEY)}
+    return {**kept, "study": study}
 
 
 def _trainable(
@@ -617,13 +643,14 @@ def run_study(
 
     cfg = resolved.config
     existing = check_study(store, resolved, resume)
-    splits = check_data(resolved)
+    splits, baseline = prepare(resolved, new=existing is None)
 
     def start() -> None:  # before any write: a cluster that cannot run it leaves no trace
         start_ray(address, resolved.path, cfg.resources)
 
-    with driving(store, existing, start, lambda: create_study(store, resolved)) as study_id:
-        done = reopen_study(store, study_id, cfg.study.trials) if existing is not None else []
+    create = functools.partial(create_study, store, resolved, baseline)
+    with driving(store, existing, start, create) as study_id:
+        done = reopen_study(store, study_id, cfg.study.trials) if existing else []
         on_event = on_event or (lambda kind, data: None)
         _search(resolved, store, study_id, done, on_event, trainable, splits)
     return study_id
