@@ -6,6 +6,7 @@ them."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 import textwrap
@@ -160,5 +161,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def run() -> None:
+    """The console script: ``main``, then exit. After a command that loaded torch or Ray,
+    the exit handlers run (Ray's shutdown, logging, coverage) but the interpreter's
+    teardown of those libraries' objects is skipped: it took 1-3 s, and it could crash
+    (SIGSEGV) after a study had finished and been stored."""
+    code = main()
+    if "torch" in sys.modules or "ray" in sys.modules:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -202,31 +202,50 @@ PRUNABLE = {
 }
 
 
-HYPERBAND_PRUNES_NOTHING = pytest.mark.xfail(
-    strict=True,
-    reason="issue 24: with [scheduler] hyperband no trial stops early. Ray's synchronous "
-    "HyperBandScheduler PAUSEs trials at a rung and resumes the good ones; run_trial reports "
-    "no Tune checkpoint, so (as far as we can tell) a paused trial restarts from scratch and "
-    "runs to max_t, and the 2-epoch trials here finish before the decisions land. Needs "
-    "checkpoint/restore in study.run_trial (asha and median, which only stop, work)",
-)
+PACED = """
+import time
+
+from autoplat import hookimpl
+from autoplat.plugins.architectures.vit import ViT
 
 
-@pytest.mark.parametrize(
-    "scheduler",
-    ["asha", "median", pytest.param("hyperband", marks=HYPERBAND_PRUNES_NOTHING)],
-)
+class PacedViT(ViT):
+    \"\"\"A ViT whose epochs take at least 0.5 s, as real ones do: a scheduler's decision
+    on one epoch lands before the next (2 tiny epochs on digits can outrun it).\"\"\"
+
+    name = "paced-vit"
+
+    def train(self, model, splits, params, report, seed):
+        def paced(step, metrics):
+            time.sleep(0.5)
+            report(step, metrics)
+
+        return super().train(model, splits, params, paced, seed)
+
+
+@hookimpl
+def register_architectures(register):
+    register(PacedViT)
+"""
+
+
+@pytest.mark.parametrize("scheduler", ["asha", "median", "hyperband"])
 def test_schedulers_run_and_can_prune(write_config, tmp_path, ray_address, scheduler):
     """Good and hopeless learning rates in turn (a grid, one trial at a time where the
     scheduler allows): each scheduler stops a trial early, and a good one is the best.
     HyperBand at 2 epochs: Ray fills a bracket without halving (trials 0-1), then one
     that halves at epoch 1 (trials 2-3)."""
+    (tmp_path / "paced.py").write_text(PACED)
     path = write_config(name=scheduler, trials=4, epochs=2, strategy="grid")
     limit = "" if scheduler == "hyperband" else "max_concurrent = 1\n"  # hyperband pauses
     text = path.read_text().replace(
         "lr = { low = 1e-3, high = 5e-3, log = true }", "lr = [5e-3, 1e-7]"
     )
-    path.write_text(f'{text}{limit}\n[scheduler]\nname = "{scheduler}"\n{PRUNABLE[scheduler]}\n')
+    text = text.replace('name = "vit"', 'name = "paced-vit"')
+    path.write_text(
+        f'[plugins]\nmodules = ["paced.py"]\n{text}{limit}\n'
+        f'[scheduler]\nname = "{scheduler}"\n{PRUNABLE[scheduler]}\n'
+    )
     store = Store(f"sqlite:///{tmp_path}/s.db")
     run_study(load_config(path, get_registry()), store)
     trials = store.trials(store.get_study(scheduler).id)

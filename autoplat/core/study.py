@@ -290,7 +290,8 @@ def _searcher_class():
             return dict(params)
 
         def on_pause(self, trial_id: str) -> None:
-            """A HyperBand scheduler paused the trial at a budget (``HyperBandForBOHB``)."""
+            """A HyperBand scheduler paused the trial at a budget (``HyperBandForBOHB``,
+            ``PausingHyperBand``)."""
             self.paused.add(trial_id)
 
         def on_unpause(self, trial_id: str) -> None:
@@ -346,6 +347,28 @@ def strategy_searcher(
     return _searcher_class()(strategy, objectives, known)
 
 
+def _hyperband_class() -> type:
+    from ray.tune.schedulers import HyperBandScheduler, TrialScheduler
+
+    class PausingHyperBand(HyperBandScheduler):
+        """Ray's HyperBand telling the searcher which trials it pauses and resumes (as
+        Ray's HyperBandForBOHB does), so a paused trial does not count against the
+        concurrency limit: a bracket fills, and its trials are halved at each rung.
+        Without it the limit kept a bracket's other trials from starting, and the paused
+        ones were resumed to the end, so HyperBand stopped nothing."""
+
+        def on_trial_result(self, tune_controller, trial, result):
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action == TrialScheduler.PAUSE:
+                tune_controller.search_alg.searcher.on_pause(trial.trial_id)
+            return action
+
+        def _unpause_trial(self, tune_controller, trial):
+            tune_controller.search_alg.searcher.on_unpause(trial.trial_id)
+
+    return PausingHyperBand
+
+
 def make_scheduler(resolved: Resolved):
     """The Ray Tune trial scheduler chosen in ``[scheduler]``."""
     from ray.tune import schedulers
@@ -363,9 +386,7 @@ def make_scheduler(resolved: Resolved):
             **common,
         )
     if cfg.name == "hyperband":
-        return schedulers.HyperBandScheduler(
-            max_t=max_t, reduction_factor=cfg.reduction_factor, **common
-        )
+        return _hyperband_class()(max_t=max_t, reduction_factor=cfg.reduction_factor, **common)
     if cfg.name == "hyperband_bohb":  # pauses trials at budgets: see StrategySearcher.on_pause
         return schedulers.HyperBandForBOHB(
             max_t=max_t, reduction_factor=cfg.reduction_factor, **common
