@@ -112,10 +112,12 @@ class PlatformApp(App[str | None]):
         self._leaving = True
         self.exit(result)
 
-    def _watch_search(self) -> None:
+    async def _watch_search(self) -> None:
         if self._search_done or self.search.running():
             return
         self._search_done = True
+        if isinstance(self.screen, PollingScreen):  # its final state before the notice
+            await self.screen.refresh_once()
         code = self.search.process.returncode
         message = f"the {self.search.label} exited with code {code}; log: {self.search.log}"
         last = self.search.last_line()
