@@ -234,20 +234,23 @@ def test_schedulers_run_and_can_prune(write_config, tmp_path, ray_address, sched
     """Good and hopeless learning rates in turn (a grid, one trial at a time where the
     scheduler allows): each scheduler stops a trial early, and a good one is the best.
     HyperBand at 2 epochs: Ray fills a bracket without halving (trials 0-1), then one
-    that halves at epoch 1 (trials 2-3)."""
-    (tmp_path / "paced.py").write_text(PACED)
+    that halves at epoch 1 (trials 2-3). Through the CLI, so the paced plugin stays out
+    of this process's registry."""
+    plugin = tmp_path / "paced.py"
+    plugin.write_text(PACED)
     path = write_config(name=scheduler, trials=4, epochs=2, strategy="grid")
     limit = "" if scheduler == "hyperband" else "max_concurrent = 1\n"  # hyperband pauses
     text = path.read_text().replace(
         "lr = { low = 1e-3, high = 5e-3, log = true }", "lr = [5e-3, 1e-7]"
     )
     text = text.replace('name = "vit"', 'name = "paced-vit"')
-    path.write_text(
-        f'[plugins]\nmodules = ["paced.py"]\n{text}{limit}\n'
-        f'[scheduler]\nname = "{scheduler}"\n{PRUNABLE[scheduler]}\n'
+    path.write_text(f'{text}{limit}\n[scheduler]\nname = "{scheduler}"\n{PRUNABLE[scheduler]}\n')
+    url = f"sqlite:///{tmp_path}/s.db"
+    result = run_platform(
+        "search", str(path), "--storage", url, "--address", ray_address, "--plugin", str(plugin)
     )
-    store = Store(f"sqlite:///{tmp_path}/s.db")
-    run_study(load_config(path, get_registry()), store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    store = Store(url)
     trials = store.trials(store.get_study(scheduler).id)
     assert len(trials) == 4
     states = [t.state for t in trials]
