@@ -75,7 +75,7 @@ def run_platform(
         capture_output=True,
         text=True,
         cwd=cwd,
-        env={**os.environ, **env},
+        env={"PYTHONFAULTHANDLER": "1", **os.environ, **env},  # a crash prints its stacks
         timeout=timeout,
     )
 

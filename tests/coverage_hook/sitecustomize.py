@@ -1,7 +1,12 @@
 """Imported at the start of every Python process of `make test` (the Makefile puts this
 folder on PYTHONPATH): where coverage measures the process (its .pth started it, see
 [tool.coverage.run] in pyproject.toml), save the data every few seconds as well as at
-exit, because Ray ends its workers with SIGKILL, which no exit handler survives."""
+exit, because Ray ends its workers with SIGKILL, which no exit handler survives.
+
+Coverage's data file is not safe to write from two threads at once: a periodic save
+racing the exit save (its atexit handler or its os._exit patch) crashed the process with
+SIGSEGV inside sqlite about once per suite run. So every save of the process, coverage's
+own included, goes through one lock."""
 
 from __future__ import annotations
 
@@ -12,11 +17,11 @@ import time
 SAVE_EVERY_S = 2.0
 
 
-def _save_every(coverage, seconds: float) -> None:
+def _save_every(save, seconds: float) -> None:
     while True:
         time.sleep(seconds)
         with contextlib.suppress(Exception):  # a lost snapshot is made up by the next one
-            coverage.save()
+            save()
 
 
 def _start() -> None:
@@ -25,8 +30,17 @@ def _start() -> None:
     except ImportError:
         return
     current = coverage.Coverage.current()
-    if current is not None:
-        threading.Thread(target=_save_every, args=(current, SAVE_EVERY_S), daemon=True).start()
+    if current is None:
+        return
+    lock = threading.Lock()
+    unlocked_save = current.save
+
+    def save() -> None:
+        with lock:
+            unlocked_save()
+
+    current.save = save  # what coverage's exit handlers call, on this instance
+    threading.Thread(target=_save_every, args=(save, SAVE_EVERY_S), daemon=True).start()
 
 
 _start()
