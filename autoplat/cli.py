@@ -6,7 +6,7 @@ them."""
 from __future__ import annotations
 
 import argparse
-import logging
+import atexit
 import os
 import sys
 import textwrap
@@ -163,14 +163,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """The console script: ``main``, then exit. After a command that loaded torch or Ray,
-    logging and the standard streams are flushed and the process ends at once: Ray's exit
-    handler (disconnecting a driver from a cluster it joined) and the interpreter's
-    teardown of torch and Ray took 1-3 s and could crash (SIGSEGV, seen in CI) after the
-    study had finished and been stored. A local Ray the command started is already shut
-    down (``runner.shutdown_ray``); a joined cluster's raylet releases the driver."""
+    the exit handlers run (Ray's shutdown, logging, temporary files, coverage) but the
+    interpreter's teardown of those libraries' objects is skipped: it took 1-3 s."""
     code = main()
     if "torch" in sys.modules or "ray" in sys.modules:
-        logging.shutdown()
+        atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
