@@ -15,7 +15,7 @@ COVERAGE := COVERAGE_FILE=$(COVERAGE_DIR)/.coverage .venv/bin/coverage
 
 test: setup
 	rm -rf $(COVERAGE_DIR) && mkdir -p $(COVERAGE_DIR)
-	PYTHONPATH=$(CURDIR)/tests/coverage_hook $(COVERAGE) run -m pytest -q --durations=25
+	PYTHONPATH=$(CURDIR)/tests/coverage_hook $(COVERAGE) run -m pytest -q -n 2 --dist loadgroup --durations=25
 	.venv/bin/python -m pytest -q -p no:asyncio examples/plugin-template   # the template's own tests
 	$(COVERAGE) combine -q 2>/dev/null
 	$(COVERAGE) report > $(COVERAGE_DIR)/report.txt

@@ -61,6 +61,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup). Every test on
+# the PostgreSQL server shares one group, so they run one after another on one worker: one
+# of them restarts the server and another ends every session on it.
+POSTGRES_FIXTURES = frozenset({"pg_admin", "pg_url"})
+
+
+def uses_postgres(item: pytest.Item) -> bool:
+    """Whether ``item`` talks to AUTOPLAT_TEST_PG's server."""
+    callspec = getattr(item, "callspec", None)
+    on_server = callspec is not None and callspec.params.get("store_url") == "postgres"
+    return on_server or not POSTGRES_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if uses_postgres(item):
+            item.add_marker(pytest.mark.xdist_group("postgres"))
+
+
 # The marker guard: a test that starts Ray or a process must say so with
 # @pytest.mark.slow, so that `pytest -m "not slow"` really is the quick run. While an
 # unmarked test sets up or runs, an audit hook refuses every new process and Ray's entry

@@ -348,6 +348,7 @@ def strategy_searcher(
 
 
 def _hyperband_class() -> type:
+    from ray.tune.experiment import Trial
     from ray.tune.schedulers import HyperBandScheduler, TrialScheduler
 
     class PausingHyperBand(HyperBandScheduler):
@@ -365,6 +366,23 @@ def _hyperband_class() -> type:
 
         def _unpause_trial(self, tune_controller, trial):
             tune_controller.search_alg.searcher.on_unpause(trial.trial_id)
+
+        def choose_trial_to_run(self, tune_controller):
+            """Ray's choice; when nothing runs and nothing is ready, halve the brackets
+            that hold paused trials now (as HyperBandForBOHB does): the searcher has no
+            more trials to fill them, and their paused trials would wait for ever."""
+            chosen = super().choose_trial_to_run(tune_controller)
+            trials = tune_controller.get_trials()
+            if chosen is not None or any(t.status == Trial.RUNNING for t in trials):
+                return chosen
+            for band in self._hyperbands:
+                for bracket in band:
+                    paused = bracket and any(
+                        t.status == Trial.PAUSED for t in bracket.current_trials()
+                    )
+                    if paused:
+                        self._process_bracket(tune_controller, bracket)
+            return super().choose_trial_to_run(tune_controller)
 
     return PausingHyperBand
 

@@ -289,6 +289,34 @@ def train_audio_visual(
 
 
 # -- the architecture ---------------------------------------------------------------------------
+def encoder_problem(name: str, p: dict[str, Any], spec: DataSpec | None) -> str | None:
+    """Why the encoder params ``p`` (all given) cannot build an ``AudioVisualModel``, or
+    None; messages start with the architecture's ``name``."""
+    if (reason := frontend_problem(p, name, spec)) is not None:
+        return reason
+    if p["fusion"] == "mid" and p["depth"] < 2:
+        return f"{name}: mid fusion needs depth >= 2 (one block alone, one shared)"
+    if (reason := heads_problem(name, p["width"], p["heads"])) is not None:
+        return reason
+    if p["n_mels"] % p["audio_patch"]:
+        return f"{name}: audio_patch {p['audio_patch']} does not divide n_mels {p['n_mels']}"
+    return None
+
+
+def clip_and_frame_problem(
+    name: str, p: dict[str, Any], input_shape: tuple[int, ...]
+) -> str | None:
+    """Why clips and frames of ``input_shape`` (samples, C, H, W) do not fit ``p``, or None."""
+    samples, _, rows, cols = input_shape
+    if samples < p["n_fft"]:
+        return f"{name}: clips of {samples} samples are shorter than n_fft {p['n_fft']}"
+    if rows % p["image_patch"] or cols % p["image_patch"]:
+        return (
+            f"{name}: image_patch {p['image_patch']} does not divide the frame size {rows}x{cols}"
+        )
+    return None
+
+
 class AudioVisual(Architecture):
     """Audio + image towers with early/mid/late fusion; see the module docstring."""
 
@@ -339,17 +367,8 @@ class AudioVisual(Architecture):
         p = {**self.defaults, **params}
         if (reason := self.range_problem(p)) is not None:
             return reason
-        problem = frontend_problem(p, "audio-visual", spec)
-        if problem:
-            return problem
-        if p["fusion"] == "mid" and p["depth"] < 2:
-            return "audio-visual: mid fusion needs depth >= 2 (one block alone, one shared)"
-        if (reason := heads_problem("audio-visual", p["width"], p["heads"])) is not None:
+        if (reason := encoder_problem("audio-visual", p, spec)) is not None:
             return reason
-        if p["n_mels"] % p["audio_patch"]:
-            return (
-                f"audio-visual: audio_patch {p['audio_patch']} does not divide n_mels {p['n_mels']}"
-            )
         if spec is not None:
             if spec.modality != "audio-image" or len(spec.input_shape) != 4:
                 return (
@@ -357,14 +376,7 @@ class AudioVisual(Architecture):
                     f"got {spec.modality} data shaped {spec.input_shape}; for "
                     'audio-visual-events keep modality = "audio-image"'
                 )
-            samples, _, rows, cols = spec.input_shape
-            if samples < p["n_fft"]:
-                return f"audio-visual: clips of {samples} samples are shorter than n_fft"
-            if rows % p["image_patch"] or cols % p["image_patch"]:
-                return (
-                    f"audio-visual: image_patch {p['image_patch']} does not divide the image "
-                    f"size {rows}x{cols}"
-                )
+            return clip_and_frame_problem("audio-visual", p, spec.input_shape)
         return None
 
     def build(self, params: dict[str, Any], spec: DataSpec) -> AudioVisualModel:

@@ -66,8 +66,14 @@ from autoplat.core.training import (
     train_epoch,
     warmup_cosine,
 )
-from autoplat.plugins.architectures.audio import FRONTEND_RANGES, frontend_problem
-from autoplat.plugins.architectures.audio_visual import FUSIONS, AudioVisualModel, features
+from autoplat.plugins.architectures.audio import FRONTEND_RANGES
+from autoplat.plugins.architectures.audio_visual import (
+    FUSIONS,
+    AudioVisualModel,
+    clip_and_frame_problem,
+    encoder_problem,
+    features,
+)
 from autoplat.plugins.av_superb_command import MODALITIES, SCORE, TASKS, metric
 from autoplat.plugins.datasets.av_suite import (
     EVENTS,
@@ -76,7 +82,7 @@ from autoplat.plugins.datasets.av_suite import (
     TASK,
     correspondence,
 )
-from autoplat.plugins.layers import BLOCK_RANGES, heads_problem
+from autoplat.plugins.layers import BLOCK_RANGES
 
 OBJECTIVES = ("none", "contrastive")
 PROBES = ("linear", "mlp")
@@ -378,14 +384,8 @@ class AVSuperb(Architecture):
         p = {**self.defaults, **params}
         if (reason := self.range_problem(p)) is not None:
             return reason
-        if (reason := frontend_problem(p, "av-superb", spec)) is not None:
+        if (reason := encoder_problem("av-superb", p, spec)) is not None:
             return reason
-        if p["fusion"] == "mid" and p["depth"] < 2:
-            return "av-superb: mid fusion needs depth >= 2 (one block alone, one shared)"
-        if (reason := heads_problem("av-superb", p["width"], p["heads"])) is not None:
-            return reason
-        if p["n_mels"] % p["audio_patch"]:
-            return f"av-superb: audio_patch {p['audio_patch']} does not divide n_mels {p['n_mels']}"
         return self.data_problem(p, spec) if spec is not None else None
 
     def data_problem(self, p: dict[str, Any], spec: DataSpec) -> str | None:
@@ -396,15 +396,7 @@ class AVSuperb(Architecture):
                 f"input shape (samples, C, H, W)), got {spec.task} {spec.modality} data "
                 f'shaped {spec.input_shape}; set [dataset] name = "av-suite"'
             )
-        samples, _, rows, cols = spec.input_shape
-        if samples < p["n_fft"]:
-            return f"av-superb: clips of {samples} samples are shorter than n_fft {p['n_fft']}"
-        if rows % p["image_patch"] or cols % p["image_patch"]:
-            return (
-                f"av-superb: image_patch {p['image_patch']} does not divide the frame size "
-                f"{rows}x{cols}"
-            )
-        return None
+        return clip_and_frame_problem("av-superb", p, spec.input_shape)
 
     def build(self, params: dict[str, Any], spec: DataSpec) -> AVSuperbModel:
         """Build the upstream; params missing from ``params`` take ``defaults``.
