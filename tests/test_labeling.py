@@ -356,8 +356,9 @@ def test_a_person_labels_digits_rounds_from_the_images_in_place(tmp_path, digits
     into the query file in place move the rounds on, and the bar has its ETA column."""
     config = al_config(tmp_path, "person", budget=30)
     url = f"sqlite:///{tmp_path / 'p.db'}"
+    # wide enough for the status line's whole path (xdist's tmp paths are long)
     run = Platform("al", str(config), "--storage", url, cwd=tmp_path,
-                   RAY_ADDRESS=ray_address, TTY_COMPATIBLE="1", COLUMNS="250")  # fmt: skip
+                   RAY_ADDRESS=ray_address, TTY_COMPATIBLE="1", COLUMNS="400")  # fmt: skip
     folder = tmp_path / "labels" / "person"
     y = digits.train[1]
     given = []
