@@ -79,12 +79,13 @@ def test_dead_or_silent_driver_is_taken_over(store_url):
 def test_lease_block_heartbeats_and_releases(store_url):
     first, second = Store(store_url), Store(store_url)
     study = first.create_study("s")
-    with first.lease(study.id, interval_s=0.2) as token:
+    with first.lease(study.id, interval_s=0.1) as token:
         beat = _lease_row(first, study.id).heartbeat_at
-        time.sleep(1.2)
+        time.sleep(2.0)  # longer than the stale window below: only the beats keep it fresh
         assert _lease_row(first, study.id).heartbeat_at > beat
         with pytest.raises(StoreError, match="being run by another driver"):
-            second.acquire_lease(study.id, stale_after_s=0.6)  # kept fresh by the thread
+            # kept fresh by the thread; 1.5 s leaves room for a loaded machine's delays
+            second.acquire_lease(study.id, stale_after_s=1.5)
         assert _lease_row(first, study.id).token == token
     assert _lease_row(first, study.id) is None
     with pytest.raises(KeyboardInterrupt), first.lease(study.id, interval_s=0.2):
