@@ -240,8 +240,7 @@ def test_schedulers_run_and_can_prune(write_config, tmp_path, ray_address, sched
     process's registry."""
     plugin = tmp_path / "paced.py"
     plugin.write_text(PACED)
-    trials = 4
-    path = write_config(name=scheduler, trials=trials, epochs=2, strategy="grid")
+    path = write_config(name=scheduler, trials=4, epochs=2, strategy="grid")
     limit = "" if scheduler == "hyperband" else "max_concurrent = 1\n"  # hyperband pauses
     text = path.read_text().replace(
         "lr = { low = 1e-3, high = 5e-3, log = true }", "lr = [5e-3, 1e-7]"
@@ -262,12 +261,12 @@ def test_schedulers_run_and_can_prune(write_config, tmp_path, ray_address, sched
     )
     assert result.returncode == 0, result.stderr[-3000:]
     store = Store(url)
-    found = store.trials(store.get_study(scheduler).id)
-    assert len(found) == trials
-    states = [t.state for t in found]
+    trials = store.trials(store.get_study(scheduler).id)
+    assert len(trials) == 4
+    states = [t.state for t in trials]
     assert TrialState.PRUNED in states and TrialState.COMPLETE in states, states
     assert set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
-    best = max((t for t in found if t.value is not None), key=lambda t: t.value)
+    best = max((t for t in trials if t.value is not None), key=lambda t: t.value)
     assert best.params_dict["lr"] == 5e-3
 
 
