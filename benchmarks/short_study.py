@@ -93,15 +93,17 @@ def store_trials(db: Path) -> list[tuple[float, float]]:
     return [(timestamp(a), timestamp(b)) for a, b in rows]
 
 
-def run_tree(command: list[str], cwd: Path) -> tuple[float, float, float, float]:
-    """Run ``command``; returns (wall s, start and end time, CPU s of its process tree).
+def run_tree(command: list[str], cwd: Path) -> tuple[float, float, float, list]:
+    """Run ``command``; returns (wall s, start and end time, CPU samples of its process tree).
 
     The CPU seconds of every process under it (Ray's services and workers included) are
-    sampled every 0.1 s: a process's last 0.1 s can be missed, a busy machine's time is not
-    counted (unlike wall time, CPU seconds hardly depend on the load)."""
+    sampled every 0.1 s, as (time, CPU s so far) pairs: a process's last 0.1 s can be
+    missed, a busy machine's time is not counted (unlike wall time, CPU seconds hardly
+    depend on the load)."""
     import psutil
 
     cpu: dict[int, float] = {}
+    samples: list[tuple[float, float]] = []
     begin = time.time()
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -115,17 +117,21 @@ def run_tree(command: list[str], cwd: Path) -> tuple[float, float, float, float]
                 cpu[p.pid] = times.user + times.system
             except psutil.Error:
                 pass
+        samples.append((time.time(), sum(cpu.values())))
         time.sleep(0.1)
     wall = time.perf_counter() - start
     end = time.time()
     _, stderr = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:3])}: exit {proc.returncode}\n{stderr[-3000:]}")
-    return wall, begin, end, sum(cpu.values())
+    return wall, begin, end, samples + [(end, sum(cpu.values()))]
 
 
-def timing(name: str, wall: float, begin: float, end: float, trials: list) -> dict[str, Any]:
-    """A run's numbers from its process times and its trials' (start, end) times."""
+def timing(
+    name: str, wall: float, begin: float, end: float, trials: list, samples: list | None
+) -> dict[str, Any]:
+    """A run's numbers from its process times, its trials' (start, end) times and its
+    process tree's CPU samples (None: its CPU is not the command's)."""
     first = min(start for start, _ in trials)
     last = max(stop for _, stop in trials)
     durations = sorted(stop - start for start, stop in trials)
@@ -139,6 +145,11 @@ def timing(name: str, wall: float, begin: float, end: float, trials: list) -> di
         "span_s": round(last - first, 2),
         "median_trial_s": round(durations[len(durations) // 2], 3),
         "load": round(loadavg(), 2),
+        "cpu_s": None if samples is None else round(samples[-1][1], 1),
+        # CPU spent before the first trial: over the machine's cores, the start's floor
+        "cpu_to_first_s": None
+        if samples is None
+        else round(max([c for t, c in samples if t <= first], default=0.0), 1),
     }
 
 
@@ -148,19 +159,18 @@ def run_platform(name: str, config: Path, work: Path, address: str | None) -> di
     command = [str(BIN / "platform"), "search", str(config), "--storage", f"sqlite:///{db}"]
     if address:
         command += ["--address", address]
-    wall, begin, end, cpu = run_tree(command, work)
+    wall, begin, end, samples = run_tree(command, work)
     # a joined Ray's processes (its workers, which run the trials) are not the command's
-    cpu_s = None if address else round(cpu, 1)
-    return timing(name, wall, begin, end, store_trials(db)) | {"cpu_s": cpu_s}
+    return timing(name, wall, begin, end, store_trials(db), None if address else samples)
 
 
 def run_optuna(name: str, config: Path, work: Path, n_jobs: int) -> dict[str, Any]:
     """One process running the Optuna study (``--optuna-child``)."""
     out = work / f"optuna-{n_jobs}-{time.time_ns()}.json"
     command = [sys.executable, str(HERE), "--optuna-child", str(config), str(n_jobs), str(out)]
-    wall, begin, end, cpu = run_tree(command, work)
+    wall, begin, end, samples = run_tree(command, work)
     trials = [tuple(t) for t in json.loads(out.read_text())["trials"]]
-    return timing(name, wall, begin, end, trials) | {"cpu_s": round(cpu, 1)}
+    return timing(name, wall, begin, end, trials, samples)
 
 
 def suggest(trial: Any, key: str, dist: Any) -> Any:
@@ -299,6 +309,12 @@ def summary(rows: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
         f"{TARGET_FIXED_S:.0f} s idle): "
         + ("PASS" if platform["fixed_s"] <= TARGET_FIXED_S else "FAIL"),
     ]
+    cores = len(os.sched_getaffinity(0))
+    lines.append(
+        f"CPU seconds before the first trial: platform search {platform['cpu_to_first_s']:.1f}"
+        f" (at best {platform['cpu_to_first_s'] / cores:.1f} s on {cores} CPUs), optuna "
+        f"n_jobs={concurrency} {optuna['cpu_to_first_s']:.1f}"
+    )
     warm = by.get("platform search --address")
     if warm:
         out["running_ray_vs_optuna"] = round(warm["wall_s"] / optuna["wall_s"], 3)
@@ -320,13 +336,15 @@ def print_table(rows: list[dict[str, Any]], concurrency: int, repeats: int) -> N
         title=f"A short study, whole process (best of {repeats})",
         caption="fixed = to first trial + after last trial; span = first trial start to last "
         "trial end; ratio = wall / optuna n_jobs's; CPU s: of the process tree (least of the "
-        "runs; none for --address, whose trials run in the joined Ray's processes)",
+        "runs; none for --address, whose trials run in the joined Ray's processes); CPU to 1st:"
+        " the process tree's CPU s before the first trial (the best run's)",
     )
     columns = (
         "row",
         "wall s",
         "ratio",
         "CPU s",
+        "CPU to 1st",
         "to 1st",
         "after last",
         "fixed",
@@ -341,6 +359,7 @@ def print_table(rows: list[dict[str, Any]], concurrency: int, repeats: int) -> N
             f"{row['wall_s']:.1f}",
             f"{row['wall_s'] / reference['wall_s']:.2f}x",
             "" if row["min_cpu_s"] is None else f"{row['min_cpu_s']:.1f}",
+            "" if row["cpu_to_first_s"] is None else f"{row['cpu_to_first_s']:.1f}",
             f"{row['to_first_trial_s']:.1f}",
             f"{row['after_last_trial_s']:.1f}",
             f"{row['fixed_s']:.1f}",
