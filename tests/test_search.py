@@ -234,14 +234,17 @@ def test_schedulers_run_and_can_prune(write_config, tmp_path, ray_address, sched
     """Good and hopeless learning rates in turn (a grid, one trial at a time where the
     scheduler allows): each scheduler stops a trial early, and a good one is the best.
     HyperBand at 2 epochs: Ray fills a bracket without halving (trials 0-1), then one
-    that halves at epoch 1 (trials 2-3); the 180 s limit turns a paused trial left
-    waiting for ever (seen once in CI before PausingHyperBand.choose_trial_to_run) into
-    a failure instead of a hang. Through the CLI, so the paced plugin stays out of this
-    process's registry."""
+    that halves at epoch 1 (trials 2-3). Its brackets are synchronous, so all 4 trials
+    are created at once (max_concurrent = 4; 2 run, the others wait for a CPU): with 2,
+    trial 3 was created only when a CPU freed, and under load trial 2 could reach epoch 1
+    alone in its bracket and be kept, so nothing was pruned. The 180 s limit turns a
+    paused trial left waiting for ever (seen once in CI before
+    PausingHyperBand.choose_trial_to_run) into a failure instead of a hang. Through the
+    CLI, so the paced plugin stays out of this process's registry."""
     plugin = tmp_path / "paced.py"
     plugin.write_text(PACED)
     path = write_config(name=scheduler, trials=4, epochs=2, strategy="grid")
-    limit = "" if scheduler == "hyperband" else "max_concurrent = 1\n"  # hyperband pauses
+    limit = f"max_concurrent = {4 if scheduler == 'hyperband' else 1}\n"
     text = path.read_text().replace(
         "lr = { low = 1e-3, high = 5e-3, log = true }", "lr = [5e-3, 1e-7]"
     )
