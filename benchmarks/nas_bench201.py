@@ -189,13 +189,15 @@ def calibrate(datasets: list[str], seeds: int) -> dict[str, Any]:
     lower bound: their 12-epoch signal picks worse than the 200-epoch one used here)."""
     print(f"Random search at several budgets ({seeds} seeds) against the paper's random row.")
     out: dict[str, Any] = {}
+    random_search = _strategies()["random"]
     for dataset in datasets:
         table, paper = NB201Table(dataset), REFERENCE[dataset]["random"][0]
+        optimum = table.optimum()[1]
         rows = {}
         for seconds in CALIBRATION_BUDGETS:
             budget = Budget(float(seconds), None)
-            runs = [run_strategy(_strategies()["random"], table, budget, s) for s in range(seeds)]
-            rows[seconds] = summarize(runs, table.optimum()[1])
+            runs = [run_strategy(random_search, table, budget, s) for s in range(seeds)]
+            rows[seconds] = summarize(runs, optimum)
         cells = "  ".join(
             f"{s:,} s: {r['mean']:.2f} ({r['queries']:.0f} q)" for s, r in rows.items()
         )
